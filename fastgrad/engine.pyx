@@ -1,0 +1,553 @@
+# cython: language_level=3
+"""fastgrad's engine: the compiled Value node, its ops, and backward's C topological sort and sweep.
+
+The node layout is declared in engine.pxd. Nothing here imports the rest of fastgrad.
+"""
+cimport cython
+from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.object cimport PyObject
+from libc.math cimport exp, floor, isfinite, isinf, log, pow, tanh
+
+import numbers
+
+cdef extern from "Python.h":
+    # Reference counting on the raw child and label pointers of a node (see engine.pxd).
+    void incref "Py_INCREF" (PyObject*)
+    void decref "Py_DECREF" (PyObject*)
+    void xdecref "Py_XDECREF" (PyObject*)
+    Py_ssize_t refcount "Py_REFCNT" (PyObject*)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Numbers in, nodes out
+
+cdef int as_double(object x, double* out) except -1:
+    """Store the real number x in *out and return 1; return 0 if x is not a real number."""
+    if isinstance(x, float):
+        out[0] = <double>x
+        return 1
+    if isinstance(x, int):                       # bool too; an int beyond a double raises OverflowError
+        out[0] = <double>x
+        return 1
+    if isinstance(x, (Value, str, bytes)) or isinstance(x, numbers.Complex) and not isinstance(x, numbers.Real):
+        return 0
+    if hasattr(type(x), "__float__") or hasattr(type(x), "__index__"):   # numpy scalars, Fraction, Decimal
+        out[0] = float(x)
+        return 1
+    return 0
+
+
+cdef double real_number(object x, str what) except? -1.0:
+    cdef double value
+    if not as_double(x, &value):
+        raise TypeError(f"{what} must be a real number, not {type(x).__name__!r}")
+    return value
+
+
+cdef str exact_str(object s, str what):
+    """s as an exact str: a str subclass could carry a __dict__, and with it a reference cycle."""
+    if not isinstance(s, str):
+        raise TypeError(f"{what} must be a str, not {type(s).__name__!r}")
+    return str.__str__(s)
+
+
+cdef inline Value leaf(double value):
+    cdef Value n = Value.__new__(Value)       # fields start zeroed: op LEAF, no children, grad 0.0
+    n.value = value
+    return n
+
+
+cdef inline Value as_value(object x):
+    """x itself if it is a Value, a new leaf if it is a number, None otherwise (-> NotImplemented)."""
+    cdef double value
+    if type(x) is Value:
+        return <Value>x
+    if as_double(x, &value):
+        return leaf(value)
+    return None
+
+
+cdef inline Value unary_node(unsigned char op, double value, Value a):
+    cdef Value n = leaf(value)
+    n.op = op
+    incref(<PyObject*>a)
+    n.child_a = <PyObject*>a
+    return n
+
+
+cdef inline Value binary_node(unsigned char op, double value, Value a, Value b):
+    cdef Value n = unary_node(op, value, a)
+    incref(<PyObject*>b)
+    n.child_b = <PyObject*>b
+    return n
+
+
+# ---------------------------------------------------------------------------------------------------
+# The ops. Each is its forward (check the domain, then build the node) and, right below it, its local
+# derivative: how the node's grad flows into its children's grads. `register` files the derivative
+# under the op code and the spelling micrograd uses for `_op`. A unary op's derivative gets b = NULL.
+#
+# Derivatives divide as IEEE does (x/0 -> inf, nan): a forward never admits a zero divisor, but a user
+# may set `data` to 0 afterwards, and an inf or nan grad is then the honest answer (as in PyTorch).
+
+ctypedef void (*Derivative)(Value out, Value a, Value b) noexcept
+
+cdef extern from *:
+    """
+    /* Cython would take a reference to each argument cast from a raw pointer, and b is NULL for
+       unary ops: pass the node pointers through as the borrowed references they are. */
+    #define fastgrad_call_derivative(f, out, a, b) ((f)((void *)(out), (void *)(a), (void *)(b)))
+    """
+    void call_derivative "fastgrad_call_derivative" (
+        Derivative f, PyObject* out, PyObject* a, PyObject* b) noexcept
+
+cdef Derivative DERIVATIVES[<int>OP_COUNT]
+cdef list SPELLINGS = [""] * <int>OP_COUNT
+
+cdef void register(OpCode op, str spelling, Derivative derivative):
+    DERIVATIVES[<int>op] = derivative
+    SPELLINGS[<int>op] = spelling
+
+
+cdef void no_derivative(Value out, Value a, Value b) noexcept:
+    pass
+
+register(LEAF, "", no_derivative)
+register(CUSTOM, "", no_derivative)       # like the seed's `_backward = lambda: None`
+
+
+cdef Value add(Value a, Value b):
+    return binary_node(ADD, a.value + b.value, a, b)
+
+cdef void add_derivative(Value out, Value a, Value b) noexcept:
+    a.gradient += out.gradient
+    b.gradient += out.gradient
+
+register(ADD, "+", add_derivative)
+
+
+cdef Value sub(Value a, Value b):
+    return binary_node(SUB, a.value - b.value, a, b)
+
+cdef void sub_derivative(Value out, Value a, Value b) noexcept:
+    a.gradient += out.gradient
+    b.gradient -= out.gradient
+
+register(SUB, "-", sub_derivative)
+
+
+cdef Value mul(Value a, Value b):
+    return binary_node(MUL, a.value * b.value, a, b)
+
+cdef void mul_derivative(Value out, Value a, Value b) noexcept:
+    a.gradient += b.value * out.gradient
+    b.gradient += a.value * out.gradient
+
+register(MUL, "*", mul_derivative)
+
+
+cdef Value div(Value a, Value b):
+    if b.value == 0.0:
+        raise ZeroDivisionError("float division by zero")
+    return binary_node(DIV, a.value / b.value, a, b)
+
+@cython.cdivision(True)   # IEEE division in derivatives, see the section comment
+cdef void div_derivative(Value out, Value a, Value b) noexcept:
+    a.gradient += out.gradient / b.value
+    b.gradient -= out.gradient * out.value / b.value
+
+register(DIV, "/", div_derivative)
+
+
+cdef Value neg(Value a):
+    return unary_node(NEG, -a.value, a)
+
+cdef void neg_derivative(Value out, Value a, Value b) noexcept:
+    a.gradient -= out.gradient
+
+register(NEG, "neg", neg_derivative)
+
+
+cdef double checked_pow(double x, double k) except? -1.0:
+    """x ** k with the errors of Python's float power, and ValueError where Python would go complex."""
+    cdef double y
+    if isfinite(x) and isfinite(k):
+        if x == 0.0 and k < 0.0:
+            raise ZeroDivisionError("0.0 cannot be raised to a negative power")
+        if x < 0.0 and k != floor(k):
+            raise ValueError("a negative number cannot be raised to a fractional power "
+                             "(fastgrad does not make complex numbers)")
+    y = pow(x, k)
+    if isinf(y) and isfinite(x) and isfinite(k):
+        raise OverflowError("numerical result out of range")
+    return y
+
+
+cdef Value pow_const(Value a, double k, bint k_is_int):
+    cdef Value n = unary_node(POW_CONST, checked_pow(a.value, k), a)
+    n.constant = k
+    n.constant_is_int = k_is_int
+    return n
+
+cdef void pow_const_derivative(Value out, Value a, Value b) noexcept:
+    a.gradient += out.constant * pow(a.value, out.constant - 1.0) * out.gradient
+
+register(POW_CONST, "**", pow_const_derivative)     # `_op` appends the exponent: `**2`
+
+
+cdef Value pow_value(Value a, Value b):
+    return binary_node(POW, checked_pow(a.value, b.value), a, b)
+
+cdef void pow_derivative(Value out, Value a, Value b) noexcept:
+    cdef double slope_in_exponent      # d(a**b)/db = a**b * log(a): real for a > 0 only
+    if a.value > 0.0:
+        slope_in_exponent = out.value * log(a.value)
+    elif a.value == 0.0:
+        slope_in_exponent = 0.0        # 0**b is flat in b for b > 0, the only zero base forward admits
+    else:
+        slope_in_exponent = float("nan")
+    a.gradient += b.value * pow(a.value, b.value - 1.0) * out.gradient
+    b.gradient += slope_in_exponent * out.gradient
+
+register(POW, "**", pow_derivative)
+
+
+cdef Value tanh_(Value a):
+    return unary_node(TANH, tanh(a.value), a)    # C tanh: stable where (e^2x-1)/(e^2x+1) overflows
+
+cdef void tanh_derivative(Value out, Value a, Value b) noexcept:
+    a.gradient += (1.0 - out.value * out.value) * out.gradient
+
+register(TANH, "tanh", tanh_derivative)
+
+
+cdef Value exp_(Value a):
+    cdef double y = exp(a.value)
+    if isinf(y) and isfinite(a.value):
+        raise OverflowError("math range error")
+    return unary_node(EXP, y, a)
+
+cdef void exp_derivative(Value out, Value a, Value b) noexcept:
+    a.gradient += out.value * out.gradient
+
+register(EXP, "exp", exp_derivative)
+
+
+cdef Value log_(Value a):
+    if a.value <= 0.0:
+        raise ValueError("math domain error")
+    return unary_node(LOG, log(a.value), a)
+
+@cython.cdivision(True)   # IEEE division in derivatives, see the section comment
+cdef void log_derivative(Value out, Value a, Value b) noexcept:
+    a.gradient += out.gradient / a.value
+
+register(LOG, "log", log_derivative)
+
+
+cdef Value relu(Value a):
+    return unary_node(RELU, 0.0 if a.value < 0.0 else a.value, a)
+
+cdef void relu_derivative(Value out, Value a, Value b) noexcept:
+    a.gradient += (1.0 if out.value > 0.0 else 0.0) * out.gradient
+
+register(RELU, "ReLU", relu_derivative)
+
+
+cdef Value sigmoid(Value a):
+    cdef double e
+    if a.value >= 0.0:
+        return unary_node(SIGMOID, 1.0 / (1.0 + exp(-a.value)), a)
+    e = exp(a.value)                               # the form that cannot overflow for x < 0
+    return unary_node(SIGMOID, e / (1.0 + e), a)
+
+cdef void sigmoid_derivative(Value out, Value a, Value b) noexcept:
+    a.gradient += out.value * (1.0 - out.value) * out.gradient
+
+register(SIGMOID, "sigmoid", sigmoid_derivative)
+
+
+cdef inline void propagate(PyObject* node) noexcept:
+    """Run one node's local derivative: add its grad, scaled, into its children's grads."""
+    call_derivative(DERIVATIVES[(<Value>node).op], node, (<Value>node).child_a, (<Value>node).child_b)
+
+
+# ---------------------------------------------------------------------------------------------------
+# backward: an iterative depth-first sort into a C array, then the reverse sweep
+
+cdef struct NodeArray:
+    PyObject** items
+    Py_ssize_t length
+    Py_ssize_t capacity
+
+
+cdef int grow(NodeArray* array) except -1:
+    cdef Py_ssize_t capacity = array.capacity * 2 if array.capacity else 1024
+    cdef PyObject** items = <PyObject**>PyMem_Realloc(array.items, capacity * sizeof(PyObject*))
+    if items == NULL:
+        raise MemoryError()
+    array.items = items
+    array.capacity = capacity
+    return 0
+
+
+cdef inline int push(NodeArray* array, PyObject* node) except -1:
+    if array.length == array.capacity:
+        grow(array)
+    array.items[array.length] = node
+    array.length += 1
+    return 0
+
+
+cdef inline bint unvisited(PyObject* node) noexcept:
+    return node != NULL and not (<Value>node).visited
+
+
+cdef int sort_topologically(Value root, NodeArray* order) except -1:
+    """Append root's graph to order, children before parents, as the seed's build_topo does.
+
+    Every node in order is left marked visited: the caller's sweep clears the marks. On failure
+    (MemoryError) the marks are cleared here. Nodes are borrowed: root keeps them alive, and no
+    Python code runs until the sweep is over.
+    """
+    cdef NodeArray stack = NodeArray(NULL, 0, 0)
+    cdef PyObject* top
+    cdef PyObject* child
+    cdef Py_ssize_t i
+    try:
+        push(&stack, <PyObject*>root)
+        root.visited = True
+        while stack.length:
+            top = stack.items[stack.length - 1]
+            child = (<Value>top).child_a
+            if not unvisited(child):
+                child = (<Value>top).child_b
+            if unvisited(child):                  # descend, as the recursion would
+                push(&stack, child)
+                (<Value>child).visited = True
+            else:                                 # all children done: top follows them
+                push(order, top)
+                stack.length -= 1
+    except MemoryError:
+        for i in range(stack.length):
+            (<Value>stack.items[i]).visited = False
+        for i in range(order.length):
+            (<Value>order.items[i]).visited = False
+        raise
+    finally:
+        PyMem_Free(stack.items)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Freeing. Dropping a node's last reference would free its children from inside its dealloc, and
+# theirs from inside theirs: C recursion as deep as the graph, which crashes on long chains. Instead a
+# node whose last reference is going away is handed to one loop, which frees the nodes one at a time.
+
+cdef NodeArray doomed = NodeArray(NULL, 0, 0)    # nodes whose last reference the loop holds
+cdef bint freeing = False                        # the loop is running (further up the C stack)
+
+
+cdef inline void release(PyObject* node) noexcept:
+    if node == NULL:
+        return
+    if refcount(node) > 1 or doomed.length == doomed.capacity and not grow_doomed():
+        decref(node)                             # not the last reference (or out of memory: recurse)
+    else:
+        doomed.items[doomed.length] = node
+        doomed.length += 1
+
+
+cdef bint grow_doomed() noexcept:
+    try:
+        grow(&doomed)
+        return True
+    except MemoryError:
+        return False
+
+
+cdef void release_children(Value n) noexcept:
+    global freeing
+    release(n.child_a)
+    release(n.child_b)
+    n.child_a = n.child_b = NULL
+    if freeing:
+        return
+    freeing = True
+    while doomed.length:          # the GIL is held throughout: nothing here runs Python code
+        doomed.length -= 1
+        decref(doomed.items[doomed.length])      # its dealloc adds its own children to doomed
+    freeing = False
+
+
+# ---------------------------------------------------------------------------------------------------
+# The node
+
+@cython.final        # a subclass could add fields, and with them reference cycles the GC must see
+@cython.no_gc        # no cycle can form: see engine.pxd and tests/test_memory.py
+@cython.freelist(8192)
+cdef class Value:
+    """A scalar in a computation graph: its data, its gradient, and how it was made."""
+
+    __array_ufunc__ = None     # so that `numpy.float64(2) * v` asks Value, and gives a Value
+
+    def __init__(self, data, _children=(), _op="", label=""):
+        children = tuple(_children)
+        if len(children) > 2:
+            raise ValueError(f"a Value has at most two children, got {len(children)}")
+        for child in children:
+            if type(child) is not Value:
+                raise TypeError(f"_children must be Values, not {type(child).__name__!r}")
+        self.value = real_number(data, "Value data")
+        self.label = label
+        if children or _op:
+            if refcount(<PyObject*>self) > 1:     # already reachable, so maybe from a child: a cycle
+                raise TypeError("a Value's children are fixed when it is made")
+            _op = exact_str(_op, "_op")
+            self.op = CUSTOM
+            incref(<PyObject*>_op)
+            xdecref(self.custom_op)
+            self.custom_op = <PyObject*>_op
+            for i, child in enumerate(children):
+                incref(<PyObject*>child)
+                if i == 0:
+                    self.child_a = <PyObject*>child
+                else:
+                    self.child_b = <PyObject*>child
+
+    def __dealloc__(self):
+        xdecref(self.label_str)
+        xdecref(self.custom_op)
+        release_children(self)
+
+    # -- attributes, as the seed names them
+
+    @property
+    def data(self):
+        return self.value
+
+    @data.setter
+    def data(self, value):
+        self.value = real_number(value, "data")
+
+    @property
+    def grad(self):
+        return self.gradient
+
+    @grad.setter
+    def grad(self, value):
+        self.gradient = real_number(value, "grad")
+
+    @property
+    def label(self):
+        return "" if self.label_str == NULL else <str>self.label_str
+
+    @label.setter
+    def label(self, value):
+        cdef str s = exact_str(value, "label")
+        incref(<PyObject*>s)
+        xdecref(self.label_str)
+        self.label_str = <PyObject*>s
+
+    @property
+    def _op(self):
+        if self.op == CUSTOM:
+            return <str>self.custom_op
+        if self.op == POW_CONST:
+            return "**" + (str(int(self.constant)) if self.constant_is_int else repr(self.constant))
+        return SPELLINGS[self.op]
+
+    @property
+    def _prev(self):
+        children = set()
+        if self.child_a != NULL:
+            children.add(<Value>self.child_a)
+        if self.child_b != NULL:
+            children.add(<Value>self.child_b)
+        return children
+
+    def _backward(self):
+        """Add this node's grad, times its local derivative, into its children's grads (one step)."""
+        propagate(<PyObject*>self)
+
+    def backward(self):
+        """Set this node's grad to 1.0 and add d(self)/d(node) into the grad of every node below it."""
+        cdef NodeArray order = NodeArray(NULL, 0, 0)
+        cdef Py_ssize_t i
+        try:
+            sort_topologically(self, &order)
+            self.gradient = 1.0
+            for i in range(order.length - 1, -1, -1):
+                (<Value>order.items[i]).visited = False
+                propagate(order.items[i])
+        finally:
+            PyMem_Free(order.items)
+
+    def __repr__(self):
+        return f"Value(data={self.value!r})"
+
+    # -- ops
+
+    def __add__(self, other):
+        cdef Value b = as_value(other)
+        return NotImplemented if b is None else add(self, b)
+
+    def __radd__(self, other):
+        cdef Value a = as_value(other)
+        return NotImplemented if a is None else add(a, self)
+
+    def __sub__(self, other):
+        cdef Value b = as_value(other)
+        return NotImplemented if b is None else sub(self, b)
+
+    def __rsub__(self, other):
+        cdef Value a = as_value(other)
+        return NotImplemented if a is None else sub(a, self)
+
+    def __mul__(self, other):
+        cdef Value b = as_value(other)
+        return NotImplemented if b is None else mul(self, b)
+
+    def __rmul__(self, other):
+        cdef Value a = as_value(other)
+        return NotImplemented if a is None else mul(a, self)
+
+    def __truediv__(self, other):
+        cdef Value b = as_value(other)
+        return NotImplemented if b is None else div(self, b)
+
+    def __rtruediv__(self, other):
+        cdef Value a = as_value(other)
+        return NotImplemented if a is None else div(a, self)
+
+    def __pow__(self, exponent, modulo):
+        cdef double k
+        if modulo is not None:
+            return NotImplemented
+        if type(exponent) is Value:
+            return pow_value(self, exponent)
+        if as_double(exponent, &k):
+            return pow_const(self, k, isinstance(exponent, numbers.Integral))
+        return NotImplemented
+
+    def __rpow__(self, base, modulo):
+        cdef Value a = as_value(base)
+        return NotImplemented if a is None or modulo is not None else pow_value(a, self)
+
+    def __neg__(self):
+        return neg(self)
+
+    def tanh(self):
+        return tanh_(self)
+
+    def exp(self):
+        return exp_(self)
+
+    def log(self):
+        return log_(self)
+
+    def relu(self):
+        return relu(self)
+
+    def sigmoid(self):
+        return sigmoid(self)

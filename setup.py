@@ -1,0 +1,18 @@
+"""Build the compiled engine. Everything else about the package lives in pyproject.toml."""
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+extensions = [Extension("fastgrad.engine", ["fastgrad/engine.pyx"])]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        compiler_directives={
+            # The engine raises its own errors before every division a user can reach, so C
+            # division is not enabled globally; functions that want IEEE division say so.
+            "binding": False,
+            "embedsignature": True,
+        },
+    ),
+)
