@@ -381,6 +381,81 @@ cdef void release_children(Value n) noexcept:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Pickle and copy. Pickling node by node would recurse as deep as the graph, so a node pickles as its
+# whole graph, flat, children first: each leaf as itself (pickle's memo keeps a model's parameters and
+# the graph's leaves one object), each other node as its fields and its children's indices in the list.
+
+DEF PICKLE_FORMAT = 1
+
+
+cdef tuple node_fields(Value n):
+    return (n.value, n.gradient, n.label, n.op, n.constant, n.constant_is_int,
+            None if n.custom_op == NULL else <str>n.custom_op)
+
+
+cdef list graph_entries(Value root):
+    cdef NodeArray order = NodeArray(NULL, 0, 0)
+    cdef Py_ssize_t i
+    cdef Value n
+    if root.child_a == NULL:
+        return [node_fields(root) + (-1, -1)]
+    entries = []
+    index_of = {}
+    try:
+        sort_topologically(root, &order)
+        for i in range(order.length):
+            n = <Value>order.items[i]
+            n.visited = False
+            index_of[id(n)] = i
+            if n.child_a == NULL:
+                entries.append(n)
+            else:
+                entries.append(node_fields(n) + (
+                    index_of[id(<Value>n.child_a)],
+                    -1 if n.child_b == NULL else index_of[id(<Value>n.child_b)]))
+    finally:
+        for i in range(order.length):
+            (<Value>order.items[i]).visited = False
+        PyMem_Free(order.items)
+    return entries
+
+
+def rebuild_graph(int format, list entries):
+    """Unpickle what Value.__reduce__ made: the graph's nodes, children first; return the last."""
+    cdef Value n
+    if format != PICKLE_FORMAT:
+        raise ValueError(f"this fastgrad reads pickle format {PICKLE_FORMAT}, not {format}")
+    nodes = []
+    for entry in entries:
+        if type(entry) is Value:
+            nodes.append(entry)
+            continue
+        value, gradient, label, op, constant, constant_is_int, custom_op, a, b = entry
+        if not 0 <= op < <int>OP_COUNT or not -1 <= a < len(nodes) or not -1 <= b < len(nodes):
+            raise ValueError("not a pickled fastgrad graph")
+        n = leaf(value)
+        n.gradient = gradient
+        n.label = label
+        n.op = op
+        n.constant = constant
+        n.constant_is_int = constant_is_int
+        if custom_op is not None:
+            custom_op = exact_str(custom_op, "_op")
+            incref(<PyObject*>custom_op)
+            n.custom_op = <PyObject*>custom_op
+        for index, slot in ((a, 0), (b, 1)):
+            if index >= 0:
+                child = nodes[index]
+                incref(<PyObject*>child)
+                if slot == 0:
+                    n.child_a = <PyObject*>child
+                else:
+                    n.child_b = <PyObject*>child
+        nodes.append(n)
+    return nodes[-1]
+
+
+# ---------------------------------------------------------------------------------------------------
 # The node
 
 @cython.final        # a subclass could add fields, and with them reference cycles the GC must see
@@ -485,6 +560,9 @@ cdef class Value:
 
     def __repr__(self):
         return f"Value(data={self.value!r})"
+
+    def __reduce__(self):
+        return rebuild_graph, (PICKLE_FORMAT, graph_entries(self))
 
     # -- ops
 
