@@ -299,12 +299,13 @@ cdef inline int push(NodeArray* array, PyObject* node) except -1:
     return 0
 
 
-cdef inline bint unvisited(PyObject* node) noexcept:
-    return node != NULL and not (<Value>node).visited
+cdef inline bint unvisited_op(PyObject* node) noexcept:
+    """A node the sort still has to place. Leaves are never placed: nothing flows out of a leaf."""
+    return node != NULL and (<Value>node).child_a != NULL and not (<Value>node).visited
 
 
 cdef int sort_topologically(Value root, NodeArray* order) except -1:
-    """Append root's graph to order, children before parents, as the seed's build_topo does.
+    """Append root's graph, leaves left out, to order, children before parents, as build_topo does.
 
     Every node in order is left marked visited: the caller's sweep clears the marks. On failure
     (MemoryError) the marks are cleared here. Nodes are borrowed: root keeps them alive, and no
@@ -315,14 +316,16 @@ cdef int sort_topologically(Value root, NodeArray* order) except -1:
     cdef PyObject* child
     cdef Py_ssize_t i
     try:
+        if root.child_a == NULL:
+            return 0
         push(&stack, <PyObject*>root)
         root.visited = True
         while stack.length:
             top = stack.items[stack.length - 1]
             child = (<Value>top).child_a
-            if not unvisited(child):
+            if not unvisited_op(child):
                 child = (<Value>top).child_b
-            if unvisited(child):                  # descend, as the recursion would
+            if unvisited_op(child):                  # descend, as the recursion would
                 push(&stack, child)
                 (<Value>child).visited = True
             else:                                 # all children done: top follows them
@@ -397,27 +400,25 @@ cdef list graph_entries(Value root):
     cdef NodeArray order = NodeArray(NULL, 0, 0)
     cdef Py_ssize_t i
     cdef Value n
-    if root.child_a == NULL:
-        return [node_fields(root) + (-1, -1)]
     entries = []
-    index_of = {}
+    index_of = {}         # id(node) -> its place in entries
     try:
         sort_topologically(root, &order)
         for i in range(order.length):
             n = <Value>order.items[i]
-            n.visited = False
-            index_of[id(n)] = i
-            if n.child_a == NULL:
-                entries.append(n)
-            else:
-                entries.append(node_fields(n) + (
-                    index_of[id(<Value>n.child_a)],
-                    -1 if n.child_b == NULL else index_of[id(<Value>n.child_b)]))
+            for child in n._prev:
+                if id(child) not in index_of:     # a leaf: the sort leaves them out
+                    index_of[id(child)] = len(entries)
+                    entries.append(child)
+            index_of[id(n)] = len(entries)
+            entries.append(node_fields(n) + (
+                index_of[id(<Value>n.child_a)],
+                -1 if n.child_b == NULL else index_of[id(<Value>n.child_b)]))
     finally:
         for i in range(order.length):
             (<Value>order.items[i]).visited = False
         PyMem_Free(order.items)
-    return entries
+    return entries or [node_fields(root) + (-1, -1)]
 
 
 def rebuild_graph(int format, list entries):
