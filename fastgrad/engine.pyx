@@ -304,21 +304,21 @@ cdef inline bint unvisited_op(PyObject* node) noexcept:
     return node != NULL and (<Value>node).child_a != NULL and not (<Value>node).visited
 
 
-cdef int sort_topologically(Value root, NodeArray* order) except -1:
+cdef int sort_topologically(Value root, NodeArray* order, NodeArray* stack) except -1:
     """Append root's graph, leaves left out, to order, children before parents, as build_topo does.
 
-    Every node in order is left marked visited: the caller's sweep clears the marks. On failure
-    (MemoryError) the marks are cleared here. Nodes are borrowed: root keeps them alive, and no
-    Python code runs until the sweep is over.
+    stack is scratch space. Every node in order is left marked visited: the caller clears the marks.
+    On failure (MemoryError) the marks are cleared here. Nodes are borrowed: root keeps them alive,
+    and no Python code runs until the caller is done with them.
     """
-    cdef NodeArray stack = NodeArray(NULL, 0, 0)
     cdef PyObject* top
     cdef PyObject* child
     cdef Py_ssize_t i
+    stack.length = 0
+    if root.child_a == NULL:
+        return 0
     try:
-        if root.child_a == NULL:
-            return 0
-        push(&stack, <PyObject*>root)
+        push(stack, <PyObject*>root)
         root.visited = True
         while stack.length:
             top = stack.items[stack.length - 1]
@@ -326,9 +326,9 @@ cdef int sort_topologically(Value root, NodeArray* order) except -1:
             if not unvisited_op(child):
                 child = (<Value>top).child_b
             if unvisited_op(child):                  # descend, as the recursion would
-                push(&stack, child)
+                push(stack, child)
                 (<Value>child).visited = True
-            else:                                 # all children done: top follows them
+            else:                                    # all children done: top follows them
                 push(order, top)
                 stack.length -= 1
     except MemoryError:
@@ -337,9 +337,20 @@ cdef int sort_topologically(Value root, NodeArray* order) except -1:
         for i in range(order.length):
             (<Value>order.items[i]).visited = False
         raise
-    finally:
-        PyMem_Free(stack.items)
     return 0
+
+
+cdef void free_array(NodeArray* array) noexcept:
+    PyMem_Free(array.items)
+    array.items = NULL
+    array.length = array.capacity = 0
+
+
+# backward's arrays are kept from one call to the next: a training loop sorts a graph of about the
+# same size every step. Safe to share: backward holds the GIL and runs no Python code while using them.
+cdef NodeArray backward_order = NodeArray(NULL, 0, 0)
+cdef NodeArray backward_stack = NodeArray(NULL, 0, 0)
+DEF KEPT_CAPACITY = 1 << 20       # entries (8 MiB); a bigger array is returned after the call
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -398,12 +409,14 @@ cdef tuple node_fields(Value n):
 
 cdef list graph_entries(Value root):
     cdef NodeArray order = NodeArray(NULL, 0, 0)
+    cdef NodeArray stack = NodeArray(NULL, 0, 0)     # not backward's: this runs Python code
     cdef Py_ssize_t i
     cdef Value n
     entries = []
     index_of = {}         # id(node) -> its place in entries
     try:
-        sort_topologically(root, &order)
+        sort_topologically(root, &order, &stack)
+        free_array(&stack)
         for i in range(order.length):
             n = <Value>order.items[i]
             for child in n._prev:
@@ -417,7 +430,8 @@ cdef list graph_entries(Value root):
     finally:
         for i in range(order.length):
             (<Value>order.items[i]).visited = False
-        PyMem_Free(order.items)
+        free_array(&order)
+        free_array(&stack)
     return entries or [node_fields(root) + (-1, -1)]
 
 
@@ -461,7 +475,7 @@ def rebuild_graph(int format, list entries):
 
 @cython.final        # a subclass could add fields, and with them reference cycles the GC must see
 @cython.no_gc        # no cycle can form: see engine.pxd and tests/test_memory.py
-@cython.freelist(8192)
+@cython.freelist(65536)
 cdef class Value:
     """A scalar in a computation graph: its data, its gradient, and how it was made."""
 
@@ -548,16 +562,20 @@ cdef class Value:
 
     def backward(self):
         """Set this node's grad to 1.0 and add d(self)/d(node) into the grad of every node below it."""
-        cdef NodeArray order = NodeArray(NULL, 0, 0)
+        cdef NodeArray* order = &backward_order
         cdef Py_ssize_t i
+        order.length = 0
         try:
-            sort_topologically(self, &order)
+            sort_topologically(self, order, &backward_stack)
             self.gradient = 1.0
             for i in range(order.length - 1, -1, -1):
                 (<Value>order.items[i]).visited = False
                 propagate(order.items[i])
         finally:
-            PyMem_Free(order.items)
+            if order.capacity > KEPT_CAPACITY:
+                free_array(order)
+            if backward_stack.capacity > KEPT_CAPACITY:
+                free_array(&backward_stack)
 
     def __repr__(self):
         return f"Value(data={self.value!r})"
