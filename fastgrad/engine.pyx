@@ -102,18 +102,20 @@ cdef extern from *:
         Derivative f, PyObject* out, PyObject* a, PyObject* b) noexcept
 
 cdef Derivative DERIVATIVES[<int>OP_COUNT]
+cdef int ARITIES[<int>OP_COUNT]                 # children the op takes; -1: any, up to two
 cdef list SPELLINGS = [""] * <int>OP_COUNT
 
-cdef void register(OpCode op, str spelling, Derivative derivative):
+cdef void register(OpCode op, str spelling, int arity, Derivative derivative):
     DERIVATIVES[<int>op] = derivative
+    ARITIES[<int>op] = arity
     SPELLINGS[<int>op] = spelling
 
 
 cdef void no_derivative(Value out, Value a, Value b) noexcept:
     pass
 
-register(LEAF, "", no_derivative)
-register(CUSTOM, "", no_derivative)       # like the seed's `_backward = lambda: None`
+register(LEAF, "", 0, no_derivative)
+register(CUSTOM, "", -1, no_derivative)       # like the seed's `_backward = lambda: None`
 
 
 cdef Value add(Value a, Value b):
@@ -123,7 +125,7 @@ cdef void add_derivative(Value out, Value a, Value b) noexcept:
     a.gradient += out.gradient
     b.gradient += out.gradient
 
-register(ADD, "+", add_derivative)
+register(ADD, "+", 2, add_derivative)
 
 
 cdef Value sub(Value a, Value b):
@@ -133,7 +135,7 @@ cdef void sub_derivative(Value out, Value a, Value b) noexcept:
     a.gradient += out.gradient
     b.gradient -= out.gradient
 
-register(SUB, "-", sub_derivative)
+register(SUB, "-", 2, sub_derivative)
 
 
 cdef Value mul(Value a, Value b):
@@ -143,7 +145,7 @@ cdef void mul_derivative(Value out, Value a, Value b) noexcept:
     a.gradient += b.value * out.gradient
     b.gradient += a.value * out.gradient
 
-register(MUL, "*", mul_derivative)
+register(MUL, "*", 2, mul_derivative)
 
 
 cdef Value div(Value a, Value b):
@@ -156,7 +158,7 @@ cdef void div_derivative(Value out, Value a, Value b) noexcept:
     a.gradient += out.gradient / b.value
     b.gradient -= out.gradient * out.value / b.value
 
-register(DIV, "/", div_derivative)
+register(DIV, "/", 2, div_derivative)
 
 
 cdef Value neg(Value a):
@@ -165,7 +167,7 @@ cdef Value neg(Value a):
 cdef void neg_derivative(Value out, Value a, Value b) noexcept:
     a.gradient -= out.gradient
 
-register(NEG, "neg", neg_derivative)
+register(NEG, "neg", 1, neg_derivative)
 
 
 cdef double checked_pow(double x, double k) except? -1.0:
@@ -192,7 +194,7 @@ cdef Value pow_const(Value a, double k, bint k_is_int):
 cdef void pow_const_derivative(Value out, Value a, Value b) noexcept:
     a.gradient += out.constant * pow(a.value, out.constant - 1.0) * out.gradient
 
-register(POW_CONST, "**", pow_const_derivative)     # `_op` appends the exponent: `**2`
+register(POW_CONST, "**", 1, pow_const_derivative)     # `_op` appends the exponent: `**2`
 
 
 cdef Value pow_value(Value a, Value b):
@@ -209,7 +211,7 @@ cdef void pow_derivative(Value out, Value a, Value b) noexcept:
     a.gradient += b.value * pow(a.value, b.value - 1.0) * out.gradient
     b.gradient += slope_in_exponent * out.gradient
 
-register(POW, "**", pow_derivative)
+register(POW, "**", 2, pow_derivative)
 
 
 cdef Value tanh_(Value a):
@@ -218,7 +220,7 @@ cdef Value tanh_(Value a):
 cdef void tanh_derivative(Value out, Value a, Value b) noexcept:
     a.gradient += (1.0 - out.value * out.value) * out.gradient
 
-register(TANH, "tanh", tanh_derivative)
+register(TANH, "tanh", 1, tanh_derivative)
 
 
 cdef Value exp_(Value a):
@@ -230,7 +232,7 @@ cdef Value exp_(Value a):
 cdef void exp_derivative(Value out, Value a, Value b) noexcept:
     a.gradient += out.value * out.gradient
 
-register(EXP, "exp", exp_derivative)
+register(EXP, "exp", 1, exp_derivative)
 
 
 cdef Value log_(Value a):
@@ -242,7 +244,7 @@ cdef Value log_(Value a):
 cdef void log_derivative(Value out, Value a, Value b) noexcept:
     a.gradient += out.gradient / a.value
 
-register(LOG, "log", log_derivative)
+register(LOG, "log", 1, log_derivative)
 
 
 cdef Value relu(Value a):
@@ -251,7 +253,7 @@ cdef Value relu(Value a):
 cdef void relu_derivative(Value out, Value a, Value b) noexcept:
     a.gradient += (1.0 if out.value > 0.0 else 0.0) * out.gradient
 
-register(RELU, "ReLU", relu_derivative)
+register(RELU, "ReLU", 1, relu_derivative)
 
 
 cdef Value sigmoid(Value a):
@@ -264,7 +266,7 @@ cdef Value sigmoid(Value a):
 cdef void sigmoid_derivative(Value out, Value a, Value b) noexcept:
     a.gradient += out.value * (1.0 - out.value) * out.gradient
 
-register(SIGMOID, "sigmoid", sigmoid_derivative)
+register(SIGMOID, "sigmoid", 1, sigmoid_derivative)
 
 
 cdef inline void propagate(PyObject* node) noexcept:
@@ -391,6 +393,8 @@ cdef void release_children(Value n) noexcept:
     while doomed.length:          # the GIL is held throughout: nothing here runs Python code
         doomed.length -= 1
         decref(doomed.items[doomed.length])      # its dealloc adds its own children to doomed
+    if doomed.capacity > KEPT_CAPACITY:
+        free_array(&doomed)
     freeing = False
 
 
@@ -446,7 +450,8 @@ def rebuild_graph(int format, list entries):
             nodes.append(entry)
             continue
         value, gradient, label, op, constant, constant_is_int, custom_op, a, b = entry
-        if not 0 <= op < <int>OP_COUNT or not -1 <= a < len(nodes) or not -1 <= b < len(nodes):
+        if (not 0 <= op < <int>OP_COUNT or not -1 <= a < len(nodes) or not -1 <= b < len(nodes)
+                or a < 0 <= b or ARITIES[op] not in (-1, (a >= 0) + (b >= 0))):
             raise ValueError("not a pickled fastgrad graph")
         n = leaf(value)
         n.gradient = gradient
