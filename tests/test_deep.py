@@ -7,7 +7,6 @@ import sys
 import textwrap
 import tracemalloc
 
-import pytest
 
 from fastgrad import Value, trace
 

@@ -3,7 +3,6 @@ import random
 import xml.etree.ElementTree as ET
 
 import graphviz
-import pytest
 
 import reference
 from fastgrad import MLP, Value, draw_dot, trace
