@@ -1,0 +1,104 @@
+"""The engines the suite compares, found at run time; an engine that cannot be imported is skipped with a note.
+
+Every graph engine is used through the same few calls (`leaf(x)`, `*`, `+`, `.tanh()`, `.relu()`,
+`.backward()`), so one workload body runs on all of them. Plain floats have no graph: the workloads give them
+the same arithmetic with a hand-written backward instead (the floor any graph engine is measured against).
+"""
+import importlib.metadata
+import sys
+
+
+class Engine:
+    """One engine: how to make a leaf, whether it has tanh, its version, and its MLP classes.
+
+    mlp: micrograd's MLP(nin, nouts) on this engine (ReLU layers, linear output), or None;
+    seed_mlp: the notebook's tanh MLP(nin, nouts) on this engine, or None.
+    """
+
+    def __init__(self, name, version, leaf, note, *, has_tanh=True, mlp=None, seed_mlp=None):
+        self.name = name
+        self.version = version
+        self.leaf = leaf
+        self.note = note
+        self.has_tanh = has_tanh
+        self.is_graph = name != "floats"
+        self.mlp = mlp
+        self.seed_mlp = seed_mlp
+
+
+def _version(distribution):
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
+
+
+def fastgrad_engine():
+    import fastgrad
+    import fastgrad.nn
+
+    try:
+        from fastgrad.micrograd.nn import MLP
+    except ImportError:
+        MLP = None
+    return Engine("fastgrad", fastgrad.__version__, fastgrad.Value,
+                  "compiled Value (the installed package); moons on fastgrad.micrograd.nn.MLP",
+                  mlp=MLP, seed_mlp=fastgrad.nn.MLP)
+
+
+def micrograd_engine():
+    from micrograd.engine import Value
+    from micrograd.nn import MLP
+
+    # micrograd 0.1.0's Value has no tanh: the tanh workloads list it as n/a rather than patch it.
+    return Engine("micrograd", _version("micrograd"), Value,
+                  "micrograd from PyPI as users run it (cyclic GC on); it has no tanh", has_tanh=False, mlp=MLP)
+
+
+def seed_engine():
+    import reference   # tests/reference.py: run.py puts the tests folder on sys.path
+
+    return Engine("seed", "tests/reference.py", reference.Value,
+                  "the notebook's Value in plain Python, GC on", seed_mlp=reference.MLP)
+
+
+def floats_engine():
+    return Engine("floats", f"Python {sys.version.split()[0]}", float,
+                  "plain Python floats: the same arithmetic, a hand-written backward, no graph")
+
+
+def torch_engine():
+    import torch
+
+    from baselines import TorchScalarMLP
+
+    # One thread: 0-d tensors gain nothing from more, and the machine is shared.
+    torch.set_num_threads(1)
+
+    def leaf(x):
+        return torch.tensor(x, dtype=torch.float64, requires_grad=True)
+
+    return Engine("torch", torch.__version__, leaf, "PyTorch autograd on 0-d float64 tensors, 1 thread",
+                  mlp=lambda nin, nouts: TorchScalarMLP(nin, nouts, leaf))
+
+
+FINDERS = {
+    "fastgrad": fastgrad_engine,
+    "micrograd": micrograd_engine,
+    "seed": seed_engine,
+    "floats": floats_engine,
+    "torch": torch_engine,
+}
+
+
+def discover(names=None):
+    """(available engines, {missing engine: why}) in the suite's column order."""
+    found, missing = [], {}
+    for name, finder in FINDERS.items():
+        if names and name not in names:
+            continue
+        try:
+            found.append(finder())
+        except ImportError as exc:
+            missing[name] = f"not installed ({exc}): skipped"
+    return found, missing

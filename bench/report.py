@@ -1,0 +1,274 @@
+"""What the suite prints and writes: the machine, the table, the targets, the chart, the README block."""
+import os
+import platform
+import re
+import sys
+
+ENGINE_ORDER = ("fastgrad", "micrograd", "seed", "floats", "torch")
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+NOISY = 0.10   # a median whose interquartile range exceeds this fraction of it is marked "~"
+
+
+def machine():
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "platform": platform.platform(),
+    }
+    if hasattr(os, "getloadavg"):
+        info["load_average_at_start"] = round(os.getloadavg()[0], 2)
+    return info
+
+
+# --- numbers ---------------------------------------------------------------------------------------------
+
+def scale(unit):
+    """(label, factor from seconds) for a unit: single ops and nodes in ns, steps in µs, bytes as they are."""
+    return {"op": ("ns/op", 1e9), "node": ("ns/node", 1e9), "step": ("µs/step", 1e6), "byte": ("bytes/node", 1)}[unit]
+
+
+def fmt(value):
+    if value is None:
+        return "n/a"
+    if value >= 1000:
+        return f"{value:,.0f}"
+    if value >= 100:
+        return f"{value:.0f}"
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
+def fmt_ratio(value):
+    return "" if value is None else (f"{value:,.0f}x" if value >= 100 else f"{value:.2g}x" if value < 10 else f"{value:.0f}x")
+
+
+def ratios(results, phase):
+    """fastgrad against the others in one row: speedups over micrograd and the seed, cost over floats."""
+    def median(engine):
+        return results.get(engine, {}).get(phase, {}).get("median")
+    fg = median("fastgrad")
+    out = {}
+    if fg:
+        for other in ("micrograd", "seed"):
+            if median(other):
+                out[f"speedup_vs_{other}"] = median(other) / fg
+        if median("floats"):
+            out["times_floats"] = fg / median("floats")
+    return out
+
+
+def rows(report):
+    """The table's rows: (workload name, title, unit label, {engine: value}, {engine: noisy}, ratios)."""
+    out = []
+    for w in report["workloads"]:
+        label, factor = scale(w["unit"])
+        for phase in w["shown_phases"]:
+            values, noisy = {}, {}
+            for engine, phases in w["results"].items():
+                if phase in phases:
+                    s = phases[phase]
+                    values[engine] = s["median"] * factor
+                    noisy[engine] = s["median"] > 0 and (s["q3"] - s["q1"]) / s["median"] > NOISY
+            title = w["title"] if phase in ("op", "step", "bytes", "total") else f"{w['title']}: {phase}"
+            out.append((w["name"], title, label, values, noisy, ratios(w["results"], phase)))
+    return out
+
+
+# --- the table -------------------------------------------------------------------------------------------
+
+def table(report, markdown=False):
+    engines = [e["name"] for e in report["engines"] if e["available"]]
+    head = ["workload", "unit"] + engines + ["fastgrad vs micrograd", "vs seed", "vs floats"]
+    body = []
+    for _, title, unit, values, noisy, r in rows(report):
+        cells = [fmt(values.get(e)) + ("~" if noisy.get(e) else "") for e in engines]
+        better = " less" if unit == "bytes/node" else " faster"
+        body.append([title, unit] + cells + [
+            fmt_ratio(r.get("speedup_vs_micrograd")) + (better if "speedup_vs_micrograd" in r else ""),
+            fmt_ratio(r.get("speedup_vs_seed")) + (better if "speedup_vs_seed" in r else ""),
+            fmt_ratio(r.get("times_floats")),
+        ])
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        return "\n".join(lines)
+    widths = [max(len(row[i]) for row in [head] + body) for i in range(len(head))]
+    def line(row):
+        return "  ".join(c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(row))
+    return "\n".join([line(head), "  ".join("-" * w for w in widths)] + [line(row) for row in body])
+
+
+def legend():
+    return ("Medians of interleaved repeats; ~ marks an interquartile range over 10% of the median (noise). "
+            "'vs micrograd' and 'vs seed': their time / fastgrad's time; 'vs floats': fastgrad's time / the "
+            "plain-float time.")
+
+
+def header(report):
+    m = report["machine"]
+    lines = [f"fastgrad benchmark suite, {report['mode']} run, {report['date']}",
+             f"machine: {m['cpu']}, {m['cores']} cores, {m['python']}, {m['platform']}"
+             + (f", load average {m['load_average_at_start']} at start" if "load_average_at_start" in m else "")]
+    for e in report["engines"]:
+        if e["available"]:
+            lines.append(f"  {e['name']:<10} {e['version']:<24} {e['note']}")
+        else:
+            lines.append(f"  {e['name']:<10} {'-':<24} {e['note']}")
+    return "\n".join(lines)
+
+
+def targets_text(report):
+    out = []
+    for t in report["targets"]:
+        if t["measured"] is None:
+            state = "not measured in this run"
+        else:
+            state = "meets" if t["met"] else "MISSES"
+        out.append(f"  [{state}] {t['figure']}: {t['shown']} (target {t['target']})")
+    return "\n".join(out)
+
+
+def notes_text(report):
+    return "\n".join(f"  - {n}" for n in report["notes"])
+
+
+def text(report):
+    parts = [header(report), "", table(report), legend(), "", "Targets (issue 4, exact-graph mode):",
+             targets_text(report)]
+    if report["notes"]:
+        parts += ["", "Notes:", notes_text(report)]
+    return "\n".join(parts)
+
+
+# --- the chart -------------------------------------------------------------------------------------------
+
+COLORS = {"fastgrad": "#d62728", "micrograd": "#1f77b4", "seed": "#9467bd", "floats": "#7f7f7f", "torch": "#ff7f0e"}
+
+
+def chart(report, path):
+    """A PNG: time per unit of every timed row (log scale), cost per node along the sweep, bytes per node."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    engines = [e["name"] for e in report["engines"] if e["available"]]
+    timed = [r[1:] for r in rows(report) if not r[0].startswith("sweep") and r[0] != "memory"]
+    sweep = [w for w in report["workloads"] if w["name"].startswith("sweep")]
+    memory = [w for w in report["workloads"] if w["name"] == "memory"]
+
+    fig = plt.figure(figsize=(12, 0.22 * len(timed) * len(engines) + 4.5))
+    grid = fig.add_gridspec(2, 2, height_ratios=[max(0.22 * len(timed) * len(engines), 1), 4])
+    ax = fig.add_subplot(grid[0, :])
+    bar = 0.8 / len(engines)
+    for k, engine in enumerate(engines):
+        ys = [i + k * bar for i in range(len(timed))]
+        xs = [r[2].get(engine, 0) or 0 for r in timed]
+        ax.barh([y for y, x in zip(ys, xs) if x], [x for x in xs if x], height=bar, label=engine,
+                color=COLORS.get(engine))
+    ax.set_yticks([i + 0.4 - bar / 2 for i in range(len(timed))])
+    ax.set_yticklabels([f"{r[0]} ({r[1]})" for r in timed], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("time per unit (log scale; shorter is faster)")
+    ax.legend(ncol=len(engines), loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=8, frameon=False)
+    ax.grid(axis="x", which="both", alpha=0.3)
+    fig.suptitle(f"fastgrad benchmark suite ({report['mode']} run), {report['date']}, "
+                 f"{report['machine']['cpu']}, {report['machine']['cores']} cores, {report['machine']['python']}",
+                 fontsize=10)
+
+    ax = fig.add_subplot(grid[1, 0])
+    for engine in engines:
+        points = [(w["units"], w["results"][engine]["total"]["median"] * 1e9)
+                  for w in sweep if engine in w["results"]]
+        if points:
+            ax.plot(*zip(*points), marker="o", label=engine, color=COLORS.get(engine))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("nodes in the graph")
+    ax.set_ylabel("ns per node (build + backward + free)")
+    ax.set_title("scaling sweep: cost per node", fontsize=9)
+    ax.grid(which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+
+    ax = fig.add_subplot(grid[1, 1])
+    if memory:
+        results = memory[0]["results"]
+        names = [e for e in engines if e in results]
+        values = [results[e]["bytes"]["median"] for e in names]
+        ax.bar(names, values, color=[COLORS.get(e) for e in names])
+        for i, v in enumerate(values):
+            ax.annotate(f"{v:.0f}", (i, v), ha="center", va="bottom", fontsize=8)
+    ax.set_ylabel("bytes per node (tracemalloc)")
+    ax.set_title("memory per node of a live graph", fontsize=9)
+
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --- the README block ------------------------------------------------------------------------------------
+
+def readme_block(report, chart_link, command):
+    m = report["machine"]
+    return "\n".join([
+        README_START,
+        f"Measured {report['date']} on {m['cpu']} ({m['cores']} cores), {m['python']}, "
+        f"with `{command}`; regenerated by `python bench/run.py --update-readme`.",
+        "",
+        table(report, markdown=True),
+        "",
+        legend(),
+        "",
+        f"![fastgrad benchmark]({chart_link})",
+        "",
+        "Targets:",
+        "",
+        "\n".join(f"- {t['figure']}: {t['shown']} (target {t['target']}"
+                  + (", met)" if t["met"] else ", missed)" if t["measured"] is not None else ")")
+                  for t in report["targets"]),
+        README_END,
+    ])
+
+
+def update_readme(path, block):
+    """Replace the text between the markers; never touch anything else. Returns a message for the user."""
+    if not os.path.exists(path):
+        return f"{path} not found: README not updated"
+    with open(path, encoding="utf-8") as f:
+        readme = f.read()
+    pattern = re.compile(re.escape(README_START) + ".*?" + re.escape(README_END), re.S)
+    if not pattern.search(readme):
+        return f"{path} has no {README_START} ... {README_END} markers: README not updated"
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(pattern.sub(lambda _: block, readme, count=1))
+    return f"updated the benchmark block in {path}"
+
+
+def progress_printer(stream=sys.stderr):
+    """A one-line progress indicator: rewritten in place on a terminal, a line per workload otherwise."""
+    live = stream.isatty()
+    last = [None]
+
+    def show(workload, detail=""):
+        if live:
+            stream.write(f"\r\033[K{workload} {detail}")
+            stream.flush()
+        elif workload != last[0]:
+            stream.write(f"{workload}\n")
+            stream.flush()
+        last[0] = workload
+
+    def done():
+        if live:
+            stream.write("\r\033[K")
+            stream.flush()
+
+    return show, done

@@ -1,0 +1,249 @@
+"""fastgrad's benchmark suite: every workload on every engine found, side by side in one process.
+
+    python bench/run.py                   # the full run (a few minutes; the sweep goes to 10 million nodes)
+    python bench/run.py --quick           # under a minute: fewer repeats, the sweep up to 100,000 nodes
+    python bench/run.py --only layer      # one workload (see --list)
+    python bench/run.py --json out.json   # also write every median, quartile and ratio
+    python bench/run.py --update-readme   # rewrite the README's benchmark block (between its markers)
+
+Engines: fastgrad (installed), micrograd 0.1.0 (`pip install fastgrad[bench]`), the notebook's Value in plain
+Python (tests/reference.py), plain floats, and PyTorch when it is installed. A table goes to stdout, progress to
+stderr, and a chart to bench/results/.
+"""
+import argparse
+import datetime
+import gc
+import os
+import sys
+import time
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_DIR = os.path.dirname(BENCH_DIR)
+# tests/ holds the seed's Value (reference.py) and micrograd's demo data and step (moons.py). Appended, so
+# that nothing in it can shadow an installed package; the repository root is never put on the path, so
+# `import fastgrad` always finds the installed, compiled package.
+sys.path.append(os.path.join(REPO_DIR, "tests"))
+
+import engines as engines_mod  # noqa: E402
+import report  # noqa: E402
+import timing  # noqa: E402
+import workloads as wl  # noqa: E402
+
+SETTINGS = {
+    # repeats per engine, least seconds per sample, sweep sizes, largest sweep for the pure-Python engines
+    "quick": dict(repeats=3, min_seconds=0.01, sweep=[10**3, 10**4, 10**5], slow_sweep_max=10**4,
+                  memory_repeats=1, quick=True),
+    "full": dict(repeats=11, min_seconds=0.1, sweep=[10**3, 10**4, 10**5, 10**6, 10**7], slow_sweep_max=10**5,
+                 memory_repeats=3, quick=False),
+}
+FAST_ENGINES = ("fastgrad", "floats")   # the only ones the sweep runs past slow_sweep_max
+
+
+def make_workloads(settings):
+    ops = [
+        wl.SingleOp("mul", "a*b", wl._mul_loop),
+        wl.SingleOp("add", "a+b", wl._add_loop),
+        wl.SingleOp("tanh", "tanh(a)", wl._tanh_method_loop, wl._tanh_float_loop, needs_tanh=True),
+    ]
+    sweep = [wl.Sweep(size) for size in settings["sweep"]]
+    for w in sweep:
+        w.shown_phases = ("total",)
+    rest = [wl.Chain(), wl.TanhLayer(), wl.MoonsStep("micrograd")]
+    if not settings["quick"]:
+        rest.append(wl.MoonsStep("seed"))   # the seed's model on the seed's Value: seconds per step
+    for w in ops + rest:
+        w.shown_phases = w.phases
+    memory = wl.BytesPerNode()
+    memory.shown_phases = ("bytes",)
+    return ops + rest + sweep + [memory]
+
+
+def selected(workloads, only):
+    """--only NAME: a workload's name, or the prefix of a group (`sweep` is every sweep size)."""
+    if not only:
+        return workloads
+    picked = []
+    for name in (n.strip() for n in only.split(",")):
+        exact = [w for w in workloads if w.name == name]
+        group = exact or [w for w in workloads if w.name.startswith(name + "-")]
+        if not group:
+            sys.exit(f"unknown workload {name!r}; choose from {', '.join(w.name for w in workloads)} or 'sweep'")
+        picked += [w for w in group if w not in picked]
+    return picked
+
+
+def run_workload(w, engines, settings, show):
+    samplers, skipped = {}, {}
+    for engine in engines:
+        if type(w) is wl.Sweep and w.size > settings["slow_sweep_max"] and engine.name not in FAST_ENGINES:
+            skipped[engine.name] = f"skipped above {settings['slow_sweep_max']:,} nodes to keep the run short"
+            continue
+        try:
+            samplers[engine.name] = w.sampler(engine)
+        except wl.Unsupported as exc:
+            skipped[engine.name] = str(exc)
+    min_seconds = None if isinstance(w, wl.BytesPerNode) else settings["min_seconds"]
+    repeats = settings["memory_repeats"] if min_seconds is None else settings["repeats"]
+    started = time.perf_counter()
+    results = timing.interleaved(samplers, w.units(), repeats, min_seconds,
+                                 progress=lambda detail: show(w.name, detail))
+    return {"name": w.name, "title": w.title, "unit": w.unit, "units": w.units(), "phases": list(w.phases),
+            "seconds": round(time.perf_counter() - started, 1),
+            "shown_phases": list(w.shown_phases), "results": results, "skipped": skipped,
+            "ratios": {phase: report.ratios(results, phase) for phase in w.phases + ("total",)}}
+
+
+def loop_overhead(settings):
+    """ns per iteration of an empty loop, to tell how much of a single op's time is the loop around it."""
+    sampler = {"loop": lambda inner: wl.loop_sampler(wl.empty_loop, inner, 0.0, 0.0)}
+    result = timing.interleaved(sampler, 1, settings["repeats"], settings["min_seconds"])
+    return result["loop"]["op"]["median"] * 1e9
+
+
+def targets(results, quick):
+    """The issue's figures, from this run's results."""
+    by_name = {w["name"]: w for w in results}
+
+    def ratio(workload, phase, key):
+        return by_name.get(workload, {}).get("ratios", {}).get(phase, {}).get(key)
+
+    def median(workload, phase, engine):
+        return by_name.get(workload, {}).get("results", {}).get(engine, {}).get(phase, {}).get("median")
+
+    out = []
+
+    def add(figure, target, measured, met, shown):
+        out.append({"figure": figure, "target": target, "measured": measured,
+                    "met": None if measured is None else bool(met), "shown": shown if measured is not None else "n/a"})
+
+    r = ratio("moons", "step", "speedup_vs_micrograd")
+    add("moons demo step vs micrograd", ">= 150x faster", r, r and r >= 150, f"{r:.0f}x faster" if r else "")
+    r = ratio("mul", "op", "times_floats")
+    add("a*b vs a float multiply", "<= 2.5x", r, r and r <= 2.5, f"{r:.2f}x" if r else "")
+    for phase in ("forward", "backward"):
+        r = ratio("layer", phase, "speedup_vs_seed")
+        add(f"64x512 tanh layer {phase} vs the seed's Value", ">= 50x faster", r, r and r >= 50,
+            f"{r:.0f}x faster" if r else "")
+    b = median("memory", "bytes", "fastgrad")
+    mg = median("memory", "bytes", "micrograd")
+    add("bytes per node", "<= 96 (micrograd ~690)", b, b and b <= 96,
+        f"{b:.0f} (micrograd {mg:.0f})" if b and mg else f"{b:.0f}" if b else "")
+    sweep = [(w["units"], w["results"]["fastgrad"]["total"]["median"]) for w in results
+             if w["name"].startswith("sweep") and "fastgrad" in w["results"]]
+    if len(sweep) >= 2:
+        costs = [c for _, c in sweep]
+        flat = max(costs) / min(costs)
+        span = f"{sweep[0][0]:,} to {sweep[-1][0]:,} nodes"
+        add("cost per node across the sweep", "within 2x from 1e3 to 1e7", flat, flat <= 2,
+            f"max/min {flat:.2f}x over {span}" + (" (quick run: not up to 1e7)" if quick else ""))
+    else:
+        add("cost per node across the sweep", "within 2x from 1e3 to 1e7", None, None, "")
+    return out
+
+
+def notes(results, missing, overhead, workloads):
+    out = [f"{name}: {why}" for name, why in missing.items()]
+    reasons = {}
+    for w in results:
+        for engine, why in w["skipped"].items():
+            reasons.setdefault(f"{engine}: {why}", []).append(w["name"])
+    out += [f"n/a {key} ({', '.join(names)})" for key, names in reasons.items()]
+    mul = next((w for w in results if w["name"] == "mul"), None)
+    if overhead is not None and mul and {"fastgrad", "floats"} <= set(mul["results"]):
+        fg, fl = (mul["results"][e]["op"]["median"] * 1e9 for e in ("fastgrad", "floats"))
+        net = (fg - overhead) / (fl - overhead) if fl > overhead else None
+        out.append(f"single ops include the loop around them ({overhead:.1f} ns per empty iteration here); net of "
+                   f"it a*b costs {fg - overhead:.1f} ns on fastgrad and {fl - overhead:.1f} ns on floats"
+                   + (f" ({net:.2f}x)" if net else ""))
+    for w in workloads:
+        losses = getattr(w, "first_loss", None)
+        if losses and len(losses) > 1:
+            spread = max(losses.values()) - min(losses.values())
+            agree = "agree" if spread <= 1e-9 * max(1.0, max(abs(v) for v in losses.values())) else "DISAGREE"
+            out.append(f"{w.name}: step-0 loss on each engine {agree} "
+                       f"({', '.join(f'{e} {v:.12g}' for e, v in losses.items())}): the same model is timed")
+    out.append("between samples the cyclic GC runs untimed, so no engine pays for another's garbage (micrograd's, "
+               "the seed's and PyTorch's graphs are reclaimed there, in their favour); within a sample it runs "
+               "as usual; graphs are freed untimed except in the sweep, which times dropping them")
+    out.append("the chain raises sys.setrecursionlimit: micrograd's and the seed's backward recurse once per level")
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="the short run (under a minute): CI's smoke test")
+    parser.add_argument("--only", metavar="NAME", help="run one workload (or a comma-separated few); see --list")
+    parser.add_argument("--engines", metavar="NAMES", help="comma-separated subset of " + ",".join(engines_mod.FINDERS))
+    parser.add_argument("--json", metavar="PATH", help="write all results as JSON")
+    parser.add_argument("--chart", metavar="PATH",
+                        help="PNG chart path (default bench/results/bench.png, bench-quick.png with --quick)")
+    parser.add_argument("--no-chart", action="store_true", help="do not draw the chart")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="rewrite the README text between <!-- bench:start --> and <!-- bench:end -->")
+    parser.add_argument("--list", action="store_true", help="list the workloads and exit")
+    args = parser.parse_args(argv)
+
+    mode = "quick" if args.quick else "full"
+    settings = SETTINGS[mode]
+    all_workloads = make_workloads(settings)
+    if args.list:
+        for w in all_workloads:
+            print(f"{w.name:<12} {w.title}")
+        return 0
+    chosen = selected(all_workloads, args.only)
+    engines, missing = engines_mod.discover(args.engines.split(",") if args.engines else None)
+    # What importing the engines left on the heap (PyTorch alone brings some 170,000 objects) goes to the
+    # GC's permanent generation: micrograd's and the seed's collections then walk their own objects only,
+    # as in a program that imports just one engine, whichever engines happen to be installed here.
+    gc.collect()
+    gc.freeze()
+    show, done = report.progress_printer()
+
+    started = time.perf_counter()
+    results = []
+    overhead = None
+    for i, w in enumerate(chosen, 1):
+        label = f"[{i}/{len(chosen)}] {w.name}"
+        show(label, "")
+        results.append(run_workload(w, engines, settings, lambda _, detail: show(label, detail)))
+        if w.name == "mul":
+            show(label, "empty loop")
+            overhead = loop_overhead(settings)
+    done()
+
+    data = {
+        "date": datetime.date.today().isoformat(),
+        "mode": mode,
+        "seconds": round(time.perf_counter() - started, 1),
+        "machine": report.machine(),
+        "engines": [{"name": e.name, "version": e.version, "note": e.note, "available": True} for e in engines]
+                   + [{"name": n, "version": None, "note": why, "available": False} for n, why in missing.items()],
+        "workloads": results,
+    }
+    data["targets"] = targets(results, args.quick)
+    data["notes"] = notes(results, missing, overhead, chosen)
+    print(report.text(data))
+    print(f"\n({data['seconds']} s)")
+
+    if args.json:
+        import json
+        with open(args.json, "w") as f:
+            json.dump(data, f, indent=1)
+        print(f"wrote {args.json}", file=sys.stderr)
+    chart_path = args.chart or os.path.join(BENCH_DIR, "results", "bench-quick.png" if args.quick else "bench.png")
+    if not args.no_chart:
+        try:
+            report.chart(data, chart_path)
+            print(f"chart: {chart_path}", file=sys.stderr)
+        except ImportError:
+            print("matplotlib not installed (pip install fastgrad[bench]): no chart", file=sys.stderr)
+    if args.update_readme:
+        link = os.path.relpath(chart_path, REPO_DIR).replace(os.sep, "/")
+        command = "python bench/run.py" + (" --quick" if args.quick else "")
+        print(report.update_readme(os.path.join(REPO_DIR, "README.md"), report.readme_block(data, link, command)),
+              file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""The workloads: what is built and timed on each engine.
+
+Each workload gives, per engine, a sampler `sampler(inner) -> {phase: seconds}` (see timing.py), and says
+how many units (ops, nodes, steps) one run is, so that the suite reports time per unit. An engine that cannot
+run a workload (micrograd 0.1.0 has no tanh) gets a reason instead of a sampler.
+
+Graph engines all run the same workload body; plain floats run the same arithmetic with a hand-written
+backward and no graph. Graphs are dropped outside the timed phases, except in the scaling sweep, which times
+the whole life of a graph (build, backward, free).
+"""
+import gc
+import math
+import random
+
+from timing import clock
+
+
+class Unsupported(Exception):
+    """This engine cannot run this workload; the message says why."""
+
+
+class Workload:
+    name = ""
+    title = ""
+    unit = "node"          # what one reported time is per: "op", "node" or "step"
+    phases = ("total",)
+
+    def units(self):
+        return 1
+
+    def sampler(self, engine):
+        raise NotImplementedError
+
+
+# --- single ops ------------------------------------------------------------------------------------------
+# Each loop is the statement users write, run n times in a plain `for` loop (as timeit does). The result is
+# dropped at once, so every engine also pays for freeing the node it made (micrograd: its share of GC).
+
+def _mul_loop(n, a, b):
+    for _ in range(n):
+        a * b
+
+
+def _add_loop(n, a, b):
+    for _ in range(n):
+        a + b
+
+
+def _tanh_method_loop(n, a, b):
+    for _ in range(n):
+        a.tanh()
+
+
+def _tanh_float_loop(n, a, b):
+    tanh = math.tanh
+    for _ in range(n):
+        tanh(a)
+
+
+def empty_loop(n, a, b):
+    """The loop alone, to tell how much of a single op's time is the loop around it."""
+    for _ in range(n):
+        pass
+
+
+class SingleOp(Workload):
+    unit = "op"
+    phases = ("op",)
+
+    def __init__(self, name, title, graph_loop, float_loop=None, needs_tanh=False):
+        self.name, self.title = name, title
+        self.graph_loop, self.float_loop = graph_loop, float_loop or graph_loop
+        self.needs_tanh = needs_tanh
+
+    def sampler(self, engine):
+        if self.needs_tanh and not engine.has_tanh:
+            raise Unsupported(f"{engine.name} {engine.version} has no tanh")
+        loop = self.graph_loop if engine.is_graph else self.float_loop
+        a, b = engine.leaf(0.5), engine.leaf(-0.75)
+        return lambda inner: loop_sampler(loop, inner, a, b)
+
+
+def loop_sampler(loop, inner, a, b):
+    start = clock()
+    loop(inner, a, b)
+    return {"op": clock() - start}
+
+
+# --- a long expression chain -----------------------------------------------------------------------------
+
+class Chain(Workload):
+    """x = relu(x*w + b), STEPS times: a graph as deep as it is long (3 nodes per step)."""
+
+    name = "chain"
+    title = "chain relu(x*w+b) x1000"
+    phases = ("forward", "backward")
+    STEPS = 1000
+
+    def units(self):
+        return 3 * self.STEPS
+
+    def sampler(self, engine):
+        # micrograd and the seed sort the graph recursively, one Python frame per level of depth.
+        import sys
+        sys.setrecursionlimit(max(sys.getrecursionlimit(), 10 * self.units()))
+        body = self.run_graph if engine.is_graph else self.run_floats
+        leaf = engine.leaf
+        return lambda inner: sum_phases(body(leaf) for _ in range(inner))
+
+    def run_graph(self, leaf):
+        x, w, b = leaf(0.5), leaf(0.9), leaf(0.1)
+        start = clock()
+        for _ in range(self.STEPS):
+            x = (x * w + b).relu()
+        built = clock()
+        x.backward()
+        return {"forward": built - start, "backward": clock() - built}
+
+    def run_floats(self, leaf):
+        x, w, b = 0.5, 0.9, 0.1
+        start = clock()
+        xs = [x]
+        for _ in range(self.STEPS):
+            y = x * w + b
+            x = 0.0 if y < 0 else y
+            xs.append(x)
+        built = clock()
+        g, gw, gb = 1.0, 0.0, 0.0
+        for i in range(self.STEPS, 0, -1):
+            if xs[i] > 0:
+                gw += g * xs[i - 1]
+                gb += g
+                g = g * w
+            else:
+                g = 0.0
+        return {"forward": built - start, "backward": clock() - built}
+
+
+def sum_phases(runs):
+    total = {}
+    for run in runs:
+        for phase, seconds in run.items():
+            total[phase] = total.get(phase, 0.0) + seconds
+    return total
+
+
+# --- the seed's tanh layer -------------------------------------------------------------------------------
+
+class TanhLayer(Workload):
+    """NOUT neurons of NIN inputs built as the notebook's Neuron does: sum([wi*xi ...], b).tanh().
+
+    Each neuron makes NIN leaves (the float inputs, wrapped), NIN products, NIN sums and a tanh; the
+    outputs are summed into one loss so that backward has a single root.
+    """
+
+    name = "layer"
+    title = "layer 64x512 tanh (seed's Neuron)"
+    phases = ("forward", "backward")
+    NIN, NOUT = 64, 512
+
+    def units(self):
+        return self.NOUT * (3 * self.NIN + 1) + self.NOUT - 1
+
+    def sampler(self, engine):
+        if not engine.has_tanh:
+            raise Unsupported(f"{engine.name} {engine.version} has no tanh")
+        rng = random.Random(4)
+        x = [rng.uniform(-1, 1) for _ in range(self.NIN)]
+        neurons = [([engine.leaf(rng.uniform(-1, 1)) for _ in range(self.NIN)], engine.leaf(rng.uniform(-1, 1)))
+                   for _ in range(self.NOUT)]
+        if engine.is_graph:
+            return lambda inner: sum_phases(self.run_graph(neurons, x) for _ in range(inner))
+        grads = [([0.0] * self.NIN, [0.0]) for _ in range(self.NOUT)]
+        return lambda inner: sum_phases(self.run_floats(neurons, x, grads) for _ in range(inner))
+
+    @staticmethod
+    def run_graph(neurons, x):
+        start = clock()
+        outs = [sum([wi * xi for wi, xi in zip(w, x)], b).tanh() for w, b in neurons]
+        loss = sum(outs[1:], outs[0])
+        built = clock()
+        loss.backward()
+        return {"forward": built - start, "backward": clock() - built}
+
+    @staticmethod
+    def run_floats(neurons, x, grads):
+        tanh = math.tanh
+        start = clock()
+        outs = [tanh(sum([wi * xi for wi, xi in zip(w, x)], b)) for w, b in neurons]
+        sum(outs[1:], outs[0])
+        built = clock()
+        for t, (gw, gb) in zip(outs, grads):
+            g = 1.0 - t * t
+            for i, xi in enumerate(x):
+                gw[i] += xi * g
+            gb[0] += g
+        return {"forward": built - start, "backward": clock() - built}
+
+
+# --- the scaling sweep -----------------------------------------------------------------------------------
+
+class Sweep(Workload):
+    """A graph of about `size` nodes and its whole life: build, backward, free. Per node it should stay flat.
+
+    The graph is a batch of ReLU neurons, relu(sum([wi*xi ...], b)), sharing one set of 64 weights over
+    cycling input rows (so the setup stays small next to the timed graph), their outputs summed into one loss.
+    'free' times dropping the last reference: fastgrad's nodes are freed then and there; micrograd's, the
+    seed's and PyTorch's sit in reference cycles and are reclaimed later by the cyclic GC, untimed between
+    samples, so the sweep leaves that cost out in their favour.
+    """
+
+    unit = "node"
+    phases = ("forward", "backward", "free")
+    NIN, ROWS = 64, 64
+    NODES_PER_NEURON = 3 * NIN + 2      # NIN wrapped inputs, NIN products, NIN sums, a relu, its share of the loss sum
+
+    def __init__(self, size):
+        self.size = size
+        self.neurons = max(1, round(size / self.NODES_PER_NEURON))
+        self.name = f"sweep-{size:.0e}".replace("+0", "")
+        self.title = f"sweep, {self.units():,} nodes"
+
+    def units(self):
+        return self.neurons * self.NODES_PER_NEURON - 1
+
+    def inputs(self, engine):
+        rng = random.Random(5)
+        rows = [[rng.uniform(-1, 1) for _ in range(self.NIN)] for _ in range(self.ROWS)]
+        w = [engine.leaf(rng.uniform(-1, 1)) for _ in range(self.NIN)]
+        return rows, w, engine.leaf(0.1)
+
+    def build(self, rows, w, b):
+        """The forward graph, on a graph engine; returns the loss and the neuron outputs."""
+        outs = [sum([wi * xi for wi, xi in zip(w, rows[j % self.ROWS])], b).relu() for j in range(self.neurons)]
+        return sum(outs[1:], outs[0]), outs
+
+    def sampler(self, engine):
+        rows, w, b = self.inputs(engine)
+        if engine.is_graph:
+            return lambda inner: sum_phases(self.run_graph(rows, w, b) for _ in range(inner))
+        grads = [0.0] * self.NIN
+        return lambda inner: sum_phases(self.run_floats(rows, w, b, grads) for _ in range(inner))
+
+    def run_graph(self, rows, w, b):
+        start = clock()
+        loss, outs = self.build(rows, w, b)
+        built = clock()
+        loss.backward()
+        swept = clock()
+        del loss, outs
+        return {"forward": built - start, "backward": swept - built, "free": clock() - swept}
+
+    def run_floats(self, rows, w, b, grads):
+        start = clock()
+        n, nin = self.neurons, self.NIN
+        outs = []
+        for j in range(n):
+            act = sum([wi * xi for wi, xi in zip(w, rows[j % self.ROWS])], b)
+            outs.append(0.0 if act < 0 else act)
+        sum(outs[1:], outs[0])
+        built = clock()
+        for j in range(n):
+            if outs[j] > 0:
+                row = rows[j % self.ROWS]
+                for i in range(nin):
+                    grads[i] += row[i]
+        swept = clock()
+        del outs
+        return {"forward": built - start, "backward": swept - built, "free": clock() - swept}
+
+
+# --- bytes per node ---------------------------------------------------------------------------------------
+
+class BytesPerNode(Sweep):
+    """tracemalloc's count of the bytes a live graph holds, divided by its nodes (the sweep's graph)."""
+
+    name = "memory"
+    unit = "byte"
+    phases = ("bytes",)
+    # fastgrad keeps up to 65,536 freed nodes for reuse; holding more than that many leaves first makes every
+    # node of the measured graph a fresh allocation that tracemalloc sees.
+    FREELIST_DRAIN = 200_000
+
+    def __init__(self, size=20_000):
+        super().__init__(size)
+        self.name = "memory"
+        self.title = f"memory, live graph of {self.units():,} nodes"
+
+    def sampler(self, engine):
+        if not engine.is_graph:
+            raise Unsupported("no graph")
+        if engine.name == "torch":
+            raise Unsupported("PyTorch allocates its graph in C++, which tracemalloc does not see")
+        return lambda inner: self.measure(engine)
+
+    def measure(self, engine):
+        import tracemalloc
+
+        rows, w, b = self.inputs(engine)
+        drain = [engine.leaf(0.0) for _ in range(self.FREELIST_DRAIN if engine.name == "fastgrad" else 0)]
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            graph = self.build(rows, w, b)
+            held = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        del graph, drain
+        return {"bytes": float(held)}
+
+
+# --- micrograd's moons demo ------------------------------------------------------------------------------
+
+class MoonsStep(Workload):
+    """One training step of micrograd's demo: MLP(2, [16, 16, 1]), 100 moons points, SVM loss + L2, SGD.
+
+    The data and the step are tests/moons.py's. Every engine starts from the same weights (random.seed) and
+    keeps training from sample to sample; the step index cycles through the demo's 100-step schedule.
+    `family` picks the model: "micrograd" (ReLU layers, linear output: the demo's) or "seed" (the
+    notebook's tanh MLP, which only fastgrad and the seed's Value have).
+    """
+
+    unit = "step"
+    phases = ("step",)
+    SIZES = [16, 16, 1]
+
+    def __init__(self, family):
+        self.family = family
+        if family == "micrograd":
+            self.name, self.title = "moons", "moons step, micrograd's MLP"
+        else:
+            self.name, self.title = "moons-seed", "moons step, seed's tanh MLP"
+        self.first_loss = {}   # engine -> loss of step 0: the same model on the same data must agree
+
+    def sampler(self, engine):
+        import moons
+        from baselines import FloatMLP
+
+        X, y = moons.make_moons(100, noise=0.1, seed=0)
+        random.seed(1)
+        if not engine.is_graph:
+            if self.family != "micrograd":
+                raise Unsupported("no hand-written version of the tanh model")
+            model = FloatMLP(2, self.SIZES)
+            step = model.train_step
+        else:
+            mlp = engine.mlp if self.family == "micrograd" else engine.seed_mlp
+            if mlp is None:
+                raise Unsupported(f"{engine.name} has no {self.family}-style MLP")
+            model = mlp(2, self.SIZES)
+
+            def step(X, y, k):
+                return moons.train_step(model, engine.leaf, X, y, k)
+        first = step(X, y, 0)
+        self.first_loss[engine.name] = float(first[0])
+        counter = [1]
+
+        def sampler(inner):
+            k = counter[0]
+            start = clock()
+            for i in range(k, k + inner):
+                step(X, y, i % 100)
+            counter[0] = k + inner
+            return {"step": clock() - start}
+        return sampler
