@@ -1,0 +1,143 @@
+"""The benchmark suite runs, reports what it claims to, and its baselines compute what micrograd computes.
+
+No timing is asserted here: speed is what bench/ measures, not what tests check.
+"""
+import importlib.util
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(REPO, "bench")
+
+
+def bench_module(name):
+    """bench/<name>.py, loaded by path: bench/ is a folder of scripts, not a package on sys.path."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", os.path.join(BENCH, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+report = bench_module("report")
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One `bench/run.py --quick` of two cheap workloads, as a user or CI runs it."""
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "run.py"), "--quick", "--only", "chain,memory", "--json", str(out),
+         "--no-chart"],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    with open(out) as f:
+        return proc, json.load(f)
+
+
+def test_quick_run_reports_every_installed_engine(quick_run):
+    proc, data = quick_run
+    available = {e["name"] for e in data["engines"] if e["available"]}
+    assert {"fastgrad", "seed", "floats"} <= available
+    micrograd_installed = subprocess.run([sys.executable, "-c", "import micrograd"]).returncode == 0
+    assert ("micrograd" in available) == micrograd_installed
+    for e in data["engines"]:
+        assert e["note"], e
+    for engine in available:
+        assert engine in proc.stdout
+
+
+def test_quick_run_fields_are_sane(quick_run):
+    _, data = quick_run
+    assert data["mode"] == "quick"
+    assert data["machine"]["cores"] >= 1 and data["machine"]["python"]
+    chain = next(w for w in data["workloads"] if w["name"] == "chain")
+    assert chain["unit"] == "node" and chain["units"] == 3000
+    for engine, phases in chain["results"].items():
+        assert set(phases) == {"forward", "backward", "total"}, engine
+        for s in phases.values():
+            assert math.isfinite(s["median"]) and s["median"] > 0
+            assert s["q1"] <= s["median"] <= s["q3"]
+            assert s["samples"] == 3 and s["inner"] >= 1
+    assert set(chain["results"]) | set(chain["skipped"]) >= {"fastgrad", "seed", "floats"}
+    assert chain["ratios"]["forward"]["times_floats"] > 0
+    memory = next(w for w in data["workloads"] if w["name"] == "memory")
+    assert memory["results"]["fastgrad"]["bytes"]["median"] > 0
+    assert "floats" in memory["skipped"]
+    figures = {t["figure"] for t in data["targets"]}
+    assert "bytes per node" in figures and "moons demo step vs micrograd" in figures
+
+
+def test_unknown_workload_is_refused():
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "run.py"), "--only", "nonsense"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode != 0
+    assert "nonsense" in proc.stderr
+
+
+def test_readme_block_replaces_only_the_text_between_the_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    before, after = "# title\n\nintro\n\n", "\n\n## more\ntext\n"
+    readme.write_text(before + f"{report.README_START}\nold table\n{report.README_END}" + after)
+    block = f"{report.README_START}\nnew table\n{report.README_END}"
+    assert "updated" in report.update_readme(str(readme), block)
+    assert readme.read_text() == before + block + after
+
+
+def test_readme_without_markers_is_left_alone(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# title\nno markers here\n")
+    assert "not updated" in report.update_readme(str(readme), "anything")
+    assert readme.read_text() == "# title\nno markers here\n"
+    assert "not updated" in report.update_readme(str(tmp_path / "missing.md"), "anything")
+
+
+def test_float_floor_trains_exactly_as_micrograd():
+    """bench's plain-float floor must do micrograd's demo step, or its time would not be the floor of it."""
+    micrograd_engine = pytest.importorskip("micrograd.engine")
+    micrograd_nn = pytest.importorskip("micrograd.nn")
+    import moons
+    FloatMLP = bench_module("baselines").FloatMLP
+
+    X, y = moons.make_moons(100, noise=0.1, seed=0)
+    random.seed(3)
+    model = micrograd_nn.MLP(2, [16, 16, 1])
+    random.seed(3)
+    floor = FloatMLP(2, [16, 16, 1])
+    for k in range(5):
+        loss, accuracy = moons.train_step(model, micrograd_engine.Value, X, y, k)
+        floor_loss, floor_accuracy = floor.train_step(X, y, k)
+        assert floor_loss == pytest.approx(loss, rel=1e-12)
+        assert floor_accuracy == accuracy
+    weights = [w for layer in floor.weights for neuron in layer for w in neuron]
+    micrograd_weights = [p.data for n in (n for layer in model.layers for n in layer.neurons) for p in n.w]
+    assert weights == pytest.approx(micrograd_weights, rel=1e-12)
+
+
+def test_torch_model_trains_exactly_as_micrograd():
+    """bench's PyTorch scalar MLP is micrograd's model, so its row times the same work."""
+    torch = pytest.importorskip("torch")
+    micrograd_engine = pytest.importorskip("micrograd.engine")
+    micrograd_nn = pytest.importorskip("micrograd.nn")
+    import moons
+    TorchScalarMLP = bench_module("baselines").TorchScalarMLP
+
+    def leaf(x):
+        return torch.tensor(x, dtype=torch.float64, requires_grad=True)
+
+    X, y = moons.make_moons(20, noise=0.1, seed=1)
+    random.seed(4)
+    model = micrograd_nn.MLP(2, [4, 4, 1])
+    random.seed(4)
+    twin = TorchScalarMLP(2, [4, 4, 1], leaf)
+    for k in range(3):
+        loss, accuracy = moons.train_step(model, micrograd_engine.Value, X, y, k)
+        twin_loss, twin_accuracy = moons.train_step(twin, leaf, X, y, k)
+        assert float(twin_loss) == pytest.approx(loss, rel=1e-12)
+        assert float(twin_accuracy) == pytest.approx(accuracy)
