@@ -39,6 +39,8 @@ class Neuron(Module):
         return f"{kind}Neuron({len(self.w)})"
 
 
+# A layer and an MLP are called, list their parameters and print as the seed's do, which is micrograd's way
+# too; only the neurons they are made of differ.
 class Layer(seed_nn.Layer):
     """nout micrograd neurons over the same nin inputs; keyword arguments (nonlin) go to each neuron."""
 
