@@ -41,21 +41,14 @@ FAST_ENGINES = ("fastgrad", "floats")   # the only ones the sweep runs past slow
 
 def make_workloads(settings):
     ops = [
-        wl.SingleOp("mul", "a*b", wl._mul_loop),
-        wl.SingleOp("add", "a+b", wl._add_loop),
-        wl.SingleOp("tanh", "tanh(a)", wl._tanh_method_loop, wl._tanh_float_loop, needs_tanh=True),
+        wl.SingleOp("mul", "a*b", wl.mul_loop),
+        wl.SingleOp("add", "a+b", wl.add_loop),
+        wl.SingleOp("tanh", "tanh(a)", wl.tanh_method_loop, wl.tanh_float_loop, needs_tanh=True),
     ]
-    sweep = [wl.Sweep(size) for size in settings["sweep"]]
-    for w in sweep:
-        w.shown_phases = ("total",)
     rest = [wl.Chain(), wl.TanhLayer(), wl.MoonsStep("micrograd")]
     if not settings["quick"]:
         rest.append(wl.MoonsStep("seed"))   # the seed's model on the seed's Value: seconds per step
-    for w in ops + rest:
-        w.shown_phases = w.phases
-    memory = wl.BytesPerNode()
-    memory.shown_phases = ("bytes",)
-    return ops + rest + sweep + [memory]
+    return ops + rest + [wl.Sweep(size) for size in settings["sweep"]] + [wl.BytesPerNode()]
 
 
 def selected(workloads, only):
@@ -100,6 +93,25 @@ def loop_overhead(settings):
     return result["loop"]["op"]["median"] * 1e9
 
 
+def kernel_share(engine, sweep):
+    """One more run of the largest sweep on fastgrad, split into user and kernel time, with its page faults.
+
+    Where cost per node grows with the graph, this says how much of it is the kernel handing memory back.
+    """
+    try:
+        import resource
+    except ImportError:          # not on Windows
+        return None
+    sampler = sweep.sampler(engine)
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    sampler(1)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    per_node = 1e9 / sweep.units()
+    return {"user_ns_per_node": (after.ru_utime - before.ru_utime) * per_node,
+            "kernel_ns_per_node": (after.ru_stime - before.ru_stime) * per_node,
+            "page_faults_per_1000_nodes": (after.ru_minflt - before.ru_minflt) * 1000 / sweep.units()}
+
+
 def targets(results, quick):
     """The issue's figures, from this run's results."""
     by_name = {w["name"]: w for w in results}
@@ -141,8 +153,14 @@ def targets(results, quick):
     return out
 
 
-def notes(results, missing, overhead, workloads):
+def notes(results, missing, overhead, workloads, kernel):
     out = [f"{name}: {why}" for name, why in missing.items()]
+    if kernel:
+        out.append(f"largest sweep on fastgrad, one more run: {kernel['user_ns_per_node']:.0f} ns/node user time, "
+                   f"{kernel['kernel_ns_per_node']:.0f} ns/node kernel time, "
+                   f"{kernel['page_faults_per_1000_nodes']:.1f} page faults per 1000 nodes"
+                   + (" (the memory of each freed graph goes back to the OS and is faulted in again, zeroed)"
+                      if kernel["page_faults_per_1000_nodes"] > 1 else ""))
     reasons = {}
     for w in results:
         for engine, why in w["skipped"].items():
@@ -203,25 +221,32 @@ def main(argv=None):
     results = []
     overhead = None
     for i, w in enumerate(chosen, 1):
-        label = f"[{i}/{len(chosen)}] {w.name}"
+        label = f"[{i}/{len(chosen)}, {time.perf_counter() - started:.0f} s] {w.name}"
         show(label, "")
         results.append(run_workload(w, engines, settings, lambda _, detail: show(label, detail)))
         if w.name == "mul":
             show(label, "empty loop")
             overhead = loop_overhead(settings)
+    sweeps = [w for w in chosen if type(w) is wl.Sweep]
+    fastgrad = next((e for e in engines if e.name == "fastgrad"), None)
+    kernel = None
+    if sweeps and fastgrad:
+        show("kernel time", f"of fastgrad's largest sweep ({sweeps[-1].units():,} nodes)")
+        kernel = kernel_share(fastgrad, sweeps[-1])
     done()
 
     data = {
         "date": datetime.date.today().isoformat(),
         "mode": mode,
         "seconds": round(time.perf_counter() - started, 1),
-        "machine": report.machine(),
+        "machine": report.machine(),   # its load average is the one at the end of the run
         "engines": [{"name": e.name, "version": e.version, "note": e.note, "available": True} for e in engines]
                    + [{"name": n, "version": None, "note": why, "available": False} for n, why in missing.items()],
         "workloads": results,
     }
     data["targets"] = targets(results, args.quick)
-    data["notes"] = notes(results, missing, overhead, chosen)
+    data["kernel_time"] = kernel
+    data["notes"] = notes(results, missing, overhead, chosen, kernel)
     print(report.text(data))
     print(f"\n({data['seconds']} s)")
 

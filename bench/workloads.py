@@ -11,6 +11,7 @@ the whole life of a graph (build, backward, free).
 import gc
 import math
 import random
+import sys
 
 from timing import clock
 
@@ -25,6 +26,11 @@ class Workload:
     unit = "node"          # what one reported time is per: "op", "node" or "step"
     phases = ("total",)
 
+    @property
+    def shown_phases(self):
+        """The phases the table shows (the JSON has them all)."""
+        return self.phases
+
     def units(self):
         return 1
 
@@ -36,22 +42,22 @@ class Workload:
 # Each loop is the statement users write, run n times in a plain `for` loop (as timeit does). The result is
 # dropped at once, so every engine also pays for freeing the node it made (micrograd: its share of GC).
 
-def _mul_loop(n, a, b):
+def mul_loop(n, a, b):
     for _ in range(n):
         a * b
 
 
-def _add_loop(n, a, b):
+def add_loop(n, a, b):
     for _ in range(n):
         a + b
 
 
-def _tanh_method_loop(n, a, b):
+def tanh_method_loop(n, a, b):
     for _ in range(n):
         a.tanh()
 
 
-def _tanh_float_loop(n, a, b):
+def tanh_float_loop(n, a, b):
     tanh = math.tanh
     for _ in range(n):
         tanh(a)
@@ -101,7 +107,6 @@ class Chain(Workload):
 
     def sampler(self, engine):
         # micrograd and the seed sort the graph recursively, one Python frame per level of depth.
-        import sys
         sys.setrecursionlimit(max(sys.getrecursionlimit(), 10 * self.units()))
         body = self.run_graph if engine.is_graph else self.run_floats
         leaf = engine.leaf
@@ -211,6 +216,7 @@ class Sweep(Workload):
 
     unit = "node"
     phases = ("forward", "backward", "free")
+    shown_phases = ("total",)
     NIN, ROWS = 64, 64
     NODES_PER_NEURON = 3 * NIN + 2      # NIN wrapped inputs, NIN products, NIN sums, a relu, its share of the loss sum
 
@@ -276,7 +282,7 @@ class BytesPerNode(Sweep):
 
     name = "memory"
     unit = "byte"
-    phases = ("bytes",)
+    phases = shown_phases = ("bytes",)
     # fastgrad keeps up to 65,536 freed nodes for reuse; holding more than that many leaves first makes every
     # node of the measured graph a fresh allocation that tracemalloc sees.
     FREELIST_DRAIN = 200_000
