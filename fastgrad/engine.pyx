@@ -413,29 +413,29 @@ cdef tuple node_fields(Value n):
 
 cdef list graph_entries(Value root):
     cdef NodeArray order = NodeArray(NULL, 0, 0)
-    cdef NodeArray stack = NodeArray(NULL, 0, 0)     # not backward's: this runs Python code
+    cdef NodeArray stack = NodeArray(NULL, 0, 0)     # not backward's: Python code runs below
     cdef Py_ssize_t i
-    cdef Value n
-    entries = []
-    index_of = {}         # id(node) -> its place in entries
     try:
         sort_topologically(root, &order, &stack)
-        free_array(&stack)
-        for i in range(order.length):
-            n = <Value>order.items[i]
-            for child in n._prev:
-                if id(child) not in index_of:     # a leaf: the sort leaves them out
-                    index_of[id(child)] = len(entries)
-                    entries.append(child)
-            index_of[id(n)] = len(entries)
-            entries.append(node_fields(n) + (
-                index_of[id(<Value>n.child_a)],
-                -1 if n.child_b == NULL else index_of[id(<Value>n.child_b)]))
-    finally:
+        # Clear the marks before any Python code runs: a GC pass or another thread may sort this
+        # graph too (backward, another pickling) and would take marked nodes for sorted ones.
         for i in range(order.length):
             (<Value>order.items[i]).visited = False
+        nodes = [<Value>order.items[i] for i in range(order.length)]
+    finally:
         free_array(&order)
         free_array(&stack)
+    entries = []
+    index_of = {}         # id(node) -> its place in entries
+    for n in nodes:
+        for child in n._prev:
+            if id(child) not in index_of:     # a leaf: the sort leaves them out
+                index_of[id(child)] = len(entries)
+                entries.append(child)
+        index_of[id(n)] = len(entries)
+        entries.append(node_fields(n) + (
+            index_of[id(<Value>(<Value>n).child_a)],
+            -1 if (<Value>n).child_b == NULL else index_of[id(<Value>(<Value>n).child_b)]))
     return entries or [node_fields(root) + (-1, -1)]
 
 
@@ -444,6 +444,8 @@ def rebuild_graph(int format, list entries):
     cdef Value n
     if format != PICKLE_FORMAT:
         raise ValueError(f"this fastgrad reads pickle format {PICKLE_FORMAT}, not {format}")
+    if not entries:
+        raise ValueError("not a pickled fastgrad graph: no nodes")
     nodes = []
     for entry in entries:
         if type(entry) is Value:
@@ -451,7 +453,8 @@ def rebuild_graph(int format, list entries):
             continue
         value, gradient, label, op, constant, constant_is_int, custom_op, a, b = entry
         if (not 0 <= op < <int>OP_COUNT or not -1 <= a < len(nodes) or not -1 <= b < len(nodes)
-                or a < 0 <= b or ARITIES[op] not in (-1, (a >= 0) + (b >= 0))):
+                or a < 0 <= b or ARITIES[op] not in (-1, (a >= 0) + (b >= 0))
+                or (op == CUSTOM) != (custom_op is not None)):     # _op reads custom_op of CUSTOM nodes
             raise ValueError("not a pickled fastgrad graph")
         n = leaf(value)
         n.gradient = gradient
@@ -479,7 +482,7 @@ def rebuild_graph(int format, list entries):
 # The node
 
 @cython.final        # a subclass could add fields, and with them reference cycles the GC must see
-@cython.no_gc        # no cycle can form: see engine.pxd and tests/test_memory.py
+@cython.no_gc        # no cycle can form: see engine.pxd and tests/test_leaks.py
 @cython.freelist(65536)
 cdef class Value:
     """A scalar in a computation graph: its data, its gradient, and how it was made."""
@@ -487,22 +490,25 @@ cdef class Value:
     __array_ufunc__ = None     # so that `numpy.float64(2) * v` asks Value, and gives a Value
 
     def __init__(self, data, _children=(), _op="", label=""):
+        # Everything is checked before anything is set: a refused call leaves the node as it was.
         children = tuple(_children)
         if len(children) > 2:
             raise ValueError(f"a Value has at most two children, got {len(children)}")
         for child in children:
             if type(child) is not Value:
                 raise TypeError(f"_children must be Values, not {type(child).__name__!r}")
-        self.value = real_number(data, "Value data")
-        self.label = label
-        if children or _op:
-            if refcount(<PyObject*>self) > 1:     # already reachable, so maybe from a child: a cycle
-                raise TypeError("a Value's children are fixed when it is made")
-            _op = exact_str(_op, "_op")
+        cdef double value = real_number(data, "Value data")
+        cdef str op_name = exact_str(_op, "_op")
+        cdef str label_name = exact_str(label, "label")
+        if (children or op_name) and refcount(<PyObject*>self) > 1:
+            raise TypeError("a Value's children are fixed when it is made")   # reachable: maybe a cycle
+        self.value = value
+        self.label = label_name
+        if children or op_name:
             self.op = CUSTOM
-            incref(<PyObject*>_op)
+            incref(<PyObject*>op_name)
             xdecref(self.custom_op)
-            self.custom_op = <PyObject*>_op
+            self.custom_op = <PyObject*>op_name
             for i, child in enumerate(children):
                 incref(<PyObject*>child)
                 if i == 0:

@@ -72,8 +72,6 @@ def test_op_that_is_not_a_str_names_its_type(bad):
         Value(2.0, (a,), bad)
 
 
-@pytest.mark.xfail(strict=True, reason="engine: a falsy non-str _op (None, 0, b'', [], {}) is accepted "
-                                       "silently when there are no children")
 @pytest.mark.parametrize("falsy", [None, 0, b"", [], {}], ids=lambda b: type(b).__name__)
 def test_falsy_op_that_is_not_a_str_is_refused_too(falsy):
     with pytest.raises(TypeError, match=type(falsy).__name__):
@@ -200,9 +198,8 @@ def test_grads_can_be_set_to_nan_and_inf_and_backward_adds_to_them():
 # ---------------------------------------------------------------------------------------------------
 # A failed op leaves the graph as it was (test_engine covers the arithmetic errors of the ops)
 
-def failing_op(what, error, failing, xfail=None):
-    marks = [pytest.mark.xfail(strict=True, reason=xfail)] if xfail else []
-    return pytest.param(error, failing, id=what, marks=marks)
+def failing_op(what, error, failing):
+    return pytest.param(error, failing, id=what)
 
 
 FAILED_OPS = [
@@ -220,9 +217,7 @@ FAILED_OPS = [
     failing_op("unpickle a corrupted graph that uses the graph's nodes", ValueError,
                lambda n: rebuild_graph(1, [n["x"], n["half"], (0.0, 0.0, "", 99, 0.0, 0, None, 0, 1)])),
     failing_op("re-run __init__ with children on an existing node", TypeError,
-               lambda n: Value.__init__(n["x"], 5.0, (n["half"],), "+", "relabelled"),
-               xfail="engine: Value.__init__ sets data and label before it refuses the children, "
-                     "so the node keeps them"),
+               lambda n: Value.__init__(n["x"], 5.0, (n["half"],), "+", "relabelled")),
 ]
 
 

@@ -6,9 +6,9 @@
   each call adds its gradients, computed from grads that earlier calls already accumulated in the inner
   nodes, so k calls give the root's children k times one call's grads, and nodes further down more.
 
-Pickling and copying a graph (pickle, copy, deepcopy) is not yet safe against other threads using the
-same graph: it runs Python code while the graph's nodes carry its marks, and another thread may run
-then (the xfail tests at the end).
+- pickling or copying a graph while another thread runs backward() on it, or pickles it too, gives
+  both the whole graph: the sort's marks are cleared before the pickling runs any Python code (the
+  tests at the end make the other thread run in the middle of a pickling).
 """
 import gc
 import math
@@ -156,9 +156,6 @@ def while_pickling(root, other):
     return pickled, outcome
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="engine: graph_entries keeps the nodes' visited marks while it runs Python code; "
-                          "a backward() meanwhile skips the marked nodes")
 def test_backward_on_another_thread_while_the_graph_is_pickled():
     leaves, root = chain_graph()
     pickled, outcome = while_pickling(root, root.backward)
@@ -167,9 +164,6 @@ def test_backward_on_another_thread_while_the_graph_is_pickled():
     assert pickle.loads(pickled).data == root.data
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="engine: a second pickling of a graph whose nodes another pickling has marked "
-                          "treats them as leaves, and recurses")
 def test_two_threads_pickling_one_graph():
     _, root = chain_graph()
     pickled, outcome = while_pickling(root, lambda: pickle.loads(pickle.dumps(root)))
