@@ -22,7 +22,7 @@ cdef class Value:
     # Every reference a node holds points to a node made before it (its children) or to an exact str,
     # so no reference cycle can form: the class is not tracked by the cyclic GC (no_gc, final).
     # The references are raw pointers, each owning one reference, so that freeing a deep graph is
-    # done by the engine's own iterative loop (see _free_children) instead of C recursion.
+    # done by the engine's own iterative loop (see release_children) instead of C recursion.
     cdef double value               # `data`
     cdef double gradient            # `grad`
     cdef PyObject* child_a          # NULL for a leaf
@@ -33,3 +33,4 @@ cdef class Value:
     cdef unsigned char op           # an OpCode
     cdef unsigned char constant_is_int  # spell `**2` (not `**2.0`) when the exponent was given as int
     cdef unsigned char visited      # set during backward's topological sort, cleared by its sweep
+    cdef unsigned int slab          # which slab of node memory holds the node (engine.pyx, "Node memory")

@@ -1,0 +1,89 @@
+"""The engine's node memory (engine.pyx, "Node memory"): slabs that hand out the lowest free slot.
+
+What it promises: nodes are made in memory order whatever order earlier graphs were freed in (that is
+what keeps backward fast over a training loop), no slot is ever given to two live nodes, and the memory
+of a big graph goes back when the graph is dropped, even when a node made later is still alive.
+Under PYTHONMALLOC=debug or -X dev the engine leaves nodes to Python's allocator, so these tests skip.
+"""
+import os
+import random
+import sys
+
+import pytest
+
+from fastgrad import Value
+from test_deep import run_python
+from test_leaks import vm_rss_kib
+
+pytestmark = pytest.mark.skipif(
+    sys.flags.dev_mode or "debug" in os.environ.get("PYTHONMALLOC", ""),
+    reason="under the debug allocator every node is its own block")
+
+NODE_BYTES = sys.getsizeof(Value(0.0))
+
+
+def chain_addresses(length):
+    """Addresses of a chain's nodes, in the order they were made."""
+    w = Value(0.5)
+    node, made = Value(1.0), []
+    for _ in range(length):
+        node = node * w
+        made.append(node)
+    return [id(n) for n in made], made
+
+
+def test_nodes_are_made_in_memory_order_after_a_graph_freed_in_random_order():
+    rng = random.Random(3)
+    for _ in range(3):                                 # several rounds: a LIFO free list gets worse each time
+        _, made = chain_addresses(50_000)
+        rng.shuffle(made)
+        while made:                                    # every node freed at a random point of the chain
+            made.pop()
+    addresses, made = chain_addresses(20_000)
+    steps = [b - a for a, b in zip(addresses, addresses[1:])]
+    in_order = sum(step == NODE_BYTES for step in steps) / len(steps)
+    # Each slab ends with a jump to the next one; everything else is the next slot.
+    assert in_order > 0.99, f"only {in_order:.0%} of consecutive nodes are neighbours in memory"
+
+
+def test_no_slot_is_given_to_two_live_nodes():
+    rng = random.Random(5)
+    live = {}                                          # id -> (node, the data it was made with)
+    for round_ in range(40):
+        for key in rng.sample(sorted(live), len(live) // 2):
+            del live[key]                              # free half, scattered over the slabs
+        for i in range(rng.randrange(1000, 20_000)):
+            data = float(round_ * 100_000 + i)
+            node = Value(data) if i % 3 else Value(data) * 1.0    # leaves and inner nodes alike
+            assert id(node) not in live
+            live[id(node)] = (node, data)
+        assert all(node.data == data for node, data in live.values())
+
+
+SLABS_RETURNED = """
+    import sys
+    sys.path.insert(0, {tests!r})
+    from fastgrad import Value
+    from test_leaks import vm_rss_kib
+
+    before = vm_rss_kib()
+    w = Value(0.5)
+    node = Value(1.0)
+    for _ in range(2_000_000):
+        node = node * w
+    late = Value(2.0)          # made while the chain lives: it sits in the chain's last slab
+    grown = vm_rss_kib() - before
+    del node
+    kept = vm_rss_kib() - before
+    print(grown, kept, file=sys.stderr)
+    print("ok")
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmRSS from Linux's /proc")
+def test_the_memory_of_a_dropped_graph_goes_back_even_with_a_later_node_alive(tmp_path):
+    tests = os.path.dirname(os.path.abspath(__file__))
+    grown, kept = map(int, run_python(SLABS_RETURNED.format(tests=tests), tmp_path).split()[-2:])
+    assert grown > 2_000_000 * NODE_BYTES / 1024 * 0.9, f"the chain took only {grown} KiB"
+    # The engine keeps 10 MiB of empty slabs for the next graph; the rest is returned.
+    assert kept < 16 * 1024, f"{kept} KiB still held after the 2M-node chain was dropped ({grown} KiB)"
