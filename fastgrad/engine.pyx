@@ -482,12 +482,12 @@ def rebuild_graph(int format, list entries):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Node memory. Nodes live in slabs of SLAB_SLOTS slots, and a new node takes the lowest free slot of the
-# lowest slab that has one. So a graph's nodes lie in memory in the order they were made, however the
-# previous graph was freed, and backward's sort and sweep walk memory in order. A LIFO free list (Cython's
-# @freelist, pymalloc's pools) hands back the last freed slot first instead: a graph is freed in another
-# order than it is built, so each training step scrambles the next one's layout further (measured on the
-# 64x512 layer: backward went from 11 to 46 ns a node over 25 steps).
+# Node memory. Nodes live in 2 MiB slabs, and a new node takes the lowest free slot of the lowest slab
+# that has one; a slab is mapped only when all are full. So a graph's nodes lie in memory in the order
+# they were made, however the previous graph was freed, and backward's sort and sweep walk memory in
+# order. A LIFO free list (Cython's @freelist, pymalloc's pools) hands back the last freed slot first
+# instead: a graph is freed in another order than it is built, so each training step scrambles the next
+# one's layout further (measured on the 64x512 layer: backward went from 11 to 46 ns a node over 25 steps).
 #
 # Under PYTHONMALLOC=debug or -X dev the slabs are not used: every node is then its own block, which
 # the debug allocator checks. Under AddressSanitizer free slots are poisoned, so a use after free of a
@@ -516,6 +516,20 @@ cdef extern from *:
     #define fastgrad_poison(p, n) ((void)0)
     #define fastgrad_unpoison(p, n) ((void)0)
     #endif
+    #if defined(__linux__)
+    #include <sys/mman.h>
+    #ifndef MADV_POPULATE_WRITE
+    #define MADV_POPULATE_WRITE 23          /* Linux 5.14; older kernels refuse it, and nothing is lost */
+    #endif
+    #ifndef MADV_HUGEPAGE
+    #define MADV_HUGEPAGE 14
+    #endif
+    /* Huge pages where the kernel offers them, then every page mapped in one call. */
+    #define fastgrad_prefault(p, n) \
+        ((void)madvise((p), (n), MADV_HUGEPAGE), (void)madvise((p), (n), MADV_POPULATE_WRITE))
+    #else
+    #define fastgrad_prefault(p, n) ((void)0)
+    #endif
     static void fastgrad_set_allocator(PyTypeObject *t, allocfunc alloc, freefunc free) {
         t->tp_alloc = alloc;
         t->tp_free = free;
@@ -524,6 +538,7 @@ cdef extern from *:
     int lowest_bit "fastgrad_lowest_bit" (unsigned long long word) nogil
     void poison "fastgrad_poison" (void* p, Py_ssize_t n) nogil
     void unpoison "fastgrad_unpoison" (void* p, Py_ssize_t n) nogil
+    void prefault "fastgrad_prefault" (void* p, Py_ssize_t n) nogil
     ctypedef PyObject* (*allocfunc)(PyTypeObject*, Py_ssize_t)
     ctypedef void (*freefunc)(void*)
     void set_allocator "fastgrad_set_allocator" (PyTypeObject* t, allocfunc alloc, freefunc free)
@@ -537,9 +552,10 @@ cdef extern from *:
     int PyTraceMalloc_Track(unsigned int domain, size_t ptr, size_t size)
     int PyTraceMalloc_Untrack(unsigned int domain, size_t ptr)
 
-DEF SLAB_WORDS = 64                        # bitmap words a slab
-DEF SLAB_SLOTS = SLAB_WORDS * 64           # 4096 nodes, 320 KiB of 80-byte nodes
-DEF KEPT_EMPTY_SLABS = 32                  # 10 MiB kept for the next graph; more empty slabs are returned
+DEF SLAB_BYTES = 2 << 20                   # one huge page: a slab maps in one fault where huge pages exist
+DEF SLAB_WORDS = 409                       # bitmap words a slab
+DEF SLAB_SLOTS = SLAB_WORDS * 64           # 26176 nodes of 80 bytes (fits SLAB_BYTES, checked at import)
+DEF KEPT_EMPTY_SLABS = 5                   # 10 MiB kept for the next graph; more empty slabs are returned
 DEF TRACEMALLOC_DOMAIN = 0x66677261        # tracemalloc sees the slabs under this domain ("fgra")
 
 cdef struct Slab:
@@ -551,8 +567,9 @@ cdef struct Slab:
 cdef Slab* slabs = NULL
 cdef Py_ssize_t slab_count = 0
 cdef Py_ssize_t slab_capacity = 0
-cdef Py_ssize_t lowest_open = 0            # the slabs below it have no free slot
-cdef Py_ssize_t empty_slabs = 0            # slabs with memory and no node in it
+cdef Py_ssize_t lowest_open = 0            # the mapped slabs below it have no free slot
+cdef Py_ssize_t empty_slabs = 0            # mapped slabs with no node in them
+cdef Py_ssize_t unmapped_slabs = 0         # slabs whose memory was returned (slots NULL)
 cdef Py_ssize_t node_size = 0              # Value's tp_basicsize
 # Slabs come from the allocator pymalloc takes its arenas from (mmap, VirtualAlloc), which gives memory
 # back to the system when a slab is freed: malloc would keep it while a later block sits above it.
@@ -561,16 +578,19 @@ PyObject_GetArenaAllocator(&pages)
 
 
 cdef char* map_slab() noexcept:
-    cdef char* slots = <char*>pages.alloc(pages.ctx, SLAB_SLOTS * node_size)
+    cdef char* slots = <char*>pages.alloc(pages.ctx, SLAB_BYTES)
     if slots != NULL:
-        PyTraceMalloc_Track(TRACEMALLOC_DOMAIN, <size_t>slots, SLAB_SLOTS * node_size)
+        # Map every page now, in one system call: a slab is filled before the next is touched, and
+        # faulting its 80 pages in one at a time costs more than making the nodes (up to 2 us a fault).
+        prefault(slots, SLAB_BYTES)
+        PyTraceMalloc_Track(TRACEMALLOC_DOMAIN, <size_t>slots, SLAB_BYTES)
     return slots
 
 
 cdef void unmap_slab(char* slots) noexcept:
     PyTraceMalloc_Untrack(TRACEMALLOC_DOMAIN, <size_t>slots)
-    unpoison(slots, SLAB_SLOTS * node_size)
-    pages.free(pages.ctx, slots, SLAB_SLOTS * node_size)
+    unpoison(slots, SLAB_BYTES)
+    pages.free(pages.ctx, slots, SLAB_BYTES)
 
 
 cdef bint fill_slab(Slab* slab) noexcept:
@@ -578,7 +598,7 @@ cdef bint fill_slab(Slab* slab) noexcept:
     cdef char* slots = map_slab()
     if slots == NULL:
         return False
-    poison(slots, SLAB_SLOTS * node_size)
+    poison(slots, SLAB_BYTES)
     slab.slots = slots
     memset(slab.free_bits, 0xFF, sizeof(slab.free_bits))
     slab.live = 0
@@ -587,7 +607,7 @@ cdef bint fill_slab(Slab* slab) noexcept:
 
 
 cdef bint add_slab() noexcept:
-    global slabs, slab_count, slab_capacity
+    global slabs, slab_count, slab_capacity, unmapped_slabs
     cdef Py_ssize_t capacity
     cdef Slab* grown
     if slab_count == slab_capacity:
@@ -596,27 +616,44 @@ cdef bint add_slab() noexcept:
         if grown == NULL:
             return False
         slabs, slab_capacity = grown, capacity
-    slabs[slab_count].slots = NULL            # filled by the caller
+    slabs[slab_count].slots = NULL
     slab_count += 1
+    unmapped_slabs += 1
     return True
+
+
+cdef Py_ssize_t open_slab() noexcept:
+    """The lowest mapped slab with a free slot. Memory is mapped only when every mapped slab is full:
+    then for the lowest unmapped slab, or a new one. -1 when out of memory."""
+    global lowest_open, empty_slabs, unmapped_slabs
+    cdef Py_ssize_t index = 0
+    while lowest_open < slab_count and (slabs[lowest_open].slots == NULL
+                                        or slabs[lowest_open].live == SLAB_SLOTS):
+        lowest_open += 1
+    if lowest_open < slab_count:
+        return lowest_open
+    if unmapped_slabs == 0 and not add_slab():
+        return -1
+    while slabs[index].slots != NULL:         # ends: some slab is unmapped
+        index += 1
+    if not fill_slab(&slabs[index]):
+        return -1
+    unmapped_slabs -= 1
+    empty_slabs += 1
+    lowest_open = index                       # every other mapped slab is full
+    return index
 
 
 cdef PyObject* alloc_node(PyTypeObject* type, Py_ssize_t items) noexcept:
     """tp_alloc: a zeroed node in the lowest free slot, or NULL with MemoryError set."""
-    global lowest_open, empty_slabs
+    global empty_slabs
+    cdef Py_ssize_t index = open_slab()
     cdef Slab* slab
     cdef int word, bit
     cdef char* node
-    while lowest_open < slab_count and slabs[lowest_open].slots != NULL \
-            and slabs[lowest_open].live == SLAB_SLOTS:
-        lowest_open += 1
-    if lowest_open == slab_count and not add_slab():
+    if index < 0:
         return no_memory()
-    slab = &slabs[lowest_open]
-    if slab.slots == NULL:
-        if not fill_slab(slab):
-            return no_memory()
-        empty_slabs += 1
+    slab = &slabs[index]
     if slab.live == 0:
         empty_slabs -= 1
     word = slab.first_free_word
@@ -630,14 +667,14 @@ cdef PyObject* alloc_node(PyTypeObject* type, Py_ssize_t items) noexcept:
     unpoison(node, node_size)
     memset(node, 0, node_size)
     init_object(<PyObject*>node, type)
-    (<Value><PyObject*>node).slab = <unsigned int>lowest_open
+    (<Value><PyObject*>node).slab = <unsigned int>index
     return <PyObject*>node
 
 
 @cython.cdivision(True)   # node_size is a type's size, never 0, and the offset is never negative
 cdef void free_node(void* node) noexcept:
     """tp_free: mark the node's slot free; return the slab's memory if enough empty slabs are kept."""
-    global lowest_open, empty_slabs, slab_count
+    global lowest_open, empty_slabs, slab_count, unmapped_slabs
     cdef Py_ssize_t index = (<Value><PyObject*>node).slab
     cdef Slab* slab = &slabs[index]
     cdef Py_ssize_t slot = (<char*>node - slab.slots) // node_size
@@ -655,8 +692,10 @@ cdef void free_node(void* node) noexcept:
         return
     unmap_slab(slab.slots)
     slab.slots = NULL
-    while slab_count and slabs[slab_count - 1].slots == NULL:   # forget released slabs at the end
+    unmapped_slabs += 1
+    while slab_count and slabs[slab_count - 1].slots == NULL:   # forget unmapped slabs at the end
         slab_count -= 1
+        unmapped_slabs -= 1
     if lowest_open > slab_count:
         lowest_open = slab_count
 
@@ -843,7 +882,9 @@ cdef class Value:
         return sigmoid(self)
 
 
-if "debug" not in os.environ.get("PYTHONMALLOC", "") and not sys.flags.dev_mode:
-    # Before any node exists: a node must go back to the allocator it came from.
+# Before any node exists: a node must go back to the allocator it came from. A node bigger than 80
+# bytes (an interpreter built with Py_TRACE_REFS) would not fit SLAB_SLOTS into a slab.
+if ("debug" not in os.environ.get("PYTHONMALLOC", "") and not sys.flags.dev_mode
+        and SLAB_SLOTS * (<PyTypeObject*>Value).tp_basicsize <= SLAB_BYTES):
     node_size = (<PyTypeObject*>Value).tp_basicsize
     set_allocator(<PyTypeObject*>Value, alloc_node, free_node)

@@ -60,11 +60,28 @@ def test_no_slot_is_given_to_two_live_nodes():
         assert all(node.data == data for node, data in live.values())
 
 
+def test_memory_returned_between_live_slabs_is_mapped_again_and_used_safely():
+    # Twelve graphs of a slab or more each, a node made after them all; dropping every other graph
+    # empties slabs between live ones, more than the engine keeps mapped, so some are returned.
+    rng = random.Random(7)
+    graphs = [chain_addresses(30_000)[1] for _ in range(12)]
+    late = Value(-1.0)
+    for i in range(0, 12, 2):
+        graphs[i] = None
+    expected = [[n.data for n in g] if g else None for g in graphs]
+    fresh = [chain_addresses(rng.randrange(5_000, 60_000))[1] for _ in range(8)]   # refills the gaps
+    assert len({id(n) for g in graphs + fresh if g for n in g} | {id(late)}) == \
+        sum(len(g) for g in graphs + fresh if g) + 1
+    assert [[n.data for n in g] if g else None for g in graphs] == expected
+    assert late.data == -1.0
+    assert all(n.data == 0.5 ** (k + 1) for g in fresh for k, n in enumerate(g))
+
+
 SLABS_RETURNED = """
     import sys
     sys.path.insert(0, {tests!r})
     from fastgrad import Value
-    from test_leaks import under_address_sanitizer
+    from test_leaks import vm_rss_kib
 
     before = vm_rss_kib()
     w = Value(0.5)
