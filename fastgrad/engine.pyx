@@ -399,6 +399,7 @@ cdef void release_children(Value n) noexcept:
     if doomed.capacity > KEPT_CAPACITY:
         free_array(&doomed)
     freeing = False
+    return_spare_slabs()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -555,7 +556,7 @@ cdef extern from *:
 DEF SLAB_BYTES = 2 << 20                   # one huge page: a slab maps in one fault where huge pages exist
 DEF SLAB_WORDS = 409                       # bitmap words a slab
 DEF SLAB_SLOTS = SLAB_WORDS * 64           # 26176 nodes of 80 bytes (fits SLAB_BYTES, checked at import)
-DEF KEPT_EMPTY_SLABS = 5                   # 10 MiB kept for the next graph; more empty slabs are returned
+DEF KEPT_EMPTY_SLABS = 5                   # 10 MiB of empty slabs always kept mapped (return_spare_slabs)
 DEF TRACEMALLOC_DOMAIN = 0x66677261        # tracemalloc sees the slabs under this domain ("fgra")
 
 cdef struct Slab:
@@ -570,6 +571,7 @@ cdef Py_ssize_t slab_capacity = 0
 cdef Py_ssize_t lowest_open = 0            # the mapped slabs below it have no free slot
 cdef Py_ssize_t empty_slabs = 0            # mapped slabs with no node in them
 cdef Py_ssize_t unmapped_slabs = 0         # slabs whose memory was returned (slots NULL)
+cdef Py_ssize_t peak_in_use = 0            # most slabs holding nodes at once since a graph was last dropped
 cdef Py_ssize_t node_size = 0              # Value's tp_basicsize
 # Slabs come from the allocator pymalloc takes its arenas from (mmap, VirtualAlloc), which gives memory
 # back to the system when a slab is freed: malloc would keep it while a later block sits above it.
@@ -646,7 +648,7 @@ cdef Py_ssize_t open_slab() noexcept:
 
 cdef PyObject* alloc_node(PyTypeObject* type, Py_ssize_t items) noexcept:
     """tp_alloc: a zeroed node in the lowest free slot, or NULL with MemoryError set."""
-    global empty_slabs
+    global empty_slabs, peak_in_use
     cdef Py_ssize_t index = open_slab()
     cdef Slab* slab
     cdef int word, bit
@@ -656,6 +658,7 @@ cdef PyObject* alloc_node(PyTypeObject* type, Py_ssize_t items) noexcept:
     slab = &slabs[index]
     if slab.live == 0:
         empty_slabs -= 1
+        peak_in_use = max(peak_in_use, slab_count - unmapped_slabs - empty_slabs)
     word = slab.first_free_word
     while slab.free_bits[word] == 0:          # ends: live < SLAB_SLOTS, so some bit is set
         word += 1
@@ -673,8 +676,8 @@ cdef PyObject* alloc_node(PyTypeObject* type, Py_ssize_t items) noexcept:
 
 @cython.cdivision(True)   # node_size is a type's size, never 0, and the offset is never negative
 cdef void free_node(void* node) noexcept:
-    """tp_free: mark the node's slot free; return the slab's memory if enough empty slabs are kept."""
-    global lowest_open, empty_slabs, slab_count, unmapped_slabs
+    """tp_free: mark the node's slot free. An emptied slab stays mapped until return_spare_slabs."""
+    global lowest_open, empty_slabs
     cdef Py_ssize_t index = (<Value><PyObject*>node).slab
     cdef Slab* slab = &slabs[index]
     cdef Py_ssize_t slot = (<char*>node - slab.slots) // node_size
@@ -685,19 +688,33 @@ cdef void free_node(void* node) noexcept:
     poison(node, node_size)
     if index < lowest_open:
         lowest_open = index
-    if slab.live:
-        return
-    if empty_slabs < KEPT_EMPTY_SLABS:
+    if slab.live == 0:
         empty_slabs += 1
-        return
-    unmap_slab(slab.slots)
-    slab.slots = NULL
-    unmapped_slabs += 1
+
+
+cdef void return_spare_slabs() noexcept:
+    """Run when a graph has been dropped: keep as many empty slabs as it filled, return the rest.
+
+    A training loop's next step then rebuilds its graph in memory that is already mapped (mapping and
+    zeroing fresh memory costs as much as making the nodes), while the memory of a big graph that is
+    not rebuilt goes back to the system once a smaller graph is dropped. At least KEPT_EMPTY_SLABS stay.
+    """
+    global peak_in_use, empty_slabs, unmapped_slabs, slab_count, lowest_open
+    cdef Py_ssize_t in_use = slab_count - unmapped_slabs - empty_slabs
+    cdef Py_ssize_t keep = max(KEPT_EMPTY_SLABS, peak_in_use - in_use)
+    cdef Py_ssize_t index = slab_count - 1
+    peak_in_use = in_use
+    while empty_slabs > keep:                 # the highest first: allocation takes the lowest
+        if slabs[index].slots != NULL and slabs[index].live == 0:
+            unmap_slab(slabs[index].slots)
+            slabs[index].slots = NULL
+            empty_slabs -= 1
+            unmapped_slabs += 1
+        index -= 1
     while slab_count and slabs[slab_count - 1].slots == NULL:   # forget unmapped slabs at the end
         slab_count -= 1
         unmapped_slabs -= 1
-    if lowest_open > slab_count:
-        lowest_open = slab_count
+    lowest_open = min(lowest_open, slab_count)
 
 
 # ---------------------------------------------------------------------------------------------------
