@@ -87,7 +87,7 @@ def under_address_sanitizer():
                            "the allocated-blocks test below still runs")
 def test_building_and_dropping_200k_node_graphs_30_times_does_not_grow_memory(tmp_path):
     sizes = numbers_printed_by("rss_after_rounds(200_000, 30)", tmp_path)
-    # The first round warms the allocator's arenas and the node freelist; what follows must not grow.
+    # The first round maps the allocator's arenas and the engine's slabs; what follows must not grow.
     growth_mib = (sizes[-1] - sizes[0]) / 1024
     assert growth_mib < 20, f"RSS grew by {growth_mib:.1f} MiB over 30 rounds: {sizes}"
 
