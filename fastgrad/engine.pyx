@@ -277,6 +277,25 @@ cdef inline void propagate(PyObject* node) noexcept:
     call_derivative(DERIVATIVES[(<Value>node).op], node, (<Value>node).child_a, (<Value>node).child_b)
 
 
+def weighted_sum(weights, inputs, start):
+    """start + w0*x0 + w1*x1 + ..., left to right over zip(weights, inputs): the nodes and numbers of
+    `sum((w * x for w, x in zip(weights, inputs)), start)`, a neuron's sum, without a Python-level
+    operator call per node. A pair without a Value, or with an operand that is no Value and no real
+    number, goes through Python's operators, as in the sum above."""
+    cdef Value a, b
+    total = start
+    for w, x in zip(weights, inputs):
+        a = b = None
+        if type(total) is Value and (type(w) is Value or type(x) is Value):
+            a = as_value(w)
+            b = as_value(x)
+        if a is None or b is None:
+            total = total + w * x
+        else:
+            total = add(<Value>total, mul(a, b))
+    return total
+
+
 # ---------------------------------------------------------------------------------------------------
 # backward: an iterative depth-first sort into a C array, then the reverse sweep
 
@@ -400,6 +419,18 @@ cdef void release_children(Value n) noexcept:
         free_array(&doomed)
     freeing = False
     return_spare_slabs()
+
+
+cdef void dealloc_node(PyObject* node) noexcept:
+    """tp_dealloc: drop the node's references, its children through the loop above, then its memory.
+
+    Cython's own tp_dealloc would also save and restore the exception state around __dealloc__, for
+    code that can run Python: nothing here can (a str or a node is all a node refers to).
+    """
+    xdecref((<Value>node).label_str)
+    xdecref((<Value>node).custom_op)
+    release_children(<Value>node)
+    free_object(node)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -535,6 +566,12 @@ cdef extern from *:
         t->tp_alloc = alloc;
         t->tp_free = free;
     }
+    static void fastgrad_set_dealloc(PyTypeObject *t, destructor dealloc) { t->tp_dealloc = dealloc; }
+    static void fastgrad_free_object(PyObject *o) {
+        PyTypeObject *t = Py_TYPE(o);
+        t->tp_free(o);
+        if (PyType_HasFeature(t, Py_TPFLAGS_HEAPTYPE)) Py_DECREF(t);   /* PyObject_Init took one */
+    }
     """
     int lowest_bit "fastgrad_lowest_bit" (unsigned long long word) nogil
     void poison "fastgrad_poison" (void* p, Py_ssize_t n) nogil
@@ -543,6 +580,9 @@ cdef extern from *:
     ctypedef PyObject* (*allocfunc)(PyTypeObject*, Py_ssize_t)
     ctypedef void (*freefunc)(void*)
     void set_allocator "fastgrad_set_allocator" (PyTypeObject* t, allocfunc alloc, freefunc free)
+    ctypedef void (*destructor)(PyObject*)
+    void set_dealloc "fastgrad_set_dealloc" (PyTypeObject* t, destructor dealloc)
+    void free_object "fastgrad_free_object" (PyObject* o) noexcept
     PyObject* init_object "PyObject_Init" (PyObject* op, PyTypeObject* t)
     PyObject* no_memory "PyErr_NoMemory" ()
     ctypedef struct PyObjectArenaAllocator:
@@ -572,7 +612,6 @@ cdef Py_ssize_t lowest_open = 0            # the mapped slabs below it have no f
 cdef Py_ssize_t empty_slabs = 0            # mapped slabs with no node in them
 cdef Py_ssize_t unmapped_slabs = 0         # slabs whose memory was returned (slots NULL)
 cdef Py_ssize_t peak_in_use = 0            # most slabs holding nodes at once since a graph was last dropped
-cdef Py_ssize_t node_size = 0              # Value's tp_basicsize
 # Slabs come from the allocator pymalloc takes its arenas from (mmap, VirtualAlloc), which gives memory
 # back to the system when a slab is freed: malloc would keep it while a later block sits above it.
 cdef PyObjectArenaAllocator pages
@@ -649,12 +688,14 @@ cdef Py_ssize_t open_slab() noexcept:
 cdef PyObject* alloc_node(PyTypeObject* type, Py_ssize_t items) noexcept:
     """tp_alloc: a zeroed node in the lowest free slot, or NULL with MemoryError set."""
     global empty_slabs, peak_in_use
-    cdef Py_ssize_t index = open_slab()
+    cdef Py_ssize_t index = lowest_open
     cdef Slab* slab
     cdef int word, bit
     cdef char* node
-    if index < 0:
-        return no_memory()
+    if index == slab_count or slabs[index].slots == NULL or slabs[index].live == SLAB_SLOTS:
+        index = open_slab()
+        if index < 0:
+            return no_memory()
     slab = &slabs[index]
     if slab.live == 0:
         empty_slabs -= 1
@@ -666,26 +707,26 @@ cdef PyObject* alloc_node(PyTypeObject* type, Py_ssize_t items) noexcept:
     bit = lowest_bit(slab.free_bits[word])
     slab.free_bits[word] &= slab.free_bits[word] - 1
     slab.live += 1
-    node = slab.slots + (64 * word + bit) * node_size
-    unpoison(node, node_size)
-    memset(node, 0, node_size)
+    node = slab.slots + (64 * word + bit) * sizeof(Value)
+    unpoison(node, sizeof(Value))
+    memset(node, 0, sizeof(Value))
     init_object(<PyObject*>node, type)
     (<Value><PyObject*>node).slab = <unsigned int>index
     return <PyObject*>node
 
 
-@cython.cdivision(True)   # node_size is a type's size, never 0, and the offset is never negative
+@cython.cdivision(True)   # the divisor is sizeof(Value), never 0, and the offset is never negative
 cdef void free_node(void* node) noexcept:
     """tp_free: mark the node's slot free. An emptied slab stays mapped until return_spare_slabs."""
     global lowest_open, empty_slabs
     cdef Py_ssize_t index = (<Value><PyObject*>node).slab
     cdef Slab* slab = &slabs[index]
-    cdef Py_ssize_t slot = (<char*>node - slab.slots) // node_size
+    cdef Py_ssize_t slot = (<char*>node - slab.slots) // sizeof(Value)
     slab.free_bits[slot >> 6] |= 1ULL << (slot & 63)
     if slot >> 6 < slab.first_free_word:
         slab.first_free_word = <int>(slot >> 6)
     slab.live -= 1
-    poison(node, node_size)
+    poison(node, sizeof(Value))
     if index < lowest_open:
         lowest_open = index
     if slab.live == 0:
@@ -753,11 +794,6 @@ cdef class Value:
                     self.child_a = <PyObject*>child
                 else:
                     self.child_b = <PyObject*>child
-
-    def __dealloc__(self):
-        xdecref(self.label_str)
-        xdecref(self.custom_op)
-        release_children(self)
 
     # -- attributes, as the seed names them
 
@@ -899,9 +935,10 @@ cdef class Value:
         return sigmoid(self)
 
 
+set_dealloc(<PyTypeObject*>Value, dealloc_node)     # the class has no __dealloc__: this is it
+
 # Before any node exists: a node must go back to the allocator it came from. A node bigger than 80
 # bytes (an interpreter built with Py_TRACE_REFS) would not fit SLAB_SLOTS into a slab.
 if ("debug" not in os.environ.get("PYTHONMALLOC", "") and not sys.flags.dev_mode
-        and SLAB_SLOTS * (<PyTypeObject*>Value).tp_basicsize <= SLAB_BYTES):
-    node_size = (<PyTypeObject*>Value).tp_basicsize
+        and SLAB_SLOTS * sizeof(Value) <= SLAB_BYTES):
     set_allocator(<PyTypeObject*>Value, alloc_node, free_node)

@@ -1,7 +1,7 @@
 """The seed's neural-network classes, in plain Python over the compiled Value."""
 import random
 
-from fastgrad.engine import Value
+from fastgrad.engine import Value, weighted_sum
 
 __all__ = ["Module", "Neuron", "Layer", "MLP"]
 
@@ -25,8 +25,8 @@ class Neuron(Module):
         self.b = Value(random.uniform(-1, 1))
 
     def __call__(self, x):
-        act = sum([wi * xi for wi, xi in zip(self.w, x)], self.b)
-        return act.tanh()
+        # sum([wi * xi for wi, xi in zip(self.w, x)], self.b): the seed's nodes, made by the engine in one call
+        return weighted_sum(self.w, x, self.b).tanh()
 
     def parameters(self):
         return self.w + [self.b]

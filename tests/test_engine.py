@@ -639,3 +639,61 @@ def test_tanh_agrees_with_the_seeds_formula_where_that_is_accurate(x):
 def test_tanh_and_sigmoid_are_the_references_bit_for_bit(x):
     assert same_float(Value(x).tanh().data, reference.Value(x).tanh().data)
     assert same_float(Value(x).sigmoid().data, reference.Value(x).sigmoid().data)
+
+
+# ---------------------------------------------------------------------------------------------------
+# weighted_sum: a neuron's sum made by the engine in one call. Its oracle is the expression it replaces,
+# `sum((w * x for w, x in zip(weights, inputs)), start)`, on the reference and on fastgrad's operators.
+
+def structure(root):
+    """The graph below root as nested (op, data, children...) tuples, leaves by their data."""
+    children = sorted((structure(c) for c in root._prev), key=repr)
+    return (root._op, struct.pack("<d", root.data), *children)
+
+
+WEIGHTED_SUM_CASES = {
+    "values": lambda V: ([V(0.5), V(-1.25), V(3.0)], [V(2.0), V(0.1), V(-7.5)], V(0.25)),
+    "numbers as inputs": lambda V: ([V(0.5), V(-1.25), V(3.0)], [2.0, 1, np.float64(-7.5)], V(0.25)),
+    "numbers as weights": lambda V: ([0.5, -1, Fraction(3, 4)], [V(2.0), V(0.1), V(-7.5)], V(0.25)),
+    "a number start": lambda V: ([V(0.5), V(-1.25)], [V(2.0), V(0.1)], 1.5),
+    "a pair of numbers": lambda V: ([V(0.5), 2.0, V(3.0)], [V(2.0), 4.0, V(-7.5)], V(0.25)),
+    "more weights than inputs": lambda V: ([V(0.5), V(-1.25), V(3.0)], [V(2.0)], V(0.25)),
+    "no inputs": lambda V: ([V(0.5)], [], V(0.25)),
+}
+
+
+@pytest.mark.parametrize("case", list(WEIGHTED_SUM_CASES.values()), ids=list(WEIGHTED_SUM_CASES))
+def test_weighted_sum_makes_the_nodes_and_numbers_of_the_sum_it_replaces(case):
+    from fastgrad.engine import weighted_sum
+    w, x, start = case(Value)
+    fused = weighted_sum(w, x, start)
+    w2, x2, start2 = case(Value)
+    summed = sum((wi * xi for wi, xi in zip(w2, x2)), start2)
+    assert structure(fused) == structure(summed)
+    rw, rx, rstart = case(reference.Value)
+    expected = sum((wi * xi for wi, xi in zip(rw, rx)), rstart)
+    assert same_float(fused.data, expected.data)
+
+    fused.backward()
+    expected.backward()
+    leaves = [v for v in w + x + [start] if type(v) is Value]
+    reference_leaves = [v for v in rw + rx + [rstart] if type(v) is reference.Value]
+    assert [v.grad for v in leaves] == pytest.approx([v.grad for v in reference_leaves], rel=1e-12)
+
+
+def test_weighted_sum_goes_through_python_for_other_operands():
+    from fastgrad.engine import weighted_sum
+
+    class Scaled:                       # knows how to multiply a Value: Python's operators find it
+        def __rmul__(self, other):
+            return other * 2.0
+
+    a = Value(3.0)
+    assert weighted_sum([a], [Scaled()], Value(1.0)).data == 7.0
+    with pytest.raises(TypeError) as plain:
+        sum((wi * xi for wi, xi in zip([a], ["2"])), Value(1.0))
+    with pytest.raises(TypeError, match=str(plain.value)):
+        weighted_sum([a], ["2"], Value(1.0))
+    with pytest.raises(OverflowError):
+        weighted_sum([a], [10 ** 400], Value(1.0))
+    assert weighted_sum([2.0], [3.0], 1.0) == 7.0          # no Value anywhere: plain numbers, as sum gives

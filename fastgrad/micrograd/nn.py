@@ -5,11 +5,10 @@ its bias starts at 0 instead of a random draw, and an MLP's last layer is linear
 micrograd's, in its order (each neuron's weights, neuron by neuron, layer by layer; none for biases), so
 after the same random.seed() a model here starts from the same weights as the same model in micrograd.
 """
-import operator
 import random
 
 from fastgrad import nn as seed_nn
-from fastgrad.engine import Value
+from fastgrad.engine import Value, weighted_sum
 
 __all__ = ["Module", "Neuron", "Layer", "MLP"]
 
@@ -26,9 +25,8 @@ class Neuron(Module):
         self.nonlin = nonlin
 
     def __call__(self, x):
-        # b + w0*x0 + w1*x1 + ..., left to right: micrograd's nodes in micrograd's order. map() over
-        # operator.mul makes the same products as micrograd's generator without a Python frame for each.
-        act = sum(map(operator.mul, self.w, x), self.b)
+        # sum((wi*xi for wi, xi in zip(self.w, x)), self.b): micrograd's nodes, made by the engine in one call
+        act = weighted_sum(self.w, x, self.b)
         return act.relu() if self.nonlin else act
 
     def parameters(self):
