@@ -7,7 +7,7 @@ cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject, PyTypeObject
 from libc.string cimport memset
-from libc.math cimport exp, floor, isfinite, isinf, log, pow, tanh
+from libc.math cimport INFINITY, exp, floor, isfinite, isinf, log, pow, tanh
 
 import numbers
 import os
@@ -566,6 +566,17 @@ cdef extern from *:
         t->tp_alloc = alloc;
         t->tp_free = free;
     }
+    #if defined(_WIN32)
+    #include <windows.h>
+    static double fastgrad_seconds(void) { return (double)GetTickCount64() / 1000.0; }
+    #else
+    #include <time.h>
+    static double fastgrad_seconds(void) {
+        struct timespec t;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+    }
+    #endif
     static void fastgrad_set_dealloc(PyTypeObject *t, destructor dealloc) { t->tp_dealloc = dealloc; }
     static void fastgrad_free_object(PyObject *o) {
         PyTypeObject *t = Py_TYPE(o);
@@ -582,6 +593,7 @@ cdef extern from *:
     void set_allocator "fastgrad_set_allocator" (PyTypeObject* t, allocfunc alloc, freefunc free)
     ctypedef void (*destructor)(PyObject*)
     void set_dealloc "fastgrad_set_dealloc" (PyTypeObject* t, destructor dealloc)
+    double seconds "fastgrad_seconds" () nogil
     void free_object "fastgrad_free_object" (PyObject* o) noexcept
     PyObject* init_object "PyObject_Init" (PyObject* op, PyTypeObject* t)
     PyObject* no_memory "PyErr_NoMemory" ()
@@ -598,12 +610,14 @@ DEF SLAB_WORDS = 409                       # bitmap words a slab
 DEF SLAB_SLOTS = SLAB_WORDS * 64           # 26176 nodes of 80 bytes (fits SLAB_BYTES, checked at import)
 DEF KEPT_EMPTY_SLABS = 5                   # 10 MiB of empty slabs always kept mapped (return_spare_slabs)
 DEF TRACEMALLOC_DOMAIN = 0x66677261        # tracemalloc sees the slabs under this domain ("fgra")
+DEF STALE_SECONDS = 1.0                    # an empty slab unused this long goes back at the next drop
 
 cdef struct Slab:
     char* slots                            # SLAB_SLOTS nodes; NULL: memory returned, refilled on demand
     unsigned long long free_bits[SLAB_WORDS]   # bit i of word w set: slot 64 * w + i is free
     int live                               # slots in use
     int first_free_word                    # the words below it have no free slot
+    double emptied_at                      # when it last became empty (seconds, monotonic clock)
 
 cdef Slab* slabs = NULL
 cdef Py_ssize_t slab_count = 0
@@ -611,7 +625,7 @@ cdef Py_ssize_t slab_capacity = 0
 cdef Py_ssize_t lowest_open = 0            # the mapped slabs below it have no free slot
 cdef Py_ssize_t empty_slabs = 0            # mapped slabs with no node in them
 cdef Py_ssize_t unmapped_slabs = 0         # slabs whose memory was returned (slots NULL)
-cdef Py_ssize_t peak_in_use = 0            # most slabs holding nodes at once since a graph was last dropped
+cdef double next_return = INFINITY         # when the earliest empty slab beyond the kept ones turns stale
 # Slabs come from the allocator pymalloc takes its arenas from (mmap, VirtualAlloc), which gives memory
 # back to the system when a slab is freed: malloc would keep it while a later block sits above it.
 cdef PyObjectArenaAllocator pages
@@ -687,7 +701,7 @@ cdef Py_ssize_t open_slab() noexcept:
 
 cdef PyObject* alloc_node(PyTypeObject* type, Py_ssize_t items) noexcept:
     """tp_alloc: a zeroed node in the lowest free slot, or NULL with MemoryError set."""
-    global empty_slabs, peak_in_use
+    global empty_slabs
     cdef Py_ssize_t index = lowest_open
     cdef Slab* slab
     cdef int word, bit
@@ -699,7 +713,6 @@ cdef PyObject* alloc_node(PyTypeObject* type, Py_ssize_t items) noexcept:
     slab = &slabs[index]
     if slab.live == 0:
         empty_slabs -= 1
-        peak_in_use = max(peak_in_use, slab_count - unmapped_slabs - empty_slabs)
     word = slab.first_free_word
     while slab.free_bits[word] == 0:          # ends: live < SLAB_SLOTS, so some bit is set
         word += 1
@@ -718,7 +731,7 @@ cdef PyObject* alloc_node(PyTypeObject* type, Py_ssize_t items) noexcept:
 @cython.cdivision(True)   # the divisor is sizeof(Value), never 0, and the offset is never negative
 cdef void free_node(void* node) noexcept:
     """tp_free: mark the node's slot free. An emptied slab stays mapped until return_spare_slabs."""
-    global lowest_open, empty_slabs
+    global lowest_open, empty_slabs, next_return
     cdef Py_ssize_t index = (<Value><PyObject*>node).slab
     cdef Slab* slab = &slabs[index]
     cdef Py_ssize_t slot = (<char*>node - slab.slots) // sizeof(Value)
@@ -731,26 +744,37 @@ cdef void free_node(void* node) noexcept:
         lowest_open = index
     if slab.live == 0:
         empty_slabs += 1
+        slab.emptied_at = seconds()
+        next_return = min(next_return, slab.emptied_at + STALE_SECONDS)
 
 
 cdef void return_spare_slabs() noexcept:
-    """Run when a graph has been dropped: keep as many empty slabs as it filled, return the rest.
+    """Run when a graph has been dropped: return the slabs that have stayed empty for STALE_SECONDS.
 
-    A training loop's next step then rebuilds its graph in memory that is already mapped (mapping and
-    zeroing fresh memory costs as much as making the nodes), while the memory of a big graph that is
-    not rebuilt goes back to the system once a smaller graph is dropped. At least KEPT_EMPTY_SLABS stay.
+    A training loop's next step rebuilds its graph in the slabs the previous step emptied, which stay
+    mapped for it (mapping and zeroing fresh memory costs as much as making the nodes); what no step
+    reuses goes back to the system at a drop a second later, the highest slabs first. KEPT_EMPTY_SLABS
+    always stay. Checked at drops only, and then only when there is something to return: one clock read.
     """
-    global peak_in_use, empty_slabs, unmapped_slabs, slab_count, lowest_open
-    cdef Py_ssize_t in_use = slab_count - unmapped_slabs - empty_slabs
-    cdef Py_ssize_t keep = max(KEPT_EMPTY_SLABS, peak_in_use - in_use)
+    global next_return, empty_slabs, unmapped_slabs, slab_count, lowest_open
+    cdef double now
     cdef Py_ssize_t index = slab_count - 1
-    peak_in_use = in_use
-    while empty_slabs > keep:                 # the highest first: allocation takes the lowest
+    if empty_slabs <= KEPT_EMPTY_SLABS:
+        next_return = INFINITY
+        return
+    now = seconds()
+    if now < next_return:
+        return
+    next_return = INFINITY                    # the earliest that a slab kept below turns stale
+    while index >= 0:
         if slabs[index].slots != NULL and slabs[index].live == 0:
-            unmap_slab(slabs[index].slots)
-            slabs[index].slots = NULL
-            empty_slabs -= 1
-            unmapped_slabs += 1
+            if empty_slabs > KEPT_EMPTY_SLABS and now - slabs[index].emptied_at >= STALE_SECONDS:
+                unmap_slab(slabs[index].slots)
+                slabs[index].slots = NULL
+                empty_slabs -= 1
+                unmapped_slabs += 1
+            else:
+                next_return = min(next_return, slabs[index].emptied_at + STALE_SECONDS)
         index -= 1
     while slab_count and slabs[slab_count - 1].slots == NULL:   # forget unmapped slabs at the end
         slab_count -= 1
