@@ -283,11 +283,9 @@ class BytesPerNode(Sweep):
     name = "memory"
     unit = "byte"
     phases = shown_phases = ("bytes",)
-    # fastgrad keeps up to 10 MiB of empty node slabs (131,000 nodes) mapped for reuse, which tracemalloc
-    # counted when they were mapped; holding more leaves than that first puts the measured graph in new slabs.
-    SLAB_DRAIN = 200_000
-    # fastgrad maps memory 2 MiB (26,176 nodes) at a time, so it is measured over this many copies of the
-    # graph held at once (a million nodes): the last slab's rounding is then under 3 bytes a node.
+    # tracemalloc sees fastgrad's nodes 2 MiB (26,176 nodes) at a time, as slabs that hold nodes, so fastgrad
+    # is measured over this many copies of the graph held at once (a million nodes): the slabs at either
+    # end, partly filled, then move the figure by under 3 bytes a node.
     SLAB_COPIES = 50
 
     def __init__(self, size=20_000):
@@ -306,9 +304,7 @@ class BytesPerNode(Sweep):
         import tracemalloc
 
         rows, w, b = self.inputs(engine)
-        slabs = engine.name == "fastgrad"
-        drain = [engine.leaf(0.0) for _ in range(self.SLAB_DRAIN if slabs else 0)]
-        copies = self.SLAB_COPIES if slabs else 1
+        copies = self.SLAB_COPIES if engine.name == "fastgrad" else 1
         gc.collect()
         tracemalloc.start()
         try:
@@ -317,7 +313,7 @@ class BytesPerNode(Sweep):
             held = tracemalloc.get_traced_memory()[0] - before
         finally:
             tracemalloc.stop()
-        del graphs, drain
+        del graphs
         return {"bytes": float(held) / copies}
 
 

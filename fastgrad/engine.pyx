@@ -609,7 +609,7 @@ DEF SLAB_BYTES = 2 << 20                   # one huge page: a slab maps in one f
 DEF SLAB_WORDS = 409                       # bitmap words a slab
 DEF SLAB_SLOTS = SLAB_WORDS * 64           # 26176 nodes of 80 bytes (fits SLAB_BYTES, checked at import)
 DEF KEPT_EMPTY_SLABS = 5                   # 10 MiB of empty slabs always kept mapped (return_spare_slabs)
-DEF TRACEMALLOC_DOMAIN = 0x66677261        # tracemalloc sees the slabs under this domain ("fgra")
+DEF TRACEMALLOC_DOMAIN = 0x66677261        # tracemalloc sees slabs that hold nodes in this domain ("fgra")
 DEF STALE_SECONDS = 1.0                    # an empty slab unused this long goes back at the next drop
 
 cdef struct Slab:
@@ -636,14 +636,12 @@ cdef char* map_slab() noexcept:
     cdef char* slots = <char*>pages.alloc(pages.ctx, SLAB_BYTES)
     if slots != NULL:
         # Map every page now, in one system call: a slab is filled before the next is touched, and
-        # faulting its 80 pages in one at a time costs more than making the nodes (up to 2 us a fault).
+        # faulting its pages in one at a time costs more than making the nodes (up to 2 us a fault).
         prefault(slots, SLAB_BYTES)
-        PyTraceMalloc_Track(TRACEMALLOC_DOMAIN, <size_t>slots, SLAB_BYTES)
     return slots
 
 
 cdef void unmap_slab(char* slots) noexcept:
-    PyTraceMalloc_Untrack(TRACEMALLOC_DOMAIN, <size_t>slots)
     unpoison(slots, SLAB_BYTES)
     pages.free(pages.ctx, slots, SLAB_BYTES)
 
@@ -713,6 +711,7 @@ cdef PyObject* alloc_node(PyTypeObject* type, Py_ssize_t items) noexcept:
     slab = &slabs[index]
     if slab.live == 0:
         empty_slabs -= 1
+        PyTraceMalloc_Track(TRACEMALLOC_DOMAIN, <size_t>slab.slots, SLAB_BYTES)
     word = slab.first_free_word
     while slab.free_bits[word] == 0:          # ends: live < SLAB_SLOTS, so some bit is set
         word += 1
@@ -744,6 +743,7 @@ cdef void free_node(void* node) noexcept:
         lowest_open = index
     if slab.live == 0:
         empty_slabs += 1
+        PyTraceMalloc_Untrack(TRACEMALLOC_DOMAIN, <size_t>slab.slots)
         slab.emptied_at = seconds()
         next_return = min(next_return, slab.emptied_at + STALE_SECONDS)
 
