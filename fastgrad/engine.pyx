@@ -450,6 +450,7 @@ cdef list graph_entries(Value root):
     cdef NodeArray order = NodeArray(NULL, 0, 0)
     cdef NodeArray stack = NodeArray(NULL, 0, 0)     # not backward's: Python code runs below
     cdef Py_ssize_t i
+    cdef Value n
     try:
         sort_topologically(root, &order, &stack)
         # Clear the marks before any Python code runs: a GC pass or another thread may sort this
@@ -469,8 +470,8 @@ cdef list graph_entries(Value root):
                 entries.append(child)
         index_of[id(n)] = len(entries)
         entries.append(node_fields(n) + (
-            index_of[id(<Value>(<Value>n).child_a)],
-            -1 if (<Value>n).child_b == NULL else index_of[id(<Value>(<Value>n).child_b)]))
+            index_of[id(<Value>n.child_a)],
+            -1 if n.child_b == NULL else index_of[id(<Value>n.child_b)]))
     return entries or [node_fields(root) + (-1, -1)]
 
 

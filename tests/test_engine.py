@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import reference
 from fastgrad import Value, trace
+from fastgrad.engine import weighted_sum
 
 # ---------------------------------------------------------------------------------------------------
 # Random expression graphs, built from one recipe in fastgrad and in the reference
@@ -664,7 +665,6 @@ WEIGHTED_SUM_CASES = {
 
 @pytest.mark.parametrize("case", list(WEIGHTED_SUM_CASES.values()), ids=list(WEIGHTED_SUM_CASES))
 def test_weighted_sum_makes_the_nodes_and_numbers_of_the_sum_it_replaces(case):
-    from fastgrad.engine import weighted_sum
     w, x, start = case(Value)
     fused = weighted_sum(w, x, start)
     w2, x2, start2 = case(Value)
@@ -682,8 +682,6 @@ def test_weighted_sum_makes_the_nodes_and_numbers_of_the_sum_it_replaces(case):
 
 
 def test_weighted_sum_goes_through_python_for_other_operands():
-    from fastgrad.engine import weighted_sum
-
     class Scaled:                       # knows how to multiply a Value: Python's operators find it
         def __rmul__(self, other):
             return other * 2.0
