@@ -5,13 +5,13 @@ layer by layer; biases start at 0), so after the same random.seed() every engine
 """
 import random
 
-from moons import learning_rate   # tests/moons.py: run.py puts the tests folder on sys.path
+from fastgrad.moons import learning_rate
 
 
 class TorchScalarMLP:
     """micrograd's MLP(nin, nouts) over 0-d float64 tensors: ReLU layers, a linear output layer.
 
-    It has micrograd's interface (call, parameters(), zero_grad()) so tests/moons.py's train_step drives it.
+    It has micrograd's interface (call, parameters(), zero_grad()) so fastgrad.moons.train_step drives it.
     """
 
     def __init__(self, nin, nouts, leaf):
@@ -56,7 +56,7 @@ class FloatMLP:
         return inputs, x[0]
 
     def train_step(self, X, y, k, alpha=1e-4):
-        """tests/moons.py's train_step, by hand: SVM loss + L2, backward, SGD. Returns (loss, accuracy)."""
+        """fastgrad.moons.train_step, by hand: SVM loss + L2, backward, SGD. Returns (loss, accuracy)."""
         n = len(X)
         grad_w = [[[0.0] * len(w) for w in layer] for layer in self.weights]
         grad_b = [[0.0] * len(layer) for layer in self.weights]

@@ -56,9 +56,9 @@ def micrograd_engine():
 
 
 def seed_engine():
-    import reference   # tests/reference.py: run.py puts the tests folder on sys.path
+    from fastgrad import reference
 
-    return Engine("seed", "tests/reference.py", reference.Value,
+    return Engine("seed", "fastgrad.reference", reference.Value,
                   "the notebook's Value in plain Python, GC on", seed_mlp=reference.MLP)
 
 

@@ -141,7 +141,7 @@ def notes_text(report):
 
 
 def text(report):
-    parts = [header(report), "", table(report), legend(), "", "Targets (issue 4, exact-graph mode):",
+    parts = [header(report), "", table(report), legend(), "", "Targets (exact-graph mode):",
              targets_text(report)]
     if report["notes"]:
         parts += ["", "Notes:", notes_text(report)]

@@ -7,7 +7,7 @@
     python bench/run.py --update-readme   # rewrite the README's benchmark block (between its markers)
 
 Engines: fastgrad (installed), micrograd 0.1.0 (`pip install fastgrad[bench]`), the notebook's Value in plain
-Python (tests/reference.py), plain floats, and PyTorch when it is installed. A table goes to stdout, progress to
+Python (fastgrad.reference), plain floats, and PyTorch when it is installed. A table goes to stdout, progress to
 stderr, and a chart to bench/results/.
 """
 import argparse
@@ -17,17 +17,13 @@ import os
 import sys
 import time
 
+import engines as engines_mod  # bench/ is on sys.path as the script's folder; fastgrad is the installed one
+import report
+import timing
+import workloads as wl
+
 BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
 REPO_DIR = os.path.dirname(BENCH_DIR)
-# tests/ holds the seed's Value (reference.py) and micrograd's demo data and step (moons.py). Appended, so
-# that nothing in it can shadow an installed package; the repository root is never put on the path, so
-# `import fastgrad` always finds the installed, compiled package.
-sys.path.append(os.path.join(REPO_DIR, "tests"))
-
-import engines as engines_mod  # noqa: E402
-import report  # noqa: E402
-import timing  # noqa: E402
-import workloads as wl  # noqa: E402
 
 SETTINGS = {
     # repeats per engine, least seconds per sample, sweep sizes, largest sweep for the pure-Python engines

@@ -322,7 +322,7 @@ class BytesPerNode(Sweep):
 class MoonsStep(Workload):
     """One training step of micrograd's demo: MLP(2, [16, 16, 1]), 100 moons points, SVM loss + L2, SGD.
 
-    The data and the step are tests/moons.py's. Every engine starts from the same weights (random.seed) and
+    The data and the step are fastgrad.moons'. Every engine starts from the same weights (random.seed) and
     keeps training from sample to sample; the step index cycles through the demo's 100-step schedule.
     `family` picks the model: "micrograd" (ReLU layers, linear output: the demo's) or "seed" (the
     notebook's tanh MLP, which only fastgrad and the seed's Value have).
@@ -341,8 +341,9 @@ class MoonsStep(Workload):
         self.first_loss = {}   # engine -> loss of step 0: the same model on the same data must agree
 
     def sampler(self, engine):
-        import moons
         from baselines import FloatMLP
+
+        from fastgrad import moons
 
         X, y = moons.make_moons(100, noise=0.1, seed=0)
         random.seed(1)

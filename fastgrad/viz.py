@@ -1,6 +1,4 @@
 """Draw a Value's graph with graphviz, as the seed's trace and draw_dot do; iterative, so any depth."""
-from graphviz import Digraph
-
 __all__ = ["trace", "draw_dot"]
 
 
@@ -23,6 +21,8 @@ def draw_dot(root, format="svg", rankdir="LR"):
 
     In Jupyter the returned Digraph shows inline; elsewhere call .render() or .pipe().
     """
+    from graphviz import Digraph     # here, so that `import fastgrad` does not need graphviz
+
     dot = Digraph(format=format, graph_attr={"rankdir": rankdir})
     nodes, edges = trace(root)
     for n in nodes:

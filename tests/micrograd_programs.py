@@ -11,7 +11,7 @@ import operator
 import random
 import sys
 
-import moons
+from fastgrad import moons
 
 if sys.argv[1] == "fastgrad":
     import fastgrad

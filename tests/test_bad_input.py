@@ -10,7 +10,7 @@ import pytest
 
 from fastgrad import MLP, Value, trace
 from fastgrad.engine import rebuild_graph
-from test_engine import BINARY_OPS, graph_for_errors, same_float, snapshot
+from support import BINARY_OPS, graph_for_errors, same_float, snapshot
 
 BAD = ["1.0", None, [1.0], {"a": 1.0}, 1 + 2j, object(), b"1"]
 BAD_IDS = [type(bad).__name__ for bad in BAD]

@@ -102,7 +102,7 @@ def test_float_floor_trains_exactly_as_micrograd():
     """bench's plain-float floor must do micrograd's demo step, or its time would not be the floor of it."""
     micrograd_engine = pytest.importorskip("micrograd.engine")
     micrograd_nn = pytest.importorskip("micrograd.nn")
-    import moons
+    from fastgrad import moons
     FloatMLP = bench_module("baselines").FloatMLP
 
     X, y = moons.make_moons(100, noise=0.1, seed=0)
@@ -125,7 +125,7 @@ def test_torch_model_trains_exactly_as_micrograd():
     torch = pytest.importorskip("torch")
     micrograd_engine = pytest.importorskip("micrograd.engine")
     micrograd_nn = pytest.importorskip("micrograd.nn")
-    import moons
+    from fastgrad import moons
     TorchScalarMLP = bench_module("baselines").TorchScalarMLP
 
     def leaf(x):

@@ -1,24 +1,11 @@
 """Deep graphs and memory: millions of nodes built, backpropagated and freed without recursion or
 corruption; nodes invisible to the cyclic GC and small."""
 import gc
-import os
-import subprocess
-import sys
-import textwrap
 import tracemalloc
 
 
 from fastgrad import Value, trace
-
-
-def run_python(script, tmp_path, **env):
-    """Run script in a fresh interpreter (away from the source tree, so it imports the installed
-    fastgrad); return its stderr after asserting it exited 0."""
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=tmp_path,
-                            env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.strip().endswith("ok"), result.stdout[-3000:]
-    return result.stderr
+from support import run_python
 
 
 # A chain v_k = -(v_{k-1} * x) + 0.0, so v_k = (-1)^k x^(k+1) and dv_k/dx = (-1)^k (k+1) at x = 1

@@ -14,8 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from test_deep import run_python
-from test_engine import BINARY_OPS, UNARY_OPS, check_recipe
+from support import BINARY_OPS, UNARY_OPS, check_recipe, run_python
 
 LARGEST = sys.float_info.max
 SMALLEST_NORMAL = sys.float_info.min

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from fastgrad import Value
-from test_deep import run_python
+from support import run_python, tree_sum
 
 MILLION = 1_000_000
 TESTS = os.path.dirname(os.path.abspath(__file__))      # for the fresh interpreter to import this module
@@ -36,14 +36,6 @@ def fan_out(n):
     del root                                     # frees the n products and the n-node chain of sums
     assert sys.getrefcount(hub) == hub_refs
     assert [sys.getrefcount(w) for w in weights] == weight_refs
-
-
-def tree_sum(nodes):
-    """The sum of nodes as a balanced tree of adds: as wide as nodes, log2(len(nodes)) deep."""
-    while len(nodes) > 1:
-        paired = [nodes[i] + nodes[i + 1] for i in range(0, len(nodes) - 1, 2)]
-        nodes = paired + nodes[len(paired) * 2:]
-    return nodes[0]
 
 
 def fan_in(n):

@@ -16,15 +16,11 @@ import sys
 
 import pytest
 
+import fastgrad.micrograd.nn as micrograd_nn
 import fastgrad.nn
 from fastgrad import Value, trace
 from fastgrad.engine import rebuild_graph
-from test_deep import run_python
-
-try:
-    import fastgrad.micrograd.nn as micrograd_nn
-except ImportError:           # fastgrad.micrograd may not exist in this version
-    micrograd_nn = None
+from support import run_python, under_address_sanitizer, vm_rss_kib
 
 
 TESTS = os.path.dirname(os.path.abspath(__file__))      # for a fresh interpreter to import this module
@@ -44,14 +40,6 @@ def numbers_printed_by(call, tmp_path, **env):
 
 # ---------------------------------------------------------------------------------------------------
 # Resident memory over many rounds, measured in a fresh interpreter that runs nothing else
-
-def vm_rss_kib():
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
-
 
 def mixed_graph(n):
     """A graph of about n nodes made by every op, with labels, wrapped numbers and shared leaves."""
@@ -74,11 +62,6 @@ def rss_after_rounds(n, rounds):
         del root
         sizes.append(vm_rss_kib())
     return sizes
-
-
-def under_address_sanitizer():
-    with open("/proc/self/maps") as maps:
-        return "libasan" in maps.read()
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmRSS from Linux's /proc")
@@ -201,7 +184,7 @@ def test_no_node_made_by_unpickling_copying_or_wrapping_a_number_is_tracked():
 
 @pytest.mark.parametrize("nn", [
     fastgrad.nn,
-    pytest.param(micrograd_nn, marks=pytest.mark.skipif(micrograd_nn is None, reason="no fastgrad.micrograd")),
+    micrograd_nn,
 ], ids=["fastgrad.nn", "fastgrad.micrograd.nn"])
 def test_model_parameters_and_outputs_are_not_tracked(nn):
     model = nn.MLP(3, [4, 4, 1])

@@ -16,6 +16,7 @@ import fastgrad
 import fastgrad.micrograd.engine
 import fastgrad.micrograd.nn
 import fastgrad.nn
+from support import run_child
 
 PROGRAMS = Path(__file__).with_name("micrograd_programs.py")
 BACKENDS = ("real", "fastgrad")
@@ -244,10 +245,9 @@ def test_layer_passes_keywords_to_its_neurons():
     assert all(n.b.data == 0.0 for n in layer.neurons)
 
 
-def run_python(code, tmp_path):
-    """Run code in a fresh interpreter, outside the source tree, so it imports the installed fastgrad."""
-    child = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=tmp_path,
-                           capture_output=True, text=True, timeout=120)
+def run_program(code, tmp_path):
+    """(exit status, stdout, stderr) of code in a fresh interpreter, warnings made errors."""
+    child = run_child(code, tmp_path, "-W", "error", timeout=120)
     return child.returncode, child.stdout, child.stderr
 
 
@@ -265,7 +265,7 @@ assert micrograd.engine is fastgrad.micrograd.engine and nn is micrograd.nn is f
 assert Value is fastgrad.Value and MLP is fastgrad.micrograd.nn.MLP
 print(micrograd.__file__)
 """
-    returncode, stdout, stderr = run_python(code, tmp_path)
+    returncode, stdout, stderr = run_program(code, tmp_path)
     assert returncode == 0, stderr
     assert Path(stdout.strip()).parent == Path(fastgrad.micrograd.__file__).parent
 
@@ -280,7 +280,7 @@ from micrograd.nn import MLP as again
 import micrograd.engine
 assert again is MLP is fastgrad.micrograd.nn.MLP and micrograd.engine.Value is fastgrad.Value
 """
-    returncode, _, stderr = run_python(code, tmp_path)
+    returncode, _, stderr = run_program(code, tmp_path)
     assert returncode == 0, stderr
 
 
@@ -302,7 +302,7 @@ assert "micrograd.nn" not in sys.modules
 from micrograd.engine import Value
 assert Value.__module__ == "micrograd.engine" and Value is not fastgrad.Value
 """
-    returncode, stdout, stderr = run_python(code, tmp_path)
+    returncode, stdout, stderr = run_program(code, tmp_path)
     assert returncode == 0, stderr
     assert "micrograd is already imported" in stdout
     assert "before" in stdout

@@ -3,8 +3,7 @@ import random
 
 import pytest
 
-import reference
-from fastgrad import MLP, Layer, Module, Neuron, Value
+from fastgrad import MLP, Layer, Module, Neuron, Value, reference
 
 SEED = 1337
 

@@ -14,8 +14,7 @@ import time
 import pytest
 
 from fastgrad import Value
-from test_deep import run_python
-from test_leaks import under_address_sanitizer
+from support import run_python, under_address_sanitizer
 
 pytestmark = pytest.mark.skipif(
     sys.flags.dev_mode or "debug" in os.environ.get("PYTHONMALLOC", ""),
@@ -85,7 +84,7 @@ SLABS_RETURNED = """
     import sys, time
     sys.path.insert(0, {tests!r})
     from fastgrad import Value
-    from test_leaks import vm_rss_kib
+    from support import vm_rss_kib
 
     def drop_a_small_graph():
         small = late

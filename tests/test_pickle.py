@@ -9,14 +9,10 @@ import pickle
 
 import pytest
 
+import fastgrad.micrograd.nn as micrograd_nn
 import fastgrad.nn
 from fastgrad import Value, trace
-from test_deep import run_python
-
-try:
-    import fastgrad.micrograd.nn as micrograd_nn
-except ImportError:           # fastgrad.micrograd may not exist in this version
-    micrograd_nn = None
+from support import run_python
 
 PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)
 
@@ -115,7 +111,7 @@ def test_an_inner_node_shared_by_two_pickled_roots_is_copied_into_each_but_its_l
 
 @pytest.mark.parametrize("nn", [
     fastgrad.nn,
-    pytest.param(micrograd_nn, marks=pytest.mark.skipif(micrograd_nn is None, reason="no fastgrad.micrograd")),
+    micrograd_nn,
 ], ids=["fastgrad.nn", "fastgrad.micrograd.nn"])
 @pytest.mark.parametrize("round_trip", ROUND_TRIPS)
 def test_a_model_and_its_loss_survive_together(nn, round_trip):

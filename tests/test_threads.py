@@ -19,7 +19,7 @@ import threading
 import pytest
 
 from fastgrad import Value, trace
-from test_huge import tree_sum
+from support import tree_sum
 
 
 @pytest.fixture

@@ -4,8 +4,7 @@ import xml.etree.ElementTree as ET
 
 import graphviz
 
-import reference
-from fastgrad import MLP, Value, draw_dot, trace
+from fastgrad import MLP, Value, draw_dot, reference, trace
 
 SVG = "{http://www.w3.org/2000/svg}"
 

@@ -1,4 +1,5 @@
-"""The seed's Value, Neuron, Layer and MLP in plain Python: the oracle fastgrad is tested against.
+"""The seed's Value, Neuron, Layer and MLP in plain Python: fastgrad's pure-Python twin, the oracle its tests
+compare the compiled engine with and the "seed" engine of its benchmarks.
 
 This is the user's notebook code (a node per operation, a `_backward` closure per node, a recursive
 topological sort, `_prev` as a set), completed with the operations and number rules that fastgrad
@@ -13,7 +14,7 @@ documents, so that a test can build the same graph here and in fastgrad and comp
 - `tanh` is `math.tanh` (the seed's `(e^2x - 1) / (e^2x + 1)` overflows for x > 355; it is kept as
   `seed_tanh` for comparison) and `sigmoid` is computed in the form that cannot overflow.
 
-It is plain Python on purpose: the benchmarks use it as "the seed's Value" baseline.
+It is plain Python on purpose, and imports nothing of fastgrad's.
 """
 import math
 import numbers

@@ -1,4 +1,5 @@
-"""micrograd's demo problem, shared by the tests and the benchmarks: two half-moons and an SVM training step.
+"""micrograd's demo problem, shared by the demo, the tests and the benchmarks: two half-moons and an SVM
+training step.
 
 Plain Python only (no numpy, no sklearn), and generic over the Value class and the model, so the same code
 drives micrograd, fastgrad.micrograd and anything else with micrograd's Value and MLP interface.
