@@ -16,6 +16,7 @@ cdef enum OpCode:
     LOG
     RELU
     SIGMOID
+    SOFTPLUS
     OP_COUNT
 
 cdef class Value:

@@ -7,7 +7,7 @@ cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject, PyTypeObject
 from libc.string cimport memset
-from libc.math cimport INFINITY, exp, floor, isfinite, isinf, log, pow, tanh
+from libc.math cimport INFINITY, exp, floor, isfinite, isinf, log, log1p, pow, tanh
 
 import numbers
 import os
@@ -270,6 +270,23 @@ cdef void sigmoid_derivative(Value out, Value a, Value b) noexcept:
     a.gradient += out.value * (1.0 - out.value) * out.gradient
 
 register(SIGMOID, "sigmoid", 1, sigmoid_derivative)
+
+
+cdef Value softplus(Value a):
+    # log(1 + e^x) in the form that cannot overflow: x + log(1 + e^-x) for x > 0
+    if a.value > 0.0:
+        return unary_node(SOFTPLUS, a.value + log1p(exp(-a.value)), a)
+    return unary_node(SOFTPLUS, log1p(exp(a.value)), a)
+
+cdef void softplus_derivative(Value out, Value a, Value b) noexcept:
+    cdef double e
+    if a.value >= 0.0:                              # sigmoid(x), as sigmoid computes it
+        a.gradient += 1.0 / (1.0 + exp(-a.value)) * out.gradient
+    else:
+        e = exp(a.value)
+        a.gradient += e / (1.0 + e) * out.gradient
+
+register(SOFTPLUS, "softplus", 1, softplus_derivative)
 
 
 cdef inline void propagate(PyObject* node) noexcept:
@@ -958,6 +975,9 @@ cdef class Value:
 
     def sigmoid(self):
         return sigmoid(self)
+
+    def softplus(self):
+        return softplus(self)
 
 
 set_dealloc(<PyTypeObject*>Value, dealloc_node)     # the class has no __dealloc__: this is it

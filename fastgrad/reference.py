@@ -226,6 +226,21 @@ class Value:
         out._backward = _backward
         return out
 
+    def softplus(self):
+        x = self.data
+        y = x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x))   # log(1 + e^x), no overflow
+        if x >= 0:                             # the slope is sigmoid(x), computed as sigmoid() does
+            s = 1 / (1 + math.exp(-x))
+        else:
+            e = math.exp(x)
+            s = e / (1 + e)
+        out = Value(y, (self,), "softplus")
+
+        def _backward():
+            self.grad += s * out.grad
+        out._backward = _backward
+        return out
+
     def backward(self):
         topo = []
         visited = set()

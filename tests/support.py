@@ -57,6 +57,7 @@ UNARY_OPS = {
     "log": lambda v: v.log(),
     "relu": lambda v: v.relu(),
     "sigmoid": lambda v: v.sigmoid(),
+    "softplus": lambda v: v.softplus(),
 }
 
 # Mostly moderate numbers, some exact edge values (zeros of either sign make the error paths run),

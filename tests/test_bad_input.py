@@ -88,6 +88,10 @@ def sigmoid(x):
     return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
 
 
+def softplus(x):
+    return x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x))
+
+
 def pow_in_exponent_slope(base, out):
     """d(base ** y)/dy as fastgrad documents it: real for base > 0, 0 at base 0, nan below."""
     if base > 0:
@@ -102,6 +106,7 @@ EXTREME_CASES = [
     ("log", lambda v: v.log(), math.log, lambda x, out: 1 / x),
     ("relu", lambda v: v.relu(), lambda x: 0.0 if x < 0 else x, lambda x, out: 1.0 if out > 0 else 0.0),
     ("sigmoid", lambda v: v.sigmoid(), sigmoid, lambda x, out: out * (1 - out)),
+    ("softplus", lambda v: v.softplus(), softplus, lambda x, out: sigmoid(x)),
     ("x ** 2", lambda v: v**2, lambda x: x**2, lambda x, out: 2 * x**1),
     ("x ** -1", lambda v: v**-1, lambda x: x**-1, lambda x, out: -1 * x**-2),
     ("x ** 0.5", lambda v: v**0.5, lambda x: x**0.5, lambda x, out: 0.5 * x**-0.5),

@@ -63,6 +63,7 @@ FINITE_DIFFERENCE_CASES = [
     ("log", lambda a, b: a.log(), st.floats(0.05, 100), None),
     ("relu", lambda a, b: a.relu(), away_from_zero(10, low=0.01), None),
     ("sigmoid", lambda a, b: a.sigmoid(), st.floats(-30, 30), None),
+    ("softplus", lambda a, b: a.softplus(), st.floats(-30, 30), None),
     ("(a * b + a).tanh() / b", lambda a, b: (a * b + a).tanh() / b, st.floats(-2, 2), away_from_zero(3)),
     ("a * a - a / a", lambda a, b: a * a - a / a, away_from_zero(5), None),
 ]
@@ -127,6 +128,7 @@ def test_op_spellings():
         "": a, "+": a + b, "-": a - b, "*": a * b, "/": a / b, "neg": -a,
         "**2": a**2, "**2.0": a**2.0, "**-1": a**-1, "**0.5": a**0.5, "**": a**b,
         "tanh": a.tanh(), "exp": a.exp(), "log": a.log(), "ReLU": a.relu(), "sigmoid": a.sigmoid(),
+        "softplus": a.softplus(),
     }
     for spelling, node in spelled.items():
         assert node._op == spelling

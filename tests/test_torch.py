@@ -56,6 +56,9 @@ ONE_INPUT = {
     "log": (lambda a: a.log(), POSITIVE + [1e-300, 1e300]),
     "relu": (lambda a: a.relu(), ANYWHERE + [0.0, -0.0]),
     "sigmoid": (lambda a: a.sigmoid(), ANYWHERE + [-800.0, -40.0, 0.0, 40.0, 800.0]),
+    # a tensor has no softplus method: torch.nn.functional's
+    "softplus": (lambda a: a.softplus() if isinstance(a, Value) else torch.nn.functional.softplus(a),
+                 ANYWHERE + [-800.0, -40.0, 0.0, 40.0, 800.0]),
     "a**2": (lambda a: a**2, ANYWHERE + [0.0]),
     "a**3": (lambda a: a**3, ANYWHERE + [0.0]),
     "a**0": (lambda a: a**0, ANYWHERE),
