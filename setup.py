@@ -1,18 +1,42 @@
 """Build the compiled engine. Everything else about the package lives in pyproject.toml."""
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
-extensions = [Extension("fastgrad.engine", ["fastgrad/engine.pyx"])]
+COMPILER_DIRECTIVES = {
+    # No bound-method wrappers for module functions: plain C functions, as fast to call as builtins.
+    "binding": False,
+    # Signatures in docstrings, for help() and editors (the .pyi stubs carry the types).
+    "embedsignature": True,
+    # C division is NOT enabled globally: a division a user can reach must raise ZeroDivisionError.
+    # The kernels that want IEEE division say so with @cython.cdivision (fastgrad/_ops.pxd).
+}
+
+
+class BuildExt(build_ext):
+    def build_extensions(self):
+        if self.compiler.compiler_type == "unix":      # gcc and clang; MSVC does not contract by default
+            for extension in self.extensions:
+                # GCC contracts `acc + w * x` into one fused multiply-add wherever the target has FMA
+                # (aarch64, x86 with -march=native): one rounding instead of the two Python makes, so
+                # fastgrad would no longer give micrograd's numbers bit for bit.
+                extension.extra_compile_args.append("-ffp-contract=off")
+        super().build_extensions()
+
+
+extensions = [
+    # The node allocator (src/) is plain C compiled into the engine: its fast paths are inline in the
+    # header, so allocating a node costs no call across a module or library boundary.
+    Extension("fastgrad.engine", ["fastgrad/engine.pyx", "fastgrad/src/node_memory.c"],
+              include_dirs=["fastgrad/src"]),
+]
 
 setup(
     ext_modules=cythonize(
         extensions,
         language_level=3,
-        compiler_directives={
-            # The engine raises its own errors before every division a user can reach, so C
-            # division is not enabled globally; functions that want IEEE division say so.
-            "binding": False,
-            "embedsignature": True,
-        },
+        compiler_directives=COMPILER_DIRECTIVES,
+        build_dir="build/cython",           # generated C stays out of the package folder
     ),
+    cmdclass={"build_ext": BuildExt},
 )

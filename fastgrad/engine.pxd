@@ -1,29 +1,14 @@
-# The layout of a node, declared here so that later compiled modules (fused ops, replay) can cimport it.
+# The engine's C interface for fastgrad's other compiled modules (the replay, the optimizers): the node's
+# layout, the node array and the topological sort. For in-tree modules only: it is not shipped in the wheel,
+# so nothing outside this repository can cimport it. The op codes and kernels are in _ops.pxd.
 from cpython.object cimport PyObject
 
-cdef enum OpCode:
-    LEAF          # made by the user: no children, nothing to propagate
-    CUSTOM        # made by the user with _children/_op: like the seed, its _backward does nothing
-    ADD
-    SUB
-    MUL
-    DIV
-    NEG
-    POW_CONST     # x ** k with k a number stored in the node
-    POW           # x ** y with y a Value
-    TANH
-    EXP
-    LOG
-    RELU
-    SIGMOID
-    SOFTPLUS
-    OP_COUNT
 
 cdef class Value:
     # Every reference a node holds points to a node made before it (its children) or to an exact str,
     # so no reference cycle can form: the class is not tracked by the cyclic GC (no_gc, final).
     # The references are raw pointers, each owning one reference, so that freeing a deep graph is
-    # done by the engine's own iterative loop (see release_children) instead of C recursion.
+    # done by the engine's own iterative loop (engine.pyx, "Freeing") instead of C recursion.
     cdef double value               # `data`
     cdef double gradient            # `grad`
     cdef PyObject* child_a          # NULL for a leaf
@@ -31,7 +16,20 @@ cdef class Value:
     cdef PyObject* label_str        # exact str, or NULL for ''
     cdef PyObject* custom_op        # exact str for CUSTOM nodes, else NULL
     cdef double constant            # the exponent of POW_CONST
-    cdef unsigned char op           # an OpCode
+    cdef unsigned char op           # an OpCode (_ops.pxd)
     cdef unsigned char constant_is_int  # spell `**2` (not `**2.0`) when the exponent was given as int
-    cdef unsigned char visited      # set during backward's topological sort, cleared by its sweep
-    cdef unsigned int slab          # which slab of node memory holds the node (engine.pyx, "Node memory")
+    cdef unsigned char visited      # set during a topological sort, cleared by whoever ran it
+    cdef unsigned int slab          # which slab of node memory holds the node (src/node_memory.h)
+
+
+# A growable C array of borrowed node pointers.
+cdef struct NodeArray:
+    PyObject** items
+    Py_ssize_t length
+    Py_ssize_t capacity
+
+cdef void free_array(NodeArray* array) noexcept
+
+# root's graph, leaves left out, appended to order children first, as micrograd's build_topo orders it;
+# every node in order is left marked visited, for the caller to clear before any Python code runs.
+cdef int sort_topologically(Value root, NodeArray* order, NodeArray* stack) except -1

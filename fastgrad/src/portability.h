@@ -1,0 +1,76 @@
+/* What differs between compilers and platforms, for the engine's C: one place for the #ifdefs. */
+#ifndef FASTGRAD_PORTABILITY_H
+#define FASTGRAD_PORTABILITY_H
+
+#include <stddef.h>
+
+/* Functions shared between the engine's C files but not exported from the extension: calls to them
+   then need no PLT indirection. */
+#if defined(__GNUC__) && !defined(_WIN32)
+#define FG_HIDDEN __attribute__((visibility("hidden")))
+#else
+#define FG_HIDDEN
+#endif
+
+/* A compile-time check that works in C89 and C++ alike (a negative array size fails the build). */
+#define FG_STATIC_ASSERT(condition) ((void)sizeof(char[(condition) ? 1 : -1]))
+
+/* The index of the lowest set bit of a nonzero 64-bit word. */
+#if defined(_MSC_VER)
+#include <intrin.h>
+static inline int fg_lowest_bit(unsigned long long word) {
+    unsigned long index;
+    _BitScanForward64(&index, word);
+    return (int)index;
+}
+#else
+#define fg_lowest_bit(word) __builtin_ctzll(word)
+#endif
+
+/* Under AddressSanitizer, memory the engine holds but has not handed out is poisoned, so that a use of a
+   freed node is reported although its slot stays mapped. */
+#if defined(__SANITIZE_ADDRESS__)
+#define FG_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define FG_ASAN 1
+#endif
+#endif
+#ifdef FG_ASAN
+#include <sanitizer/asan_interface.h>
+#define fg_poison(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define fg_unpoison(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define fg_poison(p, n) ((void)0)
+#define fg_unpoison(p, n) ((void)0)
+#endif
+
+/* Map every page of a fresh region at once, on huge pages where the kernel offers them: faulting the
+   pages of a slab in one at a time costs more than making its nodes (up to 2 us a fault). */
+#if defined(__linux__)
+#include <sys/mman.h>
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23          /* Linux 5.14; older kernels refuse it, and nothing is lost */
+#endif
+#ifndef MADV_HUGEPAGE
+#define MADV_HUGEPAGE 14
+#endif
+#define fg_prefault(p, n) ((void)madvise((p), (n), MADV_HUGEPAGE), (void)madvise((p), (n), MADV_POPULATE_WRITE))
+#else
+#define fg_prefault(p, n) ((void)0)
+#endif
+
+/* Seconds on a monotonic clock. */
+#if defined(_WIN32)
+#include <windows.h>
+static inline double fg_seconds(void) { return (double)GetTickCount64() / 1000.0; }
+#else
+#include <time.h>
+static inline double fg_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+#endif
+
+#endif
