@@ -1,4 +1,4 @@
-from typing import Iterable, SupportsFloat, SupportsIndex, Union
+from typing import Iterable, NamedTuple, SupportsFloat, SupportsIndex, Union
 
 _Number = Union[SupportsFloat, SupportsIndex]
 _Operand = Union["Value", _Number]
@@ -37,3 +37,16 @@ class Value:
     def __hash__(self) -> int: ...
 
 def weighted_sum(weights: Iterable[_Operand], inputs: Iterable[_Operand], start: _Operand) -> Value: ...
+
+class OpInfo(NamedTuple):
+    code: int
+    name: str
+    arity: int
+    spelling: str
+
+OPS: tuple[OpInfo, ...]
+
+def op_table() -> tuple[OpInfo, ...]: ...
+def kernel_forward(op: int, a: float, b: float = ..., k: float = ...) -> float: ...
+def kernel_derivative(op: int, g: float, out: float, a: float, b: float = ..., k: float = ...) -> tuple[float, float]: ...
+def rebuild_graph(format: int, entries: list) -> Value: ...

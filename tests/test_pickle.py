@@ -12,6 +12,7 @@ import pytest
 import fastgrad.micrograd.nn as micrograd_nn
 import fastgrad.nn
 from fastgrad import Value, trace
+from fastgrad.engine import OPS
 from support import run_python
 
 PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)
@@ -182,8 +183,9 @@ def test_a_100k_node_chain_pickles_without_recursion(round_trip):
 # rebuild_graph, given what no pickle of fastgrad writes, refuses it: each case runs in a fresh
 # interpreter so that a crash fails the test instead of ending the run.
 
-LEAF = (1.0, 0.0, "", 0, 0.0, 0, None, -1, -1)      # data, grad, label, op, exponent, is-int, custom op, a, b
-ADD, NEG, CUSTOM = 2, 6, 1                          # op codes, checked by the last test
+CODES = {op.name: op.code for op in OPS}
+ADD, NEG, CUSTOM = CODES["ADD"], CODES["NEG"], CODES["CUSTOM"]
+LEAF = (1.0, 0.0, "", CODES["LEAF"], 0.0, 0, None, -1, -1)   # data, grad, label, op, exponent, is-int, custom op, a, b
 
 
 def op(code, a=-1, b=-1, custom_op=None):
@@ -254,9 +256,9 @@ def test_another_format_is_refused(tmp_path):
     assert refusal(2, [LEAF], "ValueError", tmp_path).startswith("refused: ValueError")
 
 
-def test_the_op_codes_above_are_the_engines():
+def test_the_op_table_names_the_codes_nodes_pickle_with():
     a = Value(1.0)
-    for node, code in [(a + a, ADD), (-a, NEG), (Value(1.0, (a,), "f"), CUSTOM), (a, 0)]:
+    for node, name in [(a + a, "ADD"), (-a, "NEG"), (Value(1.0, (a,), "f"), "CUSTOM"), (a, "LEAF")]:
         entries = node.__reduce__()[1][1]
-        assert entries[-1][3] == code
+        assert OPS[entries[-1][3]].name == name
     assert len(LEAF) == len((a + a).__reduce__()[1][1][-1])
