@@ -19,8 +19,10 @@ from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject, PyTypeObject, destructor, freefunc
 
 cimport fastgrad._ops as ops
+from libc.math cimport floor, isfinite
 
 import numbers
+import operator
 import os
 import sys
 from collections import namedtuple
@@ -71,8 +73,11 @@ cdef class Value:
         cdef double value = real_number(data, "Value data")
         cdef str op_name = exact_str(_op, "_op")
         cdef str label_name = exact_str(label, "label")
-        if (children or op_name) and refcount(<PyObject*>self) > 1:
-            raise TypeError("a Value's children are fixed when it is made")   # reachable: maybe a cycle
+        # A node's children and op are fixed when it is made. Giving new ones to a node that has some would
+        # leak the old children; to a node something else may reference, could make a cycle.
+        if (children or op_name) and (self.child_a != NULL or self.op != ops.LEAF
+                                      or refcount(<PyObject*>self) > 1):
+            raise TypeError("a Value's children are fixed when it is made")
         self.value = value
         self.label = label_name
         if children or op_name:
@@ -147,39 +152,40 @@ cdef class Value:
     def __reduce__(self):
         return rebuild_graph, (PICKLE_FORMAT, graph_entries(self))
 
-    # -- ops: a number operand becomes a leaf; anything else is NotImplemented, for Python to refuse
+    # -- ops: a number operand becomes a leaf; a numpy array gets the op element by element; anything
+    #    else is NotImplemented, for Python to refuse
 
     def __add__(self, other):
         cdef Value b = as_value(other)
-        return NotImplemented if b is None else add(self, b)
+        return array_op(operator.add, self, other) if b is None else add(self, b)
 
     def __radd__(self, other):
         cdef Value a = as_value(other)
-        return NotImplemented if a is None else add(a, self)
+        return array_op(operator.add, other, self) if a is None else add(a, self)
 
     def __sub__(self, other):
         cdef Value b = as_value(other)
-        return NotImplemented if b is None else sub(self, b)
+        return array_op(operator.sub, self, other) if b is None else sub(self, b)
 
     def __rsub__(self, other):
         cdef Value a = as_value(other)
-        return NotImplemented if a is None else sub(a, self)
+        return array_op(operator.sub, other, self) if a is None else sub(a, self)
 
     def __mul__(self, other):
         cdef Value b = as_value(other)
-        return NotImplemented if b is None else mul(self, b)
+        return array_op(operator.mul, self, other) if b is None else mul(self, b)
 
     def __rmul__(self, other):
         cdef Value a = as_value(other)
-        return NotImplemented if a is None else mul(a, self)
+        return array_op(operator.mul, other, self) if a is None else mul(a, self)
 
     def __truediv__(self, other):
         cdef Value b = as_value(other)
-        return NotImplemented if b is None else div(self, b)
+        return array_op(operator.truediv, self, other) if b is None else div(self, b)
 
     def __rtruediv__(self, other):
         cdef Value a = as_value(other)
-        return NotImplemented if a is None else div(a, self)
+        return array_op(operator.truediv, other, self) if a is None else div(a, self)
 
     def __pow__(self, exponent, modulo):
         cdef double k
@@ -189,11 +195,13 @@ cdef class Value:
             return pow_value(self, exponent)
         if as_double(exponent, &k):
             return pow_const(self, k, isinstance(exponent, numbers.Integral))
-        return NotImplemented
+        return array_op(operator.pow, self, exponent)
 
     def __rpow__(self, base, modulo):
         cdef Value a = as_value(base)
-        return NotImplemented if a is None or modulo is not None else pow_value(a, self)
+        if modulo is not None:
+            return NotImplemented
+        return array_op(operator.pow, base, self) if a is None else pow_value(a, self)
 
     def __neg__(self):
         return neg(self)
@@ -230,10 +238,29 @@ cdef int as_double(object x, double* out) except -1:
         return 1
     if isinstance(x, (Value, str, bytes)) or isinstance(x, numbers.Complex) and not isinstance(x, numbers.Real):
         return 0
+    if getattr(x, "ndim", 0):                    # an array of numbers is not a number: see array_op
+        return 0
     if hasattr(type(x), "__float__") or hasattr(type(x), "__index__"):   # numpy scalars, Fraction, Decimal
         out[0] = float(x)
         return 1
     return 0
+
+
+cdef object array_op(op, left, right):
+    """op element by element when the operand that is not this Value is a numpy array (of numbers or of
+    Values) of one or more dimensions, as numpy applies an op to an object array: an object array of the
+    results, which is what micrograd gives for `array * v`. Anything else: NotImplemented.
+
+    numpy asks Value first (Value.__array_ufunc__ is None, so that a numpy scalar times a Value is a Value),
+    so without this an array operand would be refused. The Value goes in as a 0-d object array: given as
+    itself, numpy would refuse it as an operand of the ufunc (again __array_ufunc__ = None)."""
+    array = right if type(left) is Value else left
+    if not getattr(array, "ndim", 0) or not hasattr(type(array), "__array_ufunc__"):
+        return NotImplemented
+    import numpy
+    node = numpy.empty((), dtype=object)
+    node[()] = left if array is right else right
+    return numpy.frompyfunc(op, 2, 1)(node, right) if array is right else numpy.frompyfunc(op, 2, 1)(left, node)
 
 
 cdef double real_number(object x, str what) except? -1.0:
@@ -297,82 +324,88 @@ cdef inline int check(ops.Status status) except -1:
 
 
 cdef Value add(Value a, Value b):
-    cdef double out
+    cdef double out = 0.0
     check(ops.add_forward(a.value, b.value, 0.0, &out))
     return binary_node(ops.ADD, out, a, b)
 
 
 cdef Value sub(Value a, Value b):
-    cdef double out
+    cdef double out = 0.0
     check(ops.sub_forward(a.value, b.value, 0.0, &out))
     return binary_node(ops.SUB, out, a, b)
 
 
 cdef Value mul(Value a, Value b):
-    cdef double out
+    cdef double out = 0.0
     check(ops.mul_forward(a.value, b.value, 0.0, &out))
     return binary_node(ops.MUL, out, a, b)
 
 
 cdef Value div(Value a, Value b):
-    cdef double out
+    cdef double out = 0.0
     check(ops.div_forward(a.value, b.value, 0.0, &out))
     return binary_node(ops.DIV, out, a, b)
 
 
 cdef Value neg(Value a):
-    cdef double out
+    cdef double out = 0.0
     check(ops.neg_forward(a.value, 0.0, 0.0, &out))
     return unary_node(ops.NEG, out, a)
 
 
-cdef Value pow_const(Value a, double k, bint k_is_int):
-    cdef double out
+cdef Value pow_const(Value a, double k, bint given_as_int):
+    cdef double out = 0.0
     check(ops.pow_const_forward(a.value, 0.0, k, &out))
     cdef Value n = unary_node(ops.POW_CONST, out, a)
     n.constant = k
-    n.constant_is_int = k_is_int
+    n.constant_is_int = given_as_int and spelled_as_int(k)
     return n
 
 
+cdef inline bint spelled_as_int(double k) noexcept:
+    """`_op` spells the exponent as an int (`**2`, as micrograd does for v ** 2) only if it is one: an int
+    subclass whose __float__ gives nan, or a doctored pickle, must not make `_op` fail."""
+    return isfinite(k) and k == floor(k)
+
+
 cdef Value pow_value(Value a, Value b):
-    cdef double out
+    cdef double out = 0.0
     check(ops.pow_forward(a.value, b.value, 0.0, &out))
     return binary_node(ops.POW, out, a, b)
 
 
 cdef Value tanh_(Value a):
-    cdef double out
+    cdef double out = 0.0
     check(ops.tanh_forward(a.value, 0.0, 0.0, &out))
     return unary_node(ops.TANH, out, a)
 
 
 cdef Value exp_(Value a):
-    cdef double out
+    cdef double out = 0.0
     check(ops.exp_forward(a.value, 0.0, 0.0, &out))
     return unary_node(ops.EXP, out, a)
 
 
 cdef Value log_(Value a):
-    cdef double out
+    cdef double out = 0.0
     check(ops.log_forward(a.value, 0.0, 0.0, &out))
     return unary_node(ops.LOG, out, a)
 
 
 cdef Value relu(Value a):
-    cdef double out
+    cdef double out = 0.0
     check(ops.relu_forward(a.value, 0.0, 0.0, &out))
     return unary_node(ops.RELU, out, a)
 
 
 cdef Value sigmoid(Value a):
-    cdef double out
+    cdef double out = 0.0
     check(ops.sigmoid_forward(a.value, 0.0, 0.0, &out))
     return unary_node(ops.SIGMOID, out, a)
 
 
 cdef Value softplus(Value a):
-    cdef double out
+    cdef double out = 0.0
     check(ops.softplus_forward(a.value, 0.0, 0.0, &out))
     return unary_node(ops.SOFTPLUS, out, a)
 
@@ -384,7 +417,7 @@ cdef inline void propagate(PyObject* node) noexcept:
     cdef unsigned char op = (<Value>node).op
     cdef PyObject* a = (<Value>node).child_a
     cdef PyObject* b = (<Value>node).child_b
-    cdef double da, db
+    cdef double da = 0.0, db = 0.0
     if op <= ops.CUSTOM:               # nothing flows out of a leaf, or of a hand-made node (as in the seed)
         return
     ops.derivative(op, (<Value>node).gradient, (<Value>node).value, (<Value>a).value,
@@ -547,57 +580,45 @@ cdef int run_backward(Value root) except -1:
 # ---------------------------------------------------------------------------------------------------
 # Freeing. Dropping a node's last reference would free its children from inside its dealloc, and
 # theirs from inside theirs: C recursion as deep as the graph, which crashes on long chains. Instead a
-# node whose last reference is going away is handed to one loop, which frees the nodes one at a time.
+# dying node whose children may die with it waits, memory and all, on a stack that one loop empties:
+# the loop drops the node's references to its children, whose deallocs (one level down, never more)
+# put them on the stack in turn, and then frees the node. The stack is chained through the waiting
+# nodes' own label field (its str is dropped first), so freeing allocates nothing and cannot fail: it
+# works when memory has run out, and never touches the error state of an exception on its way up.
 
-cdef NodeArray doomed = NodeArray(NULL, 0, 0)    # nodes whose last reference the loop holds
-cdef bint freeing = False                        # the loop is running (further up the C stack)
-
-
-cdef inline void release(PyObject* node) noexcept:
-    if node == NULL:
-        return
-    if refcount(node) > 1 or doomed.length == doomed.capacity and not grow_doomed():
-        decref(node)                             # not the last reference (or out of memory: recurse)
-    else:
-        doomed.items[doomed.length] = node
-        doomed.length += 1
-
-
-cdef bint grow_doomed() noexcept:
-    try:
-        grow(&doomed)
-        return True
-    except MemoryError:
-        return False
-
-
-cdef void release_children(Value n) noexcept:
-    global freeing
-    release(n.child_a)
-    release(n.child_b)
-    n.child_a = n.child_b = NULL
-    if freeing:
-        return
-    freeing = True
-    while doomed.length:          # the GIL is held throughout: nothing here runs Python code
-        doomed.length -= 1
-        decref(doomed.items[doomed.length])      # its dealloc adds its own children to doomed
-    if doomed.capacity > KEPT_CAPACITY:
-        free_array(&doomed)
-    freeing = False
-    return_spare_slabs()
+cdef PyObject* waiting = NULL         # the stack's top: a dying node whose children are not released yet
+cdef bint freeing = False             # the loop is running, further up the C stack
 
 
 cdef void dealloc_node(PyObject* node) noexcept:
-    """tp_dealloc: drop the node's references, its children through the loop above, then its memory.
+    """tp_dealloc: drop the node's strs, then its children through the loop above, then its memory.
 
     Cython's own tp_dealloc would also save and restore the exception state around __dealloc__, for
     code that can run Python: nothing here can (a str or a node is all a node refers to).
     """
-    cdef PyTypeObject* type = type_of(node)
+    global waiting, freeing
     xdecref((<Value>node).label_str)
     xdecref((<Value>node).custom_op)
-    release_children(<Value>node)
+    if (<Value>node).child_a == NULL:              # a leaf: nothing can die with it
+        free_memory(node)
+        return
+    (<Value>node).label_str = waiting
+    waiting = node
+    if freeing:
+        return
+    freeing = True
+    while waiting != NULL:        # the GIL is held throughout: nothing here runs Python code
+        node = waiting
+        waiting = (<Value>node).label_str
+        decref((<Value>node).child_a)             # a child that dies here joins the stack
+        xdecref((<Value>node).child_b)
+        free_memory(node)
+    freeing = False
+    return_spare_slabs()
+
+
+cdef inline void free_memory(PyObject* node) noexcept:
+    cdef PyTypeObject* type = type_of(node)
     (<TypeSlots*>type).tp_free(node)
     if is_heap_type(type, Py_TPFLAGS_HEAPTYPE):
         decref(<PyObject*>type)              # PyObject_Init took one
@@ -649,6 +670,8 @@ cdef list graph_entries(Value root):
 def rebuild_graph(int format, list entries):
     """Unpickle what Value.__reduce__ made: the graph's nodes, children first; return the last."""
     cdef Value n
+    cdef Py_ssize_t op, a, b, int_flag
+    cdef double constant
     if format != PICKLE_FORMAT:
         raise ValueError(f"this fastgrad reads pickle format {PICKLE_FORMAT}, not {format}")
     if not entries:
@@ -658,31 +681,43 @@ def rebuild_graph(int format, list entries):
         if type(entry) is Value:
             nodes.append(entry)
             continue
-        value, gradient, label, op, constant, constant_is_int, custom_op, a, b = entry
-        if (not 0 <= op < <int>ops.OP_COUNT or not -1 <= a < len(nodes) or not -1 <= b < len(nodes)
-                or a < 0 <= b or ops.op_facts(op).arity not in (-1, (a >= 0) + (b >= 0))
-                or (op == ops.CUSTOM) != (custom_op is not None)):     # _op reads custom_op of CUSTOM nodes
+        value, gradient, label, op_field, constant_field, int_flag_field, custom_op, a_field, b_field = entry
+        # Each number becomes a C number once, and is checked and used as that: an int subclass could
+        # answer the checks' comparisons one way and give another value where it is used.
+        op, a, b, int_flag = (pickled_index(op_field), pickled_index(a_field), pickled_index(b_field),
+                              pickled_index(int_flag_field))
+        constant = real_number(constant_field, "a pickled exponent")
+        if not (0 <= op < ops.OP_COUNT and -1 <= a < len(nodes) and -1 <= b < len(nodes) and not a < 0 <= b
+                and ops.op_facts(op).arity in (-1, (a >= 0) + (b >= 0))
+                and (op == ops.CUSTOM) == (custom_op is not None)        # _op reads custom_op of CUSTOM nodes
+                and int_flag in (0, 1) and (not int_flag or op == ops.POW_CONST and spelled_as_int(constant))):
             raise ValueError("not a pickled fastgrad graph")
-        n = leaf(value)
-        n.gradient = gradient
+        n = leaf(real_number(value, "data"))
+        n.gradient = real_number(gradient, "grad")
         n.label = label
-        n.op = op
+        n.op = <unsigned char>op
         n.constant = constant
-        n.constant_is_int = constant_is_int
+        n.constant_is_int = <unsigned char>int_flag
         if custom_op is not None:
             custom_op = exact_str(custom_op, "_op")
             incref(<PyObject*>custom_op)
             n.custom_op = <PyObject*>custom_op
-        for index, slot in ((a, 0), (b, 1)):
-            if index >= 0:
-                child = nodes[index]
-                incref(<PyObject*>child)
-                if slot == 0:
-                    n.child_a = <PyObject*>child
-                else:
-                    n.child_b = <PyObject*>child
+        if a >= 0:
+            incref(<PyObject*>nodes[a])
+            n.child_a = <PyObject*>nodes[a]
+        if b >= 0:
+            incref(<PyObject*>nodes[b])
+            n.child_b = <PyObject*>nodes[b]
         nodes.append(n)
     return nodes[-1]
+
+
+cdef Py_ssize_t pickled_index(object field) except? -3:
+    """An integer field of a pickled node as a C integer; -2, which no check admits, if it is out of range."""
+    try:
+        return operator.index(field)
+    except OverflowError:
+        return -2
 
 
 # ---------------------------------------------------------------------------------------------------

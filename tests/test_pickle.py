@@ -12,7 +12,7 @@ import pytest
 import fastgrad.micrograd.nn as micrograd_nn
 import fastgrad.nn
 from fastgrad import Value, trace
-from fastgrad.engine import OPS
+from fastgrad.engine import OPS, rebuild_graph
 from support import run_python
 
 PROTOCOLS = range(pickle.HIGHEST_PROTOCOL + 1)
@@ -220,11 +220,37 @@ WRONGLY_TYPED = {                      # each must raise an error, any ordinary 
     "an is-int flag out of range": [LEAF[:5] + (300,) + LEAF[6:]],
 }
 
+# Entries that no pickle.loads of a real pickle gives, but a hand-made payload can: an int subclass whose
+# comparisons lie (orderings say yes, equality says no), and exponents that are not finite integers but
+# are flagged as given as an int. Written as source for the fresh interpreter, where Liar is defined.
+LIAR_CODE, LIAR_CUSTOM = f"Liar({len(OPS) + 90})", f"Liar({CUSTOM})"
+LYING_INTS = {
+    "an op code past the table": f"[{LEAF!r}, (1.0, 0.0, '', {LIAR_CODE}, 0.0, 0, None, 0, 0)]",
+    "a negative op code": f"[{LEAF!r}, (1.0, 0.0, '', Liar(-3), 0.0, 0, None, 0, -1)]",
+    "a hand-made op without its name": f"[{LEAF!r}, (1.0, 0.0, '', {LIAR_CUSTOM}, 0.0, 0, None, 0, -1)]",
+    "a child after its parent": f"[{LEAF!r}, (1.0, 0.0, '', {ADD}, 0.0, 0, None, 0, Liar(5))]",
+    "a child index below -1": f"[{LEAF!r}, (1.0, 0.0, '', {NEG}, 0.0, 0, None, Liar(-7), -1)]",
+    "an is-int flag out of range": f"[{LEAF!r}, (1.0, 0.0, '', {CODES['POW_CONST']}, 2.0, Liar(200), None, 0, -1)]",
+}
+NOT_INT_EXPONENTS = {
+    "nan": f"[{LEAF!r}, (1.0, 0.0, '', {CODES['POW_CONST']}, float('nan'), 1, None, 0, -1)]",
+    "inf": f"[{LEAF!r}, (1.0, 0.0, '', {CODES['POW_CONST']}, float('inf'), 1, None, 0, -1)]",
+    "-inf": f"[{LEAF!r}, (1.0, 0.0, '', {CODES['POW_CONST']}, float('-inf'), 1, None, 0, -1)]",
+    "2.5": f"[{LEAF!r}, (1.0, 0.0, '', {CODES['POW_CONST']}, 2.5, 1, None, 0, -1)]",
+    "an int flag on another op": f"[{LEAF!r}, (1.0, 0.0, '', {NEG}, 2.0, 1, None, 0, -1)]",
+}
+
 REBUILD = """
     import pickle, sys
     from fastgrad.engine import rebuild_graph
+
+    class Liar(int):
+        __lt__ = __le__ = __gt__ = __ge__ = __ne__ = lambda self, other: True
+        __eq__ = lambda self, other: False
+        __hash__ = int.__hash__
+
     try:
-        node = rebuild_graph({format}, {entries!r})
+        node = rebuild_graph({format}, {entries})
     except ({errors}) as error:
         print("refused:", type(error).__name__, error, file=sys.stderr)
     else:                 # what is accepted must be usable
@@ -238,7 +264,9 @@ REBUILD = """
 
 
 def refusal(format, entries, errors, tmp_path):
-    return run_python(REBUILD.format(format=format, entries=entries, errors=errors), tmp_path,
+    """How a fresh interpreter takes rebuild_graph(format, entries): entries a list, or its source as a str."""
+    source = entries if isinstance(entries, str) else repr(entries)
+    return run_python(REBUILD.format(format=format, entries=source, errors=errors), tmp_path,
                       PYTHONFAULTHANDLER="1").strip().splitlines()[-1]
 
 
@@ -250,6 +278,25 @@ def test_a_malformed_graph_is_refused_with_value_error(entries, tmp_path):
 @pytest.mark.parametrize("entries", list(WRONGLY_TYPED.values()), ids=list(WRONGLY_TYPED))
 def test_a_wrongly_typed_field_is_refused(entries, tmp_path):
     assert refusal(1, entries, "ValueError, TypeError, OverflowError", tmp_path).startswith("refused:")
+
+
+@pytest.mark.parametrize("entries", list(LYING_INTS.values()), ids=list(LYING_INTS))
+def test_an_int_whose_comparisons_lie_is_checked_as_the_number_it_is(entries, tmp_path):
+    assert refusal(1, entries, "ValueError", tmp_path).startswith("refused: ValueError")
+
+
+@pytest.mark.parametrize("entries", list(NOT_INT_EXPONENTS.values()), ids=list(NOT_INT_EXPONENTS))
+def test_an_exponent_flagged_as_int_must_be_a_finite_integer(entries, tmp_path):
+    assert refusal(1, entries, "ValueError", tmp_path).startswith("refused: ValueError")
+
+
+@pytest.mark.parametrize("exponent, spelled", [(math.nan, "**nan"), (math.inf, "**inf"), (2.5, "**2.5"),
+                                               (3.0, "**3"), (-2.0, "**-2")])
+def test_an_exponent_is_spelled_as_an_int_only_when_it_is_one(exponent, spelled):
+    entries = [LEAF, (1.0, 0.0, "", CODES["POW_CONST"], exponent, int(math.isfinite(exponent) and
+                                                                        exponent == int(exponent)), None, 0, -1)]
+    node = pickle.loads(pickle.dumps(rebuild_graph(1, entries)))
+    assert node._op == spelled
 
 
 def test_another_format_is_refused(tmp_path):
