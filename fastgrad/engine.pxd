@@ -33,3 +33,20 @@ cdef void free_array(NodeArray* array) noexcept
 # root's graph, leaves left out, appended to order children first, as micrograd's build_topo orders it;
 # every node in order is left marked visited, for the caller to clear before any Python code runs.
 cdef int sort_topologically(Value root, NodeArray* order, NodeArray* stack) except -1
+
+
+# A compiled graph whose arrays are ahead of its nodes (replay.pyx) is linked into the engine's list of
+# lagging graphs, through this struct in it; every path by which Python reaches inner nodes calls
+# write_back(owner) for each linked graph first (catch_up), and counts one more reach-in.
+cdef struct Lagging:
+    void (*write_back)(void* owner) noexcept
+    void* owner
+    Lagging* next
+    Lagging* previous
+    bint linked
+
+cdef void start_lagging(Lagging* graph) noexcept       # link it (again: nothing)
+cdef void stop_lagging(Lagging* graph) noexcept        # unlink it (not linked: nothing)
+cdef void catch_up() noexcept                           # every linked graph writes back, and is unlinked
+cdef unsigned long long reach_in_count() noexcept       # how many times Python has reached in so far
+cdef void count_reach_in() noexcept                     # a graph wrote nodes another graph may hold too

@@ -7,6 +7,7 @@ The rooms, in the order this file has them:
 - Ops: each op's math lives in _ops.pxd, on doubles (shared with the compiled replay); here the eager ops
   check it, build the node, and map a kernel's status to Python's exception. weighted_sum: a neuron's sum.
 - backward: an iterative depth-first sort into a C array, then the reverse sweep.
+- Graphs ahead of their nodes: how the compiled replay (replay.pyx) writes back lazily, and where it must.
 - Freeing: an iterative loop, so that dropping a deep graph does not recurse in C.
 - Pickle and copy: a graph pickles flat, children first (rebuild_graph keeps its name: pickles name it).
 - Node memory: tp_alloc and tp_free over the slabs of src/node_memory.h.
@@ -100,7 +101,10 @@ cdef class Value:
 
     @data.setter
     def data(self, value):
-        self.value = real_number(value, "data")
+        cdef double number = real_number(value, "data")
+        if self.child_a != NULL:
+            python_reaches_in()
+        self.value = number
 
     @property
     def grad(self):
@@ -108,7 +112,10 @@ cdef class Value:
 
     @grad.setter
     def grad(self, value):
-        self.gradient = real_number(value, "grad")
+        cdef double number = real_number(value, "grad")
+        if self.child_a != NULL:
+            python_reaches_in()
+        self.gradient = number
 
     @property
     def label(self):
@@ -131,6 +138,7 @@ cdef class Value:
 
     @property
     def _prev(self):
+        python_reaches_in()
         children = set()
         if self.child_a != NULL:
             children.add(<Value>self.child_a)
@@ -140,16 +148,19 @@ cdef class Value:
 
     def _backward(self):
         """Add this node's grad, times its local derivative, into its children's grads (one step)."""
+        python_reaches_in()
         propagate(<PyObject*>self)
 
     def backward(self):
         """Set this node's grad to 1.0 and add d(self)/d(node) into the grad of every node below it."""
+        python_reaches_in()
         run_backward(self)
 
     def __repr__(self):
         return f"Value(data={self.value!r})"
 
     def __reduce__(self):
+        python_reaches_in()
         return rebuild_graph, (PICKLE_FORMAT, graph_entries(self))
 
     # -- ops: a number operand becomes a leaf; a numpy array gets the op element by element; anything
@@ -575,6 +586,67 @@ cdef int run_backward(Value root) except -1:
         if backward_stack.capacity > KEPT_CAPACITY:
             free_array(&backward_stack)
     return 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Graphs ahead of their nodes. A compiled graph (replay.pyx) replays in its own arrays and writes back at once
+# only the nodes Python can reach: its leaves, its root, and the inner nodes something outside the graph
+# references. It leaves the others behind and joins `lagging`. Python gets to those only through the paths
+# below (the nodes' own children, a sweep, a pickling) and through the setters of inner nodes; each of them
+# first has every lagging graph write its numbers back, and counts one more in `reach_ins`, which tells a
+# graph that what it knows of its nodes (which ones Python holds, that they equal its arrays) may be old.
+
+cdef Lagging* lagging = NULL                 # first of the graphs whose arrays are ahead of their nodes
+cdef unsigned long long reach_ins = 0
+
+
+cdef void start_lagging(Lagging* graph) noexcept:
+    global lagging
+    if graph.linked:
+        return
+    graph.next = lagging
+    graph.previous = NULL
+    if lagging != NULL:
+        lagging.previous = graph
+    lagging = graph
+    graph.linked = True
+
+
+cdef void stop_lagging(Lagging* graph) noexcept:
+    global lagging
+    if not graph.linked:
+        return
+    if graph.previous != NULL:
+        graph.previous.next = graph.next
+    else:
+        lagging = graph.next
+    if graph.next != NULL:
+        graph.next.previous = graph.previous
+    graph.linked = False
+
+
+cdef void catch_up() noexcept:
+    cdef Lagging* graph
+    while lagging != NULL:
+        graph = lagging
+        stop_lagging(graph)
+        graph.write_back(graph.owner)
+
+
+cdef unsigned long long reach_in_count() noexcept:
+    return reach_ins
+
+
+cdef void count_reach_in() noexcept:
+    global reach_ins
+    reach_ins += 1
+
+
+cdef inline void python_reaches_in() noexcept:
+    """Python is about to read, write or get hold of inner nodes: every compiled graph writes back first."""
+    if lagging != NULL:
+        catch_up()
+    count_reach_in()
 
 
 # ---------------------------------------------------------------------------------------------------
