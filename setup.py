@@ -29,6 +29,9 @@ extensions = [
     # header, so allocating a node costs no call across a module or library boundary.
     Extension("fastgrad.engine", ["fastgrad/engine.pyx", "fastgrad/src/node_memory.c"],
               include_dirs=["fastgrad/src"]),
+    # The compiled replay reads and writes the nodes through engine.pxd's layout, and calls the engine's
+    # sort and its list of lagging graphs once per graph or per pass, never per node.
+    Extension("fastgrad.replay", ["fastgrad/replay.pyx"]),
 ]
 
 setup(

@@ -3,6 +3,7 @@ from fastgrad._version import __version__
 from fastgrad.engine import Value
 from fastgrad.micrograd import install_as_micrograd
 from fastgrad.nn import MLP, Layer, Module, Neuron
+from fastgrad.replay import CompiledGraph, compile
 from fastgrad.viz import draw_dot, trace
 
-__all__ = ["Value", "Module", "Neuron", "Layer", "MLP", "trace", "draw_dot", "install_as_micrograd", "__version__"]
+__all__ = ["Value", "compile", "CompiledGraph", "Module", "Neuron", "Layer", "MLP", "trace", "draw_dot", "install_as_micrograd", "__version__"]
