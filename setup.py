@@ -1,8 +1,12 @@
-"""Build the compiled engine. Everything else about the package lives in pyproject.toml."""
+"""Build the compiled modules: the engine and the optimizers' loops. Everything else about the package lives in
+pyproject.toml."""
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
-extensions = [Extension("fastgrad.engine", ["fastgrad/engine.pyx"])]
+extensions = [
+    Extension("fastgrad.engine", ["fastgrad/engine.pyx"]),
+    Extension("fastgrad._optim", ["fastgrad/_optim.pyx"]),     # cimports engine.pxd
+]
 
 setup(
     ext_modules=cythonize(
