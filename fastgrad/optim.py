@@ -34,7 +34,8 @@ class Optimizer:
     """
 
     hyperparameters = ()     # names of the attributes state_dict() saves and _checked validates
-    buffers = ()             # names of the per-parameter arrays, saved as lists of floats (or None)
+    buffers = ()             # names of the per-parameter arrays, saved as lists of floats
+    buffers_start_empty = False  # True: a buffer is None until the first step makes it (SGD's momentum)
     counters = ()            # names of the int attributes saved with them (Adam's step count)
 
     def __init__(self, params, **hyperparameters):
@@ -107,7 +108,8 @@ class Optimizer:
             if checked[name] < 0:
                 raise ValueError(f"state[{name!r}] must be 0 or more, not {checked[name]}")
         for name in self.buffers:
-            checked[name] = None if state[name] is None else _float_array(state[name], f"state[{name!r}]", count)
+            empty = state[name] is None and self.buffers_start_empty
+            checked[name] = None if empty else _float_array(state[name], f"state[{name!r}]", count)
         for name, value in checked.items():
             setattr(self, name, value)
 
@@ -127,6 +129,7 @@ class SGD(Optimizer):
 
     hyperparameters = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
     buffers = ("momentum_buffer",)
+    buffers_start_empty = True
 
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
@@ -180,8 +183,7 @@ class Adam(Optimizer):
         checked["betas"] = tuple(_real(beta, "betas", prefix) for beta in betas)
         for i, beta in enumerate(checked["betas"]):
             if not 0.0 <= beta < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {i}: {beta} (betas must be in [0, 1))"
-                                 + _in_state(prefix))
+                raise ValueError(f"Invalid beta parameter at index {i}: {beta}{_in_state(prefix)}")
         checked["weight_decay"] = _at_least_zero(hp["weight_decay"], "weight_decay", "Invalid weight_decay value",
                                                  prefix)
         return checked
