@@ -117,14 +117,14 @@ def _encoded(obj, where="obj", containing=()):
         encoded = {}
         for key, item in obj.items():
             if not isinstance(key, str):
-                raise TypeError(f"can't save {where}: its key {key!r} is a {type(key).__name__}, not a str")
+                raise TypeError(f"can't save {where}: its key {key!r} is not a str but {type(key).__name__!r}")
             key = str.__str__(key)
             encoded["$" + key if key.startswith("$") else key] = _encoded(item, f"{where}[{key!r}]", containing)
         return encoded
     hint = (" (save its .data, or the model's state_dict())" if type(obj) is Value
             else " (save its state_dict())" if hasattr(obj, "state_dict") else "")
-    raise TypeError(f"can't save {where}: a {type(obj).__name__}{hint}; fastgrad.save takes dicts with str keys, "
-                    "lists, tuples, str, int, float, bool and None")
+    raise TypeError(f"can't save {where}, of type {type(obj).__name__!r}{hint}: fastgrad.save takes dicts with str "
+                    "keys, lists, tuples, str, int, float, bool and None")
 
 
 def _sync_directory(directory):
