@@ -201,6 +201,30 @@ def test_training_with_adam_and_a_loss_learns_the_moons():
     assert loss.data < 0.5 * first
 
 
+def test_the_readmes_loop_with_sgd_and_mse_takes_the_lectures_steps():
+    """The quickstart: SGD(lr=0.2) on the mean squared error is the lecture's lr=0.05 on the summed one."""
+    xs = [[2.0, 3.0, -1.0], [3.0, -1.0, 0.5], [0.5, 1.0, 1.0], [1.0, 1.0, -1.0]]
+    ys = [1.0, -1.0, -1.0, 1.0]
+    random.seed(1)
+    lecture = fastgrad.nn.MLP(3, [4, 4, 1])
+    random.seed(1)
+    model = fastgrad.nn.MLP(3, [4, 4, 1])
+    optimizer = optim.SGD(model.parameters(), lr=0.2)
+    for _ in range(20):
+        ypred = [lecture(x) for x in xs]
+        loss = sum((yout - ygt) ** 2 for ygt, yout in zip(ys, ypred))
+        lecture.zero_grad()
+        loss.backward()
+        for p in lecture.parameters():
+            p.data += -0.05 * p.grad
+        mse = fastgrad.losses.mse([model(x) for x in xs], ys)
+        optimizer.zero_grad()
+        mse.backward()
+        optimizer.step()
+        assert mse.data * 4 == loss.data
+    assert bits(model.parameters()) == bits(lecture.parameters())
+
+
 def test_eps_zero_and_a_zero_gradient_give_nan_as_in_torch():
     # 0 / (0 + 0): IEEE division, not an exception halfway through the parameters.
     params = [Value(1.0), Value(2.0)]
