@@ -69,6 +69,10 @@ cdef class ParameterArray:
     def __len__(self):
         return self.count
 
+    def __reduce__(self):
+        # Pickled as its Values: in one pickle with the model they stay the model's parameters.
+        return ParameterArray, (self.values,)
+
     cdef double* buffer(self, array numbers, str name) except NULL:
         """The doubles of an optimizer's per-parameter buffer, checked to hold one for each parameter."""
         if numbers is None or numbers.ob_descr.typecode != b'd' or len(numbers) != self.count:

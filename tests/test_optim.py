@@ -1,8 +1,10 @@
 """fastgrad.optim against torch.optim in float64 and against the published update formulas in plain Python:
 100 training steps on a quadratic and on micrograd's moons MLP, every option; its argument checks, its
 parameters, and state dicts that resume training bit for bit, in this process and in a fresh one."""
+import copy
 import gc
 import math
+import pickle
 import random
 import struct
 import sys
@@ -293,6 +295,21 @@ def test_params_are_kept_alive_and_given_back_in_order():
     assert all(p.grad == 2.0 for p in optimizer.params)
     del optimizer
     gc.collect()
+
+
+@pytest.mark.parametrize("copy_of", [lambda obj: pickle.loads(pickle.dumps(obj)), copy.deepcopy],
+                         ids=["pickle", "deepcopy"])
+def test_a_model_and_its_optimizer_copy_together(copy_of):
+    model, loss_of = moons_model()
+    optimizer = optim.Adam(model.parameters(), lr=0.02)
+    train_steps(optimizer, loss_of, 0, 3, 0.02)
+    twin_model, twin = copy_of((model, optimizer))
+    assert all(p is q for p, q in zip(twin.params, twin_model.parameters()))
+    assert twin.state_dict() == optimizer.state_dict()
+    X, y = moons.make_moons(20, noise=0.1, seed=1)
+    train_steps(optimizer, loss_of, 3, 3, 0.02)
+    train_steps(twin, lambda: moons.svm_loss(twin_model, Value, X, y)[0], 3, 3, 0.02)
+    assert bits(twin_model.parameters()) == bits(model.parameters())
 
 
 def test_repr_names_the_optimizer_and_its_settings():
