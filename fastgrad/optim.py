@@ -33,10 +33,10 @@ class Optimizer:
     updates the parameters (`_update`).
     """
 
-    hyperparameters = ()     # names of the attributes state_dict() saves and _checked validates
-    buffers = ()             # names of the per-parameter arrays, saved as lists of floats
+    hyperparameters = ()         # names of the attributes state_dict() saves and _checked validates
+    counters = ()                # names of the int attributes it saves with them (Adam's step count)
+    buffers = ()                 # names of the per-parameter arrays('d'), saved as lists of floats
     buffers_start_empty = False  # True: a buffer is None until the first step makes it (SGD's momentum)
-    counters = ()            # names of the int attributes saved with them (Adam's step count)
 
     def __init__(self, params, **hyperparameters):
         checked = self._checked(hyperparameters)
@@ -116,6 +116,8 @@ class Optimizer:
     # -- for the subclasses
 
     def _checked(self, hyperparameters, prefix=None):
+        """{name: value} for the hyper-parameters, checked and converted (floats, bools, the betas as a tuple);
+        TypeError or ValueError in torch's words otherwise. prefix: see _where."""
         raise NotImplementedError
 
     def _update(self):
