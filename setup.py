@@ -1,4 +1,5 @@
-"""Build the compiled engine. Everything else about the package lives in pyproject.toml."""
+"""Build the compiled modules: the engine, the replay and the optimizers' loops. Everything else about the package
+lives in pyproject.toml."""
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -32,6 +33,8 @@ extensions = [
     # The compiled replay reads and writes the nodes through engine.pxd's layout, and calls the engine's
     # sort and its list of lagging graphs once per graph or per pass, never per node.
     Extension("fastgrad.replay", ["fastgrad/replay.pyx"]),
+    # The optimizers' loops over a C array of parameter nodes (engine.pxd's layout).
+    Extension("fastgrad._optim", ["fastgrad/_optim.pyx"]),
 ]
 
 setup(

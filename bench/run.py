@@ -2,7 +2,7 @@
 
     python bench/run.py                   # the full run (a few minutes; the sweep goes to 10 million nodes)
     python bench/run.py --quick           # under a minute: fewer repeats, the sweep up to 100,000 nodes
-    python bench/run.py --only layer      # one workload (see --list)
+    python bench/run.py --only layer      # one workload (see --list); --only optim: the three optimizer rows
     python bench/run.py --json out.json   # also write every median, quartile and ratio
     python bench/run.py --update-readme   # rewrite the README's benchmark block (between its markers)
 
@@ -44,7 +44,8 @@ def make_workloads(settings):
     rest = [wl.Chain(), wl.TanhLayer(), wl.MoonsStep("micrograd")]
     if not settings["quick"]:
         rest.append(wl.MoonsStep("seed"))   # the seed's model on the seed's Value: seconds per step
-    return ops + rest + [wl.Sweep(size) for size in settings["sweep"]] + [wl.BytesPerNode()]
+    optim = [wl.OptimizerStep(kind) for kind in wl.OptimizerStep.KINDS]
+    return ops + rest + optim + [wl.Sweep(size) for size in settings["sweep"]] + [wl.BytesPerNode()]
 
 
 def selected(workloads, only):
@@ -133,6 +134,11 @@ def targets(results, quick):
         r = ratio("layer", phase, "speedup_vs_seed")
         add(f"64x512 tanh layer {phase} vs the seed's Value", ">= 50x faster", r, r and r >= 50,
             f"{r:.0f}x faster" if r else "")
+    for kind, title in wl.OptimizerStep.KINDS.items():
+        optimizer, loop = (median(f"optim-{kind}", phase, "fastgrad") for phase in ("optimizer", "loop"))
+        r = optimizer / loop if optimizer and loop else None
+        add(f"{title} with fastgrad.optim vs its Python loop", "<= 0.1x", r, r and r <= 0.1,
+            f"{r:.3f}x" if r else "")
     b = median("memory", "bytes", "fastgrad")
     mg = median("memory", "bytes", "micrograd")
     add("bytes per node", "<= 96 (micrograd ~690)", b, b and b <= 96,

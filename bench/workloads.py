@@ -372,3 +372,99 @@ class MoonsStep(Workload):
             counter[0] = k + inner
             return {"step": clock() - start}
         return sampler
+
+
+# --- the optimizer's loops -------------------------------------------------------------------------------
+
+def sgd_loop(params, lr):
+    for p in params:
+        p.data -= lr * p.grad
+
+
+def zero_grad_loop(params):
+    for p in params:
+        p.grad = 0.0
+
+
+class AdamLoop:
+    """Adam as a user writes it in Python over micrograd's Values: torch.optim.Adam's update, no weight decay."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8):
+        self.params, self.lr, self.betas, self.eps = params, lr, betas, eps
+        self.m, self.v, self.t = [0.0] * len(params), [0.0] * len(params), 0
+
+    def step(self):
+        self.t += 1
+        beta1, beta2 = self.betas
+        step_size = self.lr / (1 - beta1 ** self.t)
+        bias_correction2_sqrt = math.sqrt(1 - beta2 ** self.t)
+        m, v, eps = self.m, self.v, self.eps
+        for i, p in enumerate(self.params):
+            g = p.grad
+            m[i] = beta1 * m[i] + (1 - beta1) * g
+            v[i] = beta2 * v[i] + (1 - beta2) * g * g
+            p.data -= step_size * (m[i] / (math.sqrt(v[i]) / bias_correction2_sqrt + eps))
+
+
+class OptimizerStep(Workload):
+    """One optimizer call over the 337 parameters of micrograd's moons MLP, MLP(2, [16, 16, 1]).
+
+    On fastgrad, each sample times fastgrad.optim ("optimizer": one call, a C loop) and then the Python
+    loop a micrograd user writes for the same update ("loop"), on the same Values; micrograd and the seed
+    run the loop on theirs, PyTorch runs torch.optim over one 0-d tensor per parameter. The grads are fixed
+    random numbers (no backward is timed); each update moves the data a little further.
+    """
+
+    unit = "step"
+    phases = ("optimizer", "loop")
+    LR = 1e-3
+    KINDS = {"sgd": "SGD step", "zero_grad": "zero_grad", "adam": "Adam step"}
+
+    def __init__(self, kind):
+        self.kind = kind
+        self.name = f"optim-{kind}"
+        self.title = f"{self.KINDS[kind]}, 337 parameters"
+
+    def sampler(self, engine):
+        if not engine.is_graph:
+            raise Unsupported("no parameter nodes: these rows time updates of a model's Values")
+        random.seed(1)
+        mlp = engine.mlp or engine.seed_mlp
+        params = mlp(2, [16, 16, 1]).parameters()
+        rng = random.Random(6)
+        if engine.name == "torch":
+            import torch
+            for p in params:
+                p.grad = torch.tensor(rng.uniform(-1, 1), dtype=torch.float64)
+            optimizer = self.optimizer(torch.optim, params)
+            return lambda inner: {"optimizer": self.time(optimizer, inner)}
+        for p in params:
+            p.grad = rng.uniform(-1, 1)
+        loop = self.loop(params)
+        if engine.name != "fastgrad":
+            return lambda inner: {"loop": self.time(loop, inner)}
+        import fastgrad.optim
+        optimizer = self.optimizer(fastgrad.optim, params)
+        return lambda inner: {"optimizer": self.time(optimizer, inner), "loop": self.time(loop, inner)}
+
+    def optimizer(self, module, params):
+        """The call to time on an optim module's optimizer (fastgrad.optim's or torch.optim's)."""
+        if self.kind == "adam":
+            return module.Adam(params, lr=self.LR).step
+        optimizer = module.SGD(params, lr=self.LR)
+        return optimizer.step if self.kind == "sgd" else optimizer.zero_grad
+
+    def loop(self, params):
+        """The same update as a Python loop over params, as a call."""
+        if self.kind == "adam":
+            return AdamLoop(params, lr=self.LR).step
+        if self.kind == "sgd":
+            return lambda: sgd_loop(params, self.LR)
+        return lambda: zero_grad_loop(params)
+
+    @staticmethod
+    def time(call, inner):
+        start = clock()
+        for _ in range(inner):
+            call()
+        return clock() - start

@@ -1,9 +1,15 @@
 """The seed's neural-network classes, in plain Python over the compiled Value."""
+import numbers
 import random
+from collections import namedtuple
+from collections.abc import Mapping
 
 from fastgrad.engine import Value, weighted_sum
 
-__all__ = ["Module", "Neuron", "Layer", "MLP"]
+__all__ = ["Module", "Neuron", "Layer", "MLP", "IncompatibleKeys"]
+
+# What load_state_dict(strict=False) did not load, as torch names it.
+IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
 
 class Module:
@@ -15,6 +21,55 @@ class Module:
     def zero_grad(self):
         for p in self.parameters():
             p.grad = 0.0
+
+    def named_parameters(self):
+        """[(name, Value)] for parameters(), in its order, each named by the attributes that lead to it:
+        `layers.0.neurons.3.w.1` is `model.layers[0].neurons[3].w[1]`, `layers.0.neurons.3.b` its bias.
+
+        Names are found by walking the module's attributes in the order they were set, into Modules,
+        lists, tuples and dicts with str keys (so a Module subclass of your own is named the same way); a
+        Value reached twice keeps its first name, and one listed twice by parameters() appears once.
+        ValueError if parameters() gives a Value that no attribute leads to.
+        """
+        names = _attribute_names(self)
+        named, seen = [], set()
+        for i, p in enumerate(self.parameters()):
+            if id(p) in seen:
+                continue
+            if id(p) not in names:
+                raise ValueError(f"{type(self).__name__}.parameters()[{i}] ({p!r}) is in no attribute of the module "
+                                 "(nor in a Module, list, tuple or dict held by one), so it has no name")
+            seen.add(id(p))
+            named.append((names[id(p)], p))
+        return named
+
+    def state_dict(self):
+        """{name: data} for every parameter, in parameters() order: plain floats, for fastgrad.save."""
+        return {name: p.data for name, p in self.named_parameters()}
+
+    def load_state_dict(self, state, strict=True):
+        """Set each parameter's data from state[name] (a dict from state_dict(), maybe through fastgrad.load).
+
+        strict: a name of the model missing from state, or a name in state the model does not have, is a
+        KeyError listing them; with strict=False what matches is loaded and the rest is returned as
+        IncompatibleKeys(missing_keys, unexpected_keys), as torch does. A value that is not a real number
+        is a TypeError naming its key. Everything is checked first: when this raises, nothing has changed.
+        """
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict of name -> number, such as model.state_dict(), "
+                            f"not {type(state).__name__!r}")
+        named = self.named_parameters()
+        names = {name for name, _ in named}
+        missing = [name for name, _ in named if name not in state]
+        unexpected = [key for key in state if key not in names]
+        if strict and (missing or unexpected):
+            raise KeyError(f"state does not match the parameters of this {type(self).__name__}: "
+                           + "; ".join(f"{what} {_listing(keys)}"
+                                       for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys))
+        updates = [(p, _state_number(state[name], name)) for name, p in named if name in state]
+        for p, number in updates:
+            p.data = number
+        return IncompatibleKeys(missing, unexpected)
 
 
 class Neuron(Module):
@@ -69,3 +124,44 @@ class MLP(Module):
 
     def __repr__(self):
         return f"MLP of [{', '.join(repr(layer) for layer in self.layers)}]"
+
+
+def _attribute_names(module):
+    """{id(Value): dotted name} for every Value reachable from module's attributes (see named_parameters)."""
+    names = {}
+    walked = set()      # ids of the containers walked: a shared submodule, or a cycle, is walked once
+
+    def walk(obj, name):
+        if type(obj) is Value:
+            names.setdefault(id(obj), name)
+            return
+        if id(obj) in walked:
+            return
+        if isinstance(obj, Module):
+            items = vars(obj).items() if hasattr(obj, "__dict__") else ()
+        elif isinstance(obj, (list, tuple)):
+            items = enumerate(obj)
+        elif isinstance(obj, dict):
+            items = ((key, item) for key, item in obj.items() if isinstance(key, str))
+        else:
+            return
+        walked.add(id(obj))
+        for key, item in items:
+            walk(item, f"{name}.{key}" if name else str(key))
+
+    walk(module, "")
+    return names
+
+
+def _listing(keys, most=10):
+    shown = ", ".join(map(repr, keys[:most]))
+    return shown + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
+def _state_number(x, name):
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"state[{name!r}] must be a real number, not {type(x).__name__!r}")
+    try:
+        return float(x)
+    except OverflowError:
+        raise OverflowError(f"state[{name!r}] = {x} is too large for a float") from None

@@ -29,11 +29,11 @@ report = bench_module("report")
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """One `bench/run.py --quick` of two cheap workloads, as a user or CI runs it."""
+    """One `bench/run.py --quick` of three cheap workloads, as a user or CI runs it."""
     out = tmp_path_factory.mktemp("bench") / "results.json"
     proc = subprocess.run(
-        [sys.executable, os.path.join(BENCH, "run.py"), "--quick", "--only", "chain,memory", "--json", str(out),
-         "--no-chart"],
+        [sys.executable, os.path.join(BENCH, "run.py"), "--quick", "--only", "chain,memory,optim-adam",
+         "--json", str(out), "--no-chart"],
         capture_output=True, text=True, timeout=300, cwd=REPO,
     )
     assert proc.returncode == 0, proc.stderr
@@ -72,6 +72,19 @@ def test_quick_run_fields_are_sane(quick_run):
     assert "floats" in memory["skipped"]
     figures = {t["figure"] for t in data["targets"]}
     assert "bytes per node" in figures and "moons demo step vs micrograd" in figures
+
+
+def test_quick_run_times_the_optimizer_beside_its_python_loop(quick_run):
+    _, data = quick_run
+    adam = next(w for w in data["workloads"] if w["name"] == "optim-adam")
+    assert adam["unit"] == "step" and adam["units"] == 1
+    assert set(adam["results"]["fastgrad"]) == {"optimizer", "loop", "total"}
+    for engine in set(adam["results"]) - {"fastgrad", "torch"}:
+        assert set(adam["results"][engine]) == {"loop"}, engine
+    assert "floats" in adam["skipped"]
+    target = next(t for t in data["targets"] if t["figure"] == "Adam step with fastgrad.optim vs its Python loop")
+    optimizer, loop = (adam["results"]["fastgrad"][phase]["median"] for phase in ("optimizer", "loop"))
+    assert target["measured"] == pytest.approx(optimizer / loop)
 
 
 def test_unknown_workload_is_refused():
@@ -118,6 +131,28 @@ def test_float_floor_trains_exactly_as_micrograd():
     weights = [w for layer in floor.weights for neuron in layer for w in neuron]
     micrograd_weights = [p.data for n in (n for layer in model.layers for n in layer.neurons) for p in n.w]
     assert weights == pytest.approx(micrograd_weights, rel=1e-12)
+
+
+def test_optimizer_rows_compare_the_same_update(monkeypatch):
+    """bench's Python loops, what a micrograd user writes, make the updates fastgrad.optim makes: the optimizer
+    rows time the same work both ways."""
+    from fastgrad import Value, optim
+    monkeypatch.syspath_prepend(BENCH)     # workloads.py imports its neighbours as a script does
+    workloads = bench_module("workloads")
+    rng = random.Random(2)
+    start = [(rng.uniform(-1, 1), rng.uniform(-1, 1)) for _ in range(30)]
+    for kind in workloads.OptimizerStep.KINDS:
+        by_optimizer, by_loop = ([Value(data) for data, _ in start] for _ in range(2))
+        for params in (by_optimizer, by_loop):
+            for p, (_, grad) in zip(params, start):
+                p.grad = grad
+        workload = workloads.OptimizerStep(kind)
+        optimizer_call, loop_call = workload.optimizer(optim, by_optimizer), workload.loop(by_loop)
+        for _ in range(5):
+            optimizer_call()
+            loop_call()
+        assert [p.data for p in by_optimizer] == pytest.approx([p.data for p in by_loop], rel=1e-12), kind
+        assert [p.grad for p in by_optimizer] == [p.grad for p in by_loop], kind
 
 
 def test_torch_model_trains_exactly_as_micrograd():

@@ -1,0 +1,264 @@
+"""fastgrad.optim: SGD, Adam and AdamW with torch.optim's names, defaults, argument checks and update formulas
+(its default single-tensor code path), for a list of Values such as model.parameters().
+
+    optimizer = fastgrad.optim.Adam(model.parameters(), lr=1e-3)
+    for step in range(100):
+        loss = ...
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+Hyper-parameters are plain attributes (`optimizer.lr = 0.01` for a schedule), one group per optimizer.
+`state_dict()` holds the hyper-parameters, the step count and the per-parameter buffers: load it into an
+optimizer over the same parameters and training goes on bit for bit as if it had never stopped.
+
+The module is Python over a small compiled kernel, fastgrad._optim. What runs once per parameter (zero_grad
+and the updates) is a C loop over a C array of the parameter nodes there, entered once per step; what runs
+once per step or once per optimizer (checks, hyper-parameters, state dicts, error messages) stays here, in
+Python, where it reads like the torch code users know and costs nothing measurable.
+"""
+import numbers
+from array import array
+from collections.abc import Mapping
+
+from fastgrad._optim import ParameterArray
+
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+
+
+class Optimizer:
+    """What SGD, Adam and AdamW share: their parameters, zero_grad(), step() and state dicts.
+
+    A subclass lists its hyper-parameters and buffers, checks the hyper-parameters (`_checked`) and
+    updates the parameters (`_update`).
+    """
+
+    hyperparameters = ()         # names of the attributes state_dict() saves and _checked validates
+    counters = ()                # names of the int attributes it saves with them (Adam's step count)
+    buffers = ()                 # names of the per-parameter arrays('d'), saved as lists of floats
+    buffers_start_empty = False  # True: a buffer is None until the first step makes it (SGD's momentum)
+
+    def __init__(self, params, **hyperparameters):
+        checked = self._checked(hyperparameters)
+        self._params = ParameterArray(params)
+        for name, value in checked.items():
+            setattr(self, name, value)
+
+    @property
+    def params(self):
+        """The parameters, a tuple of Values in the order given; the optimizer keeps them alive."""
+        return self._params.values
+
+    def zero_grad(self):
+        """Set the grad of every parameter to 0.0 (in C, without a Python call per parameter)."""
+        self._params.zero_grad()
+
+    def step(self, closure=None):
+        """Update every parameter from its grad. closure, if given, is called first (it should zero the
+        grads, compute the loss and call backward()); its result is returned."""
+        loss = None if closure is None else closure()
+        self._update()
+        return loss
+
+    def __repr__(self):
+        settings = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.hyperparameters)
+        return f"{type(self).__name__}({len(self._params)} parameters, {settings})"
+
+    # -- state dicts
+
+    def state_dict(self):
+        """A dict of plain numbers, lists and None (fastgrad.save writes it): the optimizer's kind, its
+        number of parameters, its hyper-parameters, step counts and per-parameter buffers (copies)."""
+        state = {"optimizer": type(self).__name__, "parameters": len(self._params)}
+        for name in self.hyperparameters:
+            value = getattr(self, name)
+            state[name] = list(value) if isinstance(value, tuple) else value
+        for name in self.counters:
+            state[name] = getattr(self, name)
+        for name in self.buffers:
+            buffer = getattr(self, name)
+            state[name] = None if buffer is None else buffer.tolist()
+        return state
+
+    def load_state_dict(self, state):
+        """Take the hyper-parameters, step counts and buffers of state (from state_dict(), maybe through
+        fastgrad.save and fastgrad.load). Everything is checked first: when this raises, nothing has changed.
+
+        TypeError: state is not a dict, or a field has the wrong type; ValueError: it is another optimizer's
+        state, for another number of parameters, or a value is out of range.
+        """
+        kind = type(self).__name__
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict, such as {kind}.state_dict(), not {type(state).__name__!r}")
+        expected = ["optimizer", "parameters", *self.hyperparameters, *self.counters, *self.buffers]
+        missing = [key for key in expected if key not in state]
+        unexpected = [key for key in state if key not in expected]
+        if state.get("optimizer") != kind:
+            raise ValueError(f"state is {_describe_kind(state)}, not {kind}'s")
+        if missing or unexpected:
+            raise ValueError(f"state does not match {kind}.state_dict(): "
+                             + "; ".join(f"{what} {', '.join(map(repr, keys))}"
+                                         for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys))
+        count = len(self._params)
+        if _integer(state["parameters"], "state['parameters']") != count:
+            raise ValueError(f"state is for {state['parameters']} parameters, this {kind} has {count}")
+        checked = self._checked({name: state[name] for name in self.hyperparameters}, prefix="state")
+        for name in self.counters:
+            checked[name] = _integer(state[name], f"state[{name!r}]")
+            if checked[name] < 0:
+                raise ValueError(f"state[{name!r}] must be 0 or more, not {checked[name]}")
+        for name in self.buffers:
+            empty = state[name] is None and self.buffers_start_empty
+            checked[name] = None if empty else _float_array(state[name], f"state[{name!r}]", count)
+        for name, value in checked.items():
+            setattr(self, name, value)
+
+    # -- for the subclasses
+
+    def _checked(self, hyperparameters, prefix=None):
+        """{name: value} for the hyper-parameters, checked and converted (floats, bools, the betas as a tuple);
+        TypeError or ValueError in torch's words otherwise. prefix: see _where."""
+        raise NotImplementedError
+
+    def _update(self):
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent, torch.optim.SGD's: with weight decay, d = grad + weight_decay * data;
+    with momentum, b = d on the first step, then b = momentum * b + (1 - dampening) * d, and d = b (or,
+    with nesterov, d = d + momentum * b); then data -= lr * d."""
+
+    hyperparameters = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
+    buffers = ("momentum_buffer",)
+    buffers_start_empty = True
+
+    def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+        super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
+                         nesterov=nesterov)
+        self.momentum_buffer = None      # made by the first step with momentum
+
+    def _checked(self, hp, prefix=None):
+        checked = {
+            "lr": _at_least_zero(hp["lr"], "lr", "Invalid learning rate", prefix),
+            "momentum": _at_least_zero(hp["momentum"], "momentum", "Invalid momentum value", prefix),
+            "dampening": _real(hp["dampening"], "dampening", prefix),
+            "weight_decay": _at_least_zero(hp["weight_decay"], "weight_decay", "Invalid weight_decay value", prefix),
+            "nesterov": _flag(hp["nesterov"], "nesterov", prefix),
+        }
+        if checked["nesterov"] and (checked["momentum"] <= 0 or checked["dampening"] != 0):
+            raise ValueError("Nesterov momentum requires a momentum and zero dampening" + _in_state(prefix))
+        return checked
+
+    def _update(self):
+        started = self.momentum_buffer is not None
+        if self.momentum != 0 and not started:
+            self.momentum_buffer = array("d", [0.0]) * len(self._params)
+        self._params.sgd_step(self.lr, self.momentum, self.dampening, self.weight_decay, self.nesterov,
+                              self.momentum_buffer, started)
+
+
+class Adam(Optimizer):
+    """Adam (Kingma and Ba), torch.optim.Adam's: with weight decay, g = grad + weight_decay * data; then at
+    step t, m = beta1 * m + (1 - beta1) * g, v = beta2 * v + (1 - beta2) * g * g, and
+    data -= lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)."""
+
+    hyperparameters = ("lr", "betas", "eps", "weight_decay")
+    counters = ("step_count",)
+    buffers = ("exp_avg", "exp_avg_sq")
+    decoupled_weight_decay = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        self.step_count = 0                                   # steps taken: t in the bias corrections
+        self.exp_avg = array("d", [0.0]) * len(self._params)  # m, the moving average of the gradient
+        self.exp_avg_sq = array("d", [0.0]) * len(self._params)   # v, that of its square
+
+    def _checked(self, hp, prefix=None):
+        checked = {
+            "lr": _at_least_zero(hp["lr"], "lr", "Invalid learning rate", prefix),
+            "eps": _at_least_zero(hp["eps"], "eps", "Invalid epsilon value", prefix),
+        }
+        betas = hp["betas"]
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"{_where('betas', prefix)} must be a pair of numbers (beta1, beta2), not {betas!r}")
+        checked["betas"] = tuple(_real(beta, "betas", prefix) for beta in betas)
+        for i, beta in enumerate(checked["betas"]):
+            if not 0.0 <= beta < 1.0:
+                raise ValueError(f"Invalid beta parameter at index {i}: {beta}{_in_state(prefix)}")
+        checked["weight_decay"] = _at_least_zero(hp["weight_decay"], "weight_decay", "Invalid weight_decay value",
+                                                 prefix)
+        return checked
+
+    def _update(self):
+        self.step_count += 1
+        beta1, beta2 = self.betas
+        self._params.adam_step(self.lr, beta1, beta2, self.eps, self.weight_decay, self.decoupled_weight_decay,
+                               self.step_count, self.exp_avg, self.exp_avg_sq)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov and Hutter), torch.optim.AdamW's: each step first shrinks
+    data by lr * weight_decay, then takes Adam's step on the bare gradient."""
+
+    decoupled_weight_decay = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checks, shared by the constructors and load_state_dict
+
+# prefix is None for a constructor's argument (`lr`) and "state" for a state dict's field (`state['lr']`).
+
+def _where(name, prefix):
+    return name if prefix is None else f"{prefix}[{name!r}]"
+
+
+def _in_state(prefix):
+    return "" if prefix is None else f" in {prefix}"
+
+
+def _real(x, name, prefix):
+    """x as a float, or TypeError naming it."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{_where(name, prefix)} must be a real number, not {type(x).__name__!r}")
+    return float(x)
+
+
+def _at_least_zero(x, name, message, prefix):
+    """x as a float that is 0 or more: ValueError in torch's words otherwise (nan included)."""
+    value = _real(x, name, prefix)
+    if not 0.0 <= value:
+        raise ValueError(f"{message}: {value}{_in_state(prefix)}")
+    return value
+
+
+def _flag(x, name, prefix):
+    if not isinstance(x, bool):
+        raise TypeError(f"{_where(name, prefix)} must be True or False, not {x!r}")
+    return x
+
+
+def _integer(x, where):
+    if isinstance(x, bool) or not isinstance(x, numbers.Integral):
+        raise TypeError(f"{where} must be an int, not {type(x).__name__!r}")
+    return int(x)
+
+
+def _float_array(values, where, count):
+    """values (a list of real numbers, one per parameter) as an array('d')."""
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"{where} must be a list of {count} numbers, not {type(values).__name__!r}")
+    if len(values) != count:
+        raise ValueError(f"{where} has {len(values)} numbers, one per parameter is {count}")
+    for i, x in enumerate(values):
+        if isinstance(x, bool) or not isinstance(x, numbers.Real):
+            raise TypeError(f"{where}[{i}] must be a real number, not {type(x).__name__!r}")
+    return array("d", map(float, values))
+
+
+def _describe_kind(state):
+    kind = state.get("optimizer")
+    return f"{kind}'s" if isinstance(kind, str) else "no optimizer's state dict (it has no 'optimizer' name)"
