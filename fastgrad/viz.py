@@ -1,4 +1,5 @@
 """Draw a Value's graph with graphviz, as the seed's trace and draw_dot do; iterative, so any depth."""
+import operator
 import warnings
 from collections import Counter, deque
 
@@ -39,7 +40,7 @@ def draw_dot(root, format="svg", rankdir="LR", max_nodes=DEFAULT_MAX_NODES):
     """
     from graphviz import Digraph     # here, so that `import fastgrad` does not need graphviz
 
-    if max_nodes is not None and max_nodes < 1:
+    if max_nodes is not None and operator.index(max_nodes) < 1:
         raise ValueError(f"max_nodes must be at least 1 or None, not {max_nodes!r}")
     dot = Digraph(format=format, graph_attr={"rankdir": rankdir})
     if max_nodes is not None:

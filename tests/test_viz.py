@@ -263,6 +263,8 @@ def test_a_100k_deep_chain_is_cut_without_recursion():
     assert sum(counts) == 200_001 - DEFAULT_MAX_NODES     # a chain shares nothing: each hidden node counted once
 
 
-def test_max_nodes_must_be_positive_or_none():
+def test_max_nodes_must_be_a_positive_integer_or_none():
     with pytest.raises(ValueError, match="max_nodes"):
         draw_dot(Value(1.0), max_nodes=0)
+    with pytest.raises(TypeError):
+        draw_dot(Value(1.0), max_nodes=2.5)
