@@ -26,12 +26,12 @@ def parser():
     demo_command.add_argument("--steps", type=positive_int, default=100, help="training steps (default: 100)")
     # Accepted already so that scripts can pin the exact-graph path: it becomes a choice once the compiled
     # replay (fastgrad.compile) is the default.
-    demo_command.add_argument("--eager", action="store_true",
-                      help="train on the exact graph, a node per op built anew each step (today the only path)")
+    demo_command.add_argument("--eager", action="store_true", help="train on the exact graph, a node per op "
+                              "built anew each step (today the only path)")
     demo_command.add_argument("--out", default=".", metavar="DIR",
-                      help="folder for the files, created if missing (default: the current folder)")
-    demo_command.add_argument("--seed", type=int, default=1337, help="seed of the points and the initial weights "
-                                                             "(default: 1337)")
+                              help="folder for the files, created if missing (default: the current folder)")
+    demo_command.add_argument("--seed", type=int, default=1337,
+                              help="seed of the points and the initial weights (default: 1337)")
     return main
 
 
