@@ -5,35 +5,18 @@ layer by layer; biases start at 0), so after the same random.seed() every engine
 """
 import random
 
-from fastgrad.moons import learning_rate
+from fastgrad.moons import MicrogradMLP, learning_rate
 
 
-class TorchScalarMLP:
+class TorchScalarMLP(MicrogradMLP):
     """micrograd's MLP(nin, nouts) over 0-d float64 tensors: ReLU layers, a linear output layer.
 
     It has micrograd's interface (call, parameters(), zero_grad()) so fastgrad.moons.train_step drives it.
     """
 
-    def __init__(self, nin, nouts, leaf):
-        sizes = [nin] + list(nouts)
-        self.layers = [
-            [([leaf(random.uniform(-1, 1)) for _ in range(sizes[i])], leaf(0.0)) for _ in range(sizes[i + 1])]
-            for i in range(len(nouts))
-        ]
-
-    def __call__(self, x):
-        last = len(self.layers) - 1
-        for i, layer in enumerate(self.layers):
-            acts = [sum((wi * xi for wi, xi in zip(w, x)), b) for w, b in layer]
-            x = acts if i == last else [a.relu() for a in acts]
-        return x[0] if len(x) == 1 else x
-
-    def parameters(self):
-        return [p for layer in self.layers for w, b in layer for p in w + [b]]
-
     def zero_grad(self):
         for p in self.parameters():
-            p.grad = None
+            p.grad = None        # what torch's own zero_grad does: no zero tensor to add into
 
 
 class FloatMLP:

@@ -1,5 +1,5 @@
-"""micrograd's demo problem, shared by the demo, the tests and the benchmarks: two half-moons and an SVM
-training step.
+"""micrograd's demo problem, shared by the demo, the tests and the benchmarks: two half-moons, micrograd's
+model over any Value class, and an SVM training step.
 
 Plain Python only (no numpy, no sklearn), and generic over the Value class and the model, so the same code
 drives micrograd, fastgrad.micrograd and anything else with micrograd's Value and MLP interface.
@@ -7,7 +7,7 @@ drives micrograd, fastgrad.micrograd and anything else with micrograd's Value an
 import math
 import random
 
-__all__ = ["make_moons", "svm_loss", "learning_rate", "train_step"]
+__all__ = ["make_moons", "MicrogradMLP", "svm_loss", "learning_rate", "train_step"]
 
 
 def _gauss(rng):
@@ -45,6 +45,37 @@ def make_moons(n_samples=100, noise=0.1, seed=0):
     return [xy for xy, _ in points], [label for _, label in points]
 
 
+class MicrogradMLP:
+    """micrograd's MLP(nin, nouts) over any scalar with micrograd's ops: ReLU layers, a linear output layer.
+
+    leaf(x) makes a parameter from a float (a Value class will do). The weights are drawn as micrograd draws
+    them (random.uniform(-1, 1), each neuron's weights in turn, layer by layer; biases start at 0), so after
+    the same random.seed() it starts from the same model as micrograd.nn.MLP. For engines that have no
+    micrograd-style model of their own: the notebook's Value in fastgrad.reference, PyTorch scalars.
+    """
+
+    def __init__(self, nin, nouts, leaf):
+        sizes = [nin] + list(nouts)
+        self.layers = [
+            [([leaf(random.uniform(-1, 1)) for _ in range(sizes[i])], leaf(0.0)) for _ in range(sizes[i + 1])]
+            for i in range(len(nouts))
+        ]
+
+    def __call__(self, x):
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            acts = [sum((wi * xi for wi, xi in zip(w, x)), b) for w, b in layer]
+            x = acts if i == last else [a.relu() for a in acts]
+        return x[0] if len(x) == 1 else x
+
+    def parameters(self):
+        return [p for layer in self.layers for w, b in layer for p in w + [b]]
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = 0.0
+
+
 def svm_loss(model, value_cls, X, y, alpha=1e-4):
     """micrograd demo's full-batch loss: mean max-margin loss plus alpha * sum(p*p) over the parameters.
 
@@ -60,17 +91,21 @@ def svm_loss(model, value_cls, X, y, alpha=1e-4):
     return data_loss + reg_loss, sum(right) / len(right)
 
 
-def learning_rate(k):
-    """The demo's schedule over its 100 steps: 1.0 at step 0, falling linearly by 0.009 a step."""
-    return 1.0 - 0.9 * k / 100
+def learning_rate(k, steps=100):
+    """The demo's schedule: 1.0 at step 0, falling linearly to 0.1 at the end of its 100 steps.
+
+    micrograd's is 1.0 - 0.9 * k / 100 over 100 steps; a run of another length stretches it over its own
+    steps, so that the rate stays positive to the last one.
+    """
+    return 1.0 - 0.9 * k / steps
 
 
-def train_step(model, value_cls, X, y, k):
+def train_step(model, value_cls, X, y, k, steps=100):
     """Step k of the demo's training: loss, zero_grad, backward, SGD update. Returns (loss, accuracy)."""
     loss, accuracy = svm_loss(model, value_cls, X, y)
     model.zero_grad()
     loss.backward()
-    rate = learning_rate(k)
+    rate = learning_rate(k, steps)
     for p in model.parameters():
         p.data -= rate * p.grad
     return loss.data, accuracy

@@ -1,0 +1,224 @@
+"""`python -m fastgrad demo`: micrograd's moons classifier trained on fastgrad, timed against micrograd's algorithm
+in plain Python on this machine, with a picture of what it learned and the graph of one of its neurons.
+
+Everything past training is optional: without matplotlib there is no picture, without graphviz's `dot` no
+graph, and the demo says what to install instead.
+"""
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+from fastgrad import moons, reference
+from fastgrad._version import __version__
+from fastgrad.engine import Value
+from fastgrad.micrograd.nn import MLP
+from fastgrad.viz import draw_dot
+
+__all__ = ["DemoError", "run"]
+
+SIZES = [16, 16, 1]
+POINTS = 100
+REFERENCE_STEPS = 3          # micrograd's algorithm takes a second or two a step: a few steps give a median
+PICTURE = "moons_decision_boundary.png"
+NEURON = "neuron.svg"
+
+
+class DemoError(Exception):
+    """A problem the user has to fix (an output folder that cannot be written), reported without a traceback."""
+
+
+def run(steps=100, out=".", seed=1337):
+    """Train, report, time the reference, write the files; returns the final (loss, accuracy)."""
+    out = prepare_output(out)
+    X, y = moons.make_moons(POINTS, noise=0.1, seed=seed)
+    random.seed(seed)
+    model = MLP(2, SIZES)
+    print(f"fastgrad {__version__}: micrograd's moons demo, MLP(2, {SIZES}) ({len(model.parameters())} parameters) "
+          f"on {POINTS} points, {plural(steps, 'step')} of SGD on hinge loss + L2 (seed {seed})")
+    print("path: eager, the exact graph (a node per op, built anew each step)")
+    history, step_seconds = train(make_step(model, X, y, steps), steps, progress_for(sys.stdout, steps))
+    loss, accuracy = history[-1]
+    here = statistics.median(step_seconds)
+    print(f"done: loss {loss:.4f}, accuracy {accuracy:.0%}, {here * 1e3:.2f} ms a step "
+          f"(median of {plural(steps, 'step')}, time.perf_counter)")
+
+    compared = min(REFERENCE_STEPS, steps)
+    print(f"timing micrograd's algorithm in plain Python on {plural(compared, 'step')} ...", flush=True)
+    _, reference_seconds = time_reference(X, y, seed, steps, compared)
+    there = statistics.median(reference_seconds)
+    print(f"micrograd's algorithm in plain Python (fastgrad.reference: a node per op, a closure per node, a "
+          f"recursive sort): {there:.2f} s a step, the median of {plural(compared, 'step')} of the same model, "
+          f"data and schedule; fastgrad is {there / here:,.0f}x faster on this machine, now")
+
+    write_picture(model, X, y, os.path.join(out, PICTURE), f"after {plural(steps, 'step')}: accuracy {accuracy:.0%}")
+    write_neuron(model.layers[0].neurons[0], X, os.path.join(out, NEURON))
+    return loss, accuracy
+
+
+def plural(count, word):
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+def prepare_output(out):
+    """Create the output folder if needed and check that a file can be written in it, before any training."""
+    try:
+        os.makedirs(out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise DemoError(f"cannot write to the output folder {out!r}: {error.strerror or error}") from error
+    return out
+
+
+def make_step(model, X, y, steps):
+    """step(k) -> (loss, accuracy): training step k of `steps`, on the exact graph built anew each step."""
+    def step(k):
+        return moons.train_step(model, Value, X, y, k, steps)
+    return step
+
+
+def train(step, steps, progress):
+    """Run step(0) ... step(steps - 1) with progress shown; returns [(loss, accuracy)] and each step's seconds."""
+    history, seconds = timed_steps(step, steps, progress.update)
+    progress.close()
+    return history, seconds
+
+
+def time_reference(X, y, seed, steps, count):
+    """The first `count` training steps of the same model (same seed, data and schedule) on fastgrad.reference,
+    micrograd's algorithm in plain Python; returns [(loss, accuracy)] and the seconds each step took."""
+    random.seed(seed)
+    model = moons.MicrogradMLP(2, SIZES, reference.Value)
+    return timed_steps(lambda k: moons.train_step(model, reference.Value, X, y, k, steps), count)
+
+
+def timed_steps(step, count, on_step=None):
+    """step(0) ... step(count - 1), each timed with time.perf_counter; after each, on_step(done, loss, accuracy,
+    steps per second so far). Returns [(loss, accuracy)] and the seconds each step took."""
+    history, seconds = [], []
+    start = time.perf_counter()
+    for k in range(count):
+        before = time.perf_counter()
+        history.append(step(k))
+        seconds.append(time.perf_counter() - before)
+        if on_step:
+            on_step(k + 1, *history[-1], (k + 1) / (time.perf_counter() - start))
+    return history, seconds
+
+
+def write_picture(model, X, y, path, title):
+    """The decision regions of the model's score over a grid, and the points, as micrograd's demo draws them."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        print(f"matplotlib is not installed, so no {PICTURE}: pip install 'fastgrad[plot]' (or matplotlib)",
+              file=sys.stderr)
+        return
+    xs, ys = [p[0] for p in X], [p[1] for p in X]
+    # contourf interpolates the zero crossing between grid points: 80 x 60 scores draw a smooth boundary.
+    grid_x = _span(min(xs) - 0.5, max(xs) + 0.5, 80)
+    grid_y = _span(min(ys) - 0.5, max(ys) + 0.5, 60)
+    scores = [[model([a, b]).data for a in grid_x] for b in grid_y]
+    low = min(min(row) for row in scores)
+    high = max(max(row) for row in scores)
+    figure = Figure(figsize=(6, 4.5))
+    axes = figure.add_subplot()
+    axes.contourf(grid_x, grid_y, scores, levels=[min(low, -1e-9), 0.0, max(high, 1e-9)], cmap="Spectral",
+                  alpha=0.8)
+    axes.scatter(xs, ys, c=y, s=30, cmap="Spectral", edgecolors="k")
+    axes.set_title(f"fastgrad demo: MLP(2, {SIZES}) {title}")
+    figure.savefig(path, dpi=100)
+    print(f"wrote {path}")
+
+
+def _span(low, high, count):
+    return [low + (high - low) * i / (count - 1) for i in range(count)]
+
+
+def write_neuron(neuron, X, path):
+    """One trained neuron drawn by draw_dot, with its grads, on the first point where its ReLU lets them pass."""
+    if shutil.which("dot") is None:
+        print(f"graphviz's `dot` is not on PATH, so no {NEURON}: install graphviz "
+              "(apt-get install graphviz, brew install graphviz, or https://graphviz.org/download/)", file=sys.stderr)
+        return
+    for i, w in enumerate(neuron.w, 1):
+        w.label = f"w{i}"
+    neuron.b.label = "b"
+    point = next((p for p in X if neuron(p).data > 0), X[0])
+    out = neuron([Value(x, label=f"x{i}") for i, x in enumerate(point, 1)])
+    out.label = "out"
+    neuron.zero_grad()
+    out.backward()
+    with open(path, "wb") as file:
+        file.write(draw_dot(out).pipe(format="svg"))
+    print(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Progress: tqdm on a terminal when installed, a bar of our own on a terminal otherwise, lines in a log
+
+def progress_for(stream, total):
+    """The progress display that suits stream: an object with update(done, loss, accuracy, rate) and close()."""
+    if not stream.isatty():
+        return LineProgress(stream, total)
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return BarProgress(stream, total)
+    return TqdmProgress(tqdm, stream, total)
+
+
+def _status(loss, accuracy):
+    return f"loss {loss:.4f}  accuracy {accuracy:.0%}"
+
+
+class LineProgress:
+    """A line about every tenth of the run and at its end: a log or a pipe gets no carriage returns."""
+
+    def __init__(self, stream, total):
+        self.stream, self.total = stream, total
+        self.every = max(1, total // 10)
+
+    def update(self, done, loss, accuracy, rate):
+        if done % self.every == 0 or done == self.total:
+            print(f"step {done}/{self.total}  {_status(loss, accuracy)}  {rate:.1f} steps/s", file=self.stream,
+                  flush=True)
+
+    def close(self):
+        pass
+
+
+class BarProgress:
+    """One line redrawn in place with a carriage return, for a terminal without tqdm."""
+
+    WIDTH = 30
+
+    def __init__(self, stream, total):
+        self.stream, self.total = stream, total
+
+    def update(self, done, loss, accuracy, rate):
+        filled = self.WIDTH * done // self.total
+        bar = "#" * filled + "-" * (self.WIDTH - filled)
+        self.stream.write(f"\r[{bar}] {done}/{self.total}  {_status(loss, accuracy)}  {rate:.1f} steps/s ")
+        self.stream.flush()
+
+    def close(self):
+        self.stream.write("\n")
+
+
+class TqdmProgress:
+    """tqdm's bar; it shows its own steps per second."""
+
+    def __init__(self, tqdm, stream, total):
+        self.bar = tqdm(total=total, file=stream, unit="step", desc="training")
+
+    def update(self, done, loss, accuracy, rate):
+        self.bar.set_postfix_str(_status(loss, accuracy), refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self):
+        self.bar.close()

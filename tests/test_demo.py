@@ -1,0 +1,177 @@
+"""python -m fastgrad demo, run as a user runs it (a fresh interpreter, away from the source tree): the files it
+writes, its progress in a log, the paths without matplotlib or graphviz's `dot`, bad arguments, an output folder
+it cannot write; and, in process, that what it times on the reference is micrograd's own training."""
+import io
+import os
+import random
+import struct
+import subprocess
+import sys
+import xml.etree.ElementTree as ET
+
+import pytest
+
+import fastgrad
+from fastgrad import demo, moons
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+# Runs the demo as `python -m fastgrad` does, after making `import matplotlib` fail as it does when matplotlib
+# is not installed (a None in sys.modules makes the import raise ImportError).
+WITHOUT_MATPLOTLIB = """
+import runpy, sys
+sys.modules["matplotlib"] = None
+sys.argv[0] = "fastgrad"
+runpy.run_module("fastgrad", run_name="__main__")
+"""
+
+
+def run_demo(tmp_path, *args, script=None, **env):
+    """`python -m fastgrad *args` (or `python -c script *args`) in tmp_path, output captured (not a terminal)."""
+    command = ["-c", script] if script else ["-m", "fastgrad"]
+    return subprocess.run([sys.executable, *command, *args], cwd=tmp_path, env={**os.environ, **env},
+                          capture_output=True, text=True, timeout=600)
+
+
+def png_size(path):
+    """(width, height) from a PNG's signature and IHDR chunk; fails on anything else."""
+    with open(path, "rb") as file:
+        head = file.read(24)
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR"
+    return struct.unpack(">II", head[16:24])
+
+
+def svg_texts(path):
+    root = ET.parse(path).getroot()
+    assert root.tag == f"{SVG}svg"
+    return {(t.text or "").strip() for t in root.iter(f"{SVG}text")}
+
+
+def assert_trained(result, steps):
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert f"{steps} step{'s' if steps > 1 else ''} of SGD" in result.stdout
+    assert "done: loss " in result.stdout and "ms a step" in result.stdout
+    assert "x faster on this machine" in result.stdout
+
+
+def test_the_demo_writes_its_files_and_logs_progress_as_lines(tmp_path):
+    result = run_demo(tmp_path, "demo", "--steps", "2", "--out", "out/nested")
+    assert_trained(result, 2)
+    out = tmp_path / "out" / "nested"                     # created, parents and all
+    assert png_size(out / "moons_decision_boundary.png") == (600, 450)
+    assert (out / "moons_decision_boundary.png").stat().st_size > 10_000
+    texts = svg_texts(out / "neuron.svg")
+    assert {"x1", "x2", "w1", "w2", "b", "out", "ReLU", "*", "+"} <= texts
+    assert "grad 1.0000" in texts                         # drawn after backward()
+    # Not a terminal: plain lines, one per step here, with loss, accuracy and speed; no carriage returns.
+    assert "\r" not in result.stdout
+    progress = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in progress] == ["1/2", "2/2"]
+    assert all("loss " in line and "accuracy " in line and line.endswith(" steps/s") for line in progress)
+    assert f"wrote {os.path.join('out/nested', 'neuron.svg')}" in result.stdout
+
+
+def test_without_matplotlib_it_says_what_to_install_and_still_trains(tmp_path):
+    result = run_demo(tmp_path, "demo", "--steps", "1", script=WITHOUT_MATPLOTLIB)
+    assert_trained(result, 1)
+    assert "pip install 'fastgrad[plot]'" in result.stderr
+    assert not (tmp_path / "moons_decision_boundary.png").exists()
+    assert "out" in svg_texts(tmp_path / "neuron.svg")   # the default folder: the current one
+
+
+def test_without_dot_it_says_what_to_install_and_still_trains(tmp_path):
+    no_dot = tmp_path / "bin"
+    no_dot.mkdir()
+    result = run_demo(tmp_path, "demo", "--steps", "1", PATH=str(no_dot))
+    assert_trained(result, 1)
+    assert "graphviz's `dot` is not on PATH" in result.stderr and "install graphviz" in result.stderr
+    assert not (tmp_path / "neuron.svg").exists()
+    assert png_size(tmp_path / "moons_decision_boundary.png") == (600, 450)
+
+
+@pytest.mark.parametrize("args", [[], ["bogus"], ["demo", "--steps", "0"], ["demo", "--steps", "many"],
+                                  ["demo", "--seed", "1.5"], ["demo", "--bogus"]])
+def test_bad_arguments_get_the_usage_and_exit_2(tmp_path, args):
+    result = run_demo(tmp_path, *args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: python -m fastgrad")
+    assert "Traceback" not in result.stderr
+    assert result.stdout == "" and os.listdir(tmp_path) == []
+
+
+def test_version_and_help(tmp_path):
+    version = run_demo(tmp_path, "--version")
+    assert version.returncode == 0 and version.stdout.strip() == f"fastgrad {fastgrad.__version__}"
+    for args in (["--help"], ["demo", "--help"]):
+        shown = run_demo(tmp_path, *args)
+        assert shown.returncode == 0 and shown.stdout.startswith("usage: python -m fastgrad")
+    assert all(option in shown.stdout for option in ("--steps", "--eager", "--out", "--seed"))
+
+
+def unwritable_folders(tmp_path):
+    """Output folders the demo cannot write in, each with a word for the test's id."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    folders = [("an existing file", a_file), ("a folder under a file", a_file / "out")]
+    if os.geteuid() != 0:                                 # root writes into read-only folders anyway
+        read_only = tmp_path / "read_only"
+        read_only.mkdir(mode=0o555)
+        folders.append(("a read-only folder", read_only))
+    return folders
+
+
+def test_an_output_folder_it_cannot_write_is_a_clear_error_before_training(tmp_path):
+    for what, folder in unwritable_folders(tmp_path):
+        result = run_demo(tmp_path, "demo", "--out", str(folder))
+        assert result.returncode == 1, what
+        assert f"error: cannot write to the output folder {str(folder)!r}" in result.stderr, what
+        assert "Traceback" not in result.stderr, what
+        assert "step " not in result.stdout, what          # it stopped before training
+
+
+def test_the_timed_reference_trains_micrograds_model_as_the_demo_does():
+    """The speed the demo reports compares the same work: its reference run (fastgrad.reference, a fresh model
+    from the same seed) and its fastgrad run both take micrograd's own training steps."""
+    micrograd_engine = pytest.importorskip("micrograd.engine")
+    micrograd_nn = pytest.importorskip("micrograd.nn")
+    X, y = moons.make_moons(20, noise=0.1, seed=5)     # 20 points: the same steps, a fifth of the time
+    steps, seed = 10, 5
+    reference_history, seconds = demo.time_reference(X, y, seed, steps, 2)
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
+
+    random.seed(seed)
+    model = micrograd_nn.MLP(2, demo.SIZES)
+    expected = [moons.train_step(model, micrograd_engine.Value, X, y, k, steps) for k in range(2)]
+    random.seed(seed)
+    step = demo.make_step(fastgrad.micrograd.nn.MLP(2, demo.SIZES), X, y, steps)
+    fastgrad_history = [step(k) for k in range(2)]
+    for history in (reference_history, fastgrad_history):
+        assert [loss for loss, _ in history] == pytest.approx([loss for loss, _ in expected], rel=1e-12)
+        assert [accuracy for _, accuracy in history] == [accuracy for _, accuracy in expected]
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_a_terminal_gets_a_bar_tqdms_or_its_own(monkeypatch):
+    pytest.importorskip("tqdm")
+    shown = Terminal()
+    progress = demo.progress_for(shown, 4)
+    for done in range(1, 5):
+        progress.update(done, 0.5 / done, 0.25 * done, 100.0)
+    progress.close()
+    assert "4/4" in shown.getvalue() and "loss 0.1250  accuracy 100%" in shown.getvalue()
+    assert "step/s" in shown.getvalue()                 # tqdm's own rate
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)        # as if tqdm were not installed
+    shown = Terminal()
+    progress = demo.progress_for(shown, 4)
+    for done in range(1, 5):
+        progress.update(done, 0.5 / done, 0.25 * done, 100.0)
+    progress.close()
+    redrawn = shown.getvalue().split("\r")[1:]
+    assert len(redrawn) == 4 and shown.getvalue().endswith("\n")
+    assert redrawn[-1].startswith("[" + "#" * 30 + "] 4/4  loss 0.1250  accuracy 100%  100.0 steps/s")
