@@ -24,10 +24,8 @@ def parser():
                     "fastgrad, time it against micrograd's algorithm in plain Python, and write "
                     "moons_decision_boundary.png (needs matplotlib) and neuron.svg (needs graphviz's dot).")
     demo_command.add_argument("--steps", type=positive_int, default=100, help="training steps (default: 100)")
-    # Accepted already so that scripts can pin the exact-graph path: it becomes a choice once the compiled
-    # replay (fastgrad.compile) is the default.
     demo_command.add_argument("--eager", action="store_true", help="train on the exact graph, a node per op "
-                              "built anew each step (today the only path)")
+                              "built anew each step, instead of replaying the compiled graph")
     demo_command.add_argument("--out", default=".", metavar="DIR",
                               help="folder for the files, created if missing (default: the current folder)")
     demo_command.add_argument("--seed", type=int, default=1337,
@@ -38,7 +36,7 @@ def parser():
 def main(argv=None):
     args = parser().parse_args(argv)
     try:
-        demo.run(steps=args.steps, out=args.out, seed=args.seed)
+        demo.run(steps=args.steps, out=args.out, seed=args.seed, compiled=not args.eager)
     except demo.DemoError as error:
         print(f"python -m fastgrad demo: error: {error}", file=sys.stderr)
         return 1

@@ -12,10 +12,11 @@ import sys
 import tempfile
 import time
 
-from fastgrad import moons, reference
+from fastgrad import moons, optim, reference
 from fastgrad._version import __version__
 from fastgrad.engine import Value
 from fastgrad.micrograd.nn import MLP
+from fastgrad.replay import compile
 from fastgrad.viz import draw_dot
 
 __all__ = ["DemoError", "run"]
@@ -31,7 +32,7 @@ class DemoError(Exception):
     """A problem the user has to fix (an output folder that cannot be written), reported without a traceback."""
 
 
-def run(steps=100, out=".", seed=1337):
+def run(steps=100, out=".", seed=1337, compiled=True):
     """Train, report, time the reference, write the files; returns the final (loss, accuracy)."""
     out = prepare_output(out)
     X, y = moons.make_moons(POINTS, noise=0.1, seed=seed)
@@ -39,8 +40,12 @@ def run(steps=100, out=".", seed=1337):
     model = MLP(2, SIZES)
     print(f"fastgrad {__version__}: micrograd's moons demo, MLP(2, {SIZES}) ({len(model.parameters())} parameters) "
           f"on {POINTS} points, {plural(steps, 'step')} of SGD on hinge loss + L2 (seed {seed})")
-    print("path: eager, the exact graph (a node per op, built anew each step)")
-    history, step_seconds = train(make_step(model, X, y, steps), steps, progress_for(sys.stdout, steps))
+    if compiled:
+        print("path: compiled (the loss's graph recorded once by fastgrad.compile and replayed in C, "
+              "fastgrad.optim.SGD stepping in C)")
+    else:
+        print("path: eager, the exact graph (a node per op, built anew each step)")
+    history, step_seconds = train(make_step(model, X, y, steps, compiled), steps, progress_for(sys.stdout, steps))
     loss, accuracy = history[-1]
     here = statistics.median(step_seconds)
     print(f"done: loss {loss:.4f}, accuracy {accuracy:.0%}, {here * 1e3:.2f} ms a step "
@@ -74,10 +79,22 @@ def prepare_output(out):
     return out
 
 
-def make_step(model, X, y, steps):
-    """step(k) -> (loss, accuracy): training step k of `steps`, on the exact graph built anew each step."""
+def make_step(model, X, y, steps, compiled):
+    """step(k) -> (loss, accuracy): training step k of `steps`, replayed by a compiled graph, or on the exact
+    graph built anew each step. Both take micrograd's steps: the same loss, grads and update."""
+    if not compiled:
+        return lambda k: moons.train_step(model, Value, X, y, k, steps)
+    loss, scores = moons.svm_graph(model, Value, X, y)
+    graph = compile(loss)
+    sgd = optim.SGD(model.parameters(), lr=moons.learning_rate(0, steps))
+
     def step(k):
-        return moons.train_step(model, Value, X, y, k, steps)
+        graph.forward()
+        sgd.zero_grad()
+        graph.backward()
+        sgd.lr = moons.learning_rate(k, steps)
+        sgd.step()
+        return loss.data, moons.accuracy(scores, y)
     return step
 
 

@@ -82,13 +82,24 @@ def svm_loss(model, value_cls, X, y, alpha=1e-4):
     Returns (loss, accuracy): loss a Value whose graph reaches every parameter, accuracy the fraction of
     points whose score has the sign of their label.
     """
+    loss, scores = svm_graph(model, value_cls, X, y, alpha)
+    return loss, accuracy(scores, y)
+
+
+def svm_graph(model, value_cls, X, y, alpha=1e-4):
+    """svm_loss's graph: (loss, the model's score for each point), the scores for accuracy() after a replay."""
     inputs = [[value_cls(x) for x in row] for row in X]
     scores = [model(row) for row in inputs]
     losses = [(1 + -label * score).relu() for label, score in zip(y, scores)]
     data_loss = sum(losses) * (1.0 / len(losses))
     reg_loss = alpha * sum(p * p for p in model.parameters())
+    return data_loss + reg_loss, scores
+
+
+def accuracy(scores, y):
+    """The fraction of points whose score has the sign of their label."""
     right = [(label > 0) == (score.data > 0) for label, score in zip(y, scores)]
-    return data_loss + reg_loss, sum(right) / len(right)
+    return sum(right) / len(right)
 
 
 def learning_rate(k, steps=100):

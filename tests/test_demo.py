@@ -72,6 +72,18 @@ def test_the_demo_writes_its_files_and_logs_progress_as_lines(tmp_path):
     assert f"wrote {os.path.join('out/nested', 'neuron.svg')}" in result.stdout
 
 
+def test_it_replays_a_compiled_graph_unless_told_eager_and_both_train_alike(tmp_path):
+    compiled = run_demo(tmp_path, "demo", "--steps", "2", "--out", "compiled")
+    eager = run_demo(tmp_path, "demo", "--steps", "2", "--eager", "--out", "eager")
+    for result in (compiled, eager):
+        assert_trained(result, 2)
+    assert "path: compiled" in compiled.stdout and "path: eager" in eager.stdout
+
+    def final(result):
+        return next(line for line in result.stdout.splitlines() if line.startswith("done: loss")).split(",")[:2]
+    assert final(compiled) == final(eager)           # the same loss and accuracy, to the digits shown
+
+
 def test_without_matplotlib_it_says_what_to_install_and_still_trains(tmp_path):
     result = run_demo(tmp_path, "demo", "--steps", "1", script=WITHOUT_MATPLOTLIB)
     assert_trained(result, 1)
@@ -143,10 +155,12 @@ def test_the_timed_reference_trains_micrograds_model_as_the_demo_does():
     random.seed(seed)
     model = micrograd_nn.MLP(2, demo.SIZES)
     expected = [moons.train_step(model, micrograd_engine.Value, X, y, k, steps) for k in range(2)]
-    random.seed(seed)
-    step = demo.make_step(fastgrad.micrograd.nn.MLP(2, demo.SIZES), X, y, steps)
-    fastgrad_history = [step(k) for k in range(2)]
-    for history in (reference_history, fastgrad_history):
+    histories = [reference_history]
+    for compiled in (False, True):
+        random.seed(seed)
+        step = demo.make_step(fastgrad.micrograd.nn.MLP(2, demo.SIZES), X, y, steps, compiled)
+        histories.append([step(k) for k in range(2)])
+    for history in histories:
         assert [loss for loss, _ in history] == pytest.approx([loss for loss, _ in expected], rel=1e-12)
         assert [accuracy for _, accuracy in history] == [accuracy for _, accuracy in expected]
 
