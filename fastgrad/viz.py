@@ -116,8 +116,8 @@ def _count_hidden(cut_parents, drawn):
     """
     # The hidden graph, and how many hidden parents each hidden node has.
     hidden_parents = Counter()
-    pending = [child for parent in cut_parents for child in parent._prev if child not in drawn]
-    seen = set(pending)
+    seen = {child for parent in cut_parents for child in parent._prev if child not in drawn}
+    pending = list(seen)          # each hidden node walked once, even when two cut parents share it
     while pending:
         for child in pending.pop()._prev:
             if child not in drawn:

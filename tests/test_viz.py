@@ -222,6 +222,21 @@ def test_a_cut_graph_draws_the_nearest_nodes_and_counts_the_rest(max_nodes):
     assert sorted(edges) == sorted(expected_edges)
 
 
+def test_the_counts_hold_whatever_order_the_sets_iterate_in():
+    """`_prev` is a set, ordered by the nodes' addresses: the same graph built 40 times gives 40 orders of the
+    breadth-first cut (once, two cut parents sharing a hidden child made that child count twice)."""
+    graphs = [lecture_loss() for _ in range(40)]          # all alive: 40 different sets of addresses
+    for loss in graphs:
+        for max_nodes in (7, 60, 200):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                source = draw_dot(loss, max_nodes=max_nodes).source
+            drawn = {v for v in trace(loss)[0] if f"\t{id(v)} [" in source}
+            counts = dict(re.findall(r'"more below (\d+)" \[label="([\d,]+) more nodes? below"', source))
+            assert counts and all(int(counts[str(id(v))].replace(",", "")) == hidden_below(v, drawn)
+                                  for v in drawn if not v._prev <= drawn)
+
+
 def test_the_root_alone_counts_everything_below_it():
     loss = lecture_loss()
     nodes, edges = rendered(draw_with_warning(loss, max_nodes=1)[0])
