@@ -2,7 +2,9 @@
 backward() re-run the graph there, with the op kernels the eager ops use (_ops.pxd), and no Python per node.
 
 The program. Every recorded node has a slot in `values` and `grads`: the inner nodes first, in the order the
-program computes them, then the leaves. An instruction computes the next inner slot from its children's
+program computes them, then the leaves; after them, a slot for each `x ** k` holding its k, and a scratch
+slot that stands for the second child of one-child ops. So every instruction reads two slots and passes
+both to the kernel, which ignores what it has no use for: the loops do not branch on the kind of op. An instruction computes the next inner slot from its children's
 slots with the op's kernel. With fusion, a neuron's sum (start + w1*x1 + ... + wn*xn, the 2n nodes that
 weighted_sum or sum() builds, each used by the next one only) is one DOT instruction, which still computes
 all 2n of them, so that nothing is missing when they are written back. Unfused, the instructions are the nodes
@@ -10,10 +12,12 @@ in backward()'s own topological order: the same operations in the same order, he
 
 Writing back. The nodes hold the numbers Python reads, and writing every node after each pass costs as much
 as the pass (cache misses on 80-byte nodes). So a pass writes at once only what Python can reach without
-going through the engine: the leaves (their data read before each pass, their grads written after backward),
-the root, and the inner nodes something outside the graph references (more references than the graph's
-own: `visible`, found again whenever Python may have taken new ones). The other nodes wait until Python
-could reach them: the engine (engine.pyx, "Graphs ahead of their nodes") has the graph write back first.
+going through the engine: the root, and the nodes something outside the graph references (more references
+than the graph's own: `visible`, found again whenever Python may have taken new ones). Visible leaves (a
+model's parameters, the inputs a user rebinds) have their data read before each pass and their grads read
+and written around backward; a hidden leaf (a number an op wrapped) changes only when Python reaches it. The
+other nodes wait until Python could reach them: the engine (engine.pyx, "Graphs ahead of their nodes") has
+the graph write back first.
 """
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
@@ -33,7 +37,6 @@ cdef enum:
     OP_BITS = 5               # an instruction word: its first child's slot << OP_BITS | its op
     OP_MASK = (1 << OP_BITS) - 1
     MAX_SLOTS = 1 << (32 - OP_BITS)
-    NO_CHILD = -1             # `second` of an instruction without a second child
 
 # The marks record() leaves on a node, in its `visited` byte, while it records (cleared before it returns).
 cdef enum:
@@ -69,21 +72,20 @@ cdef class CompiledGraph:
     """
     cdef Value root_node               # keeps every recorded node alive
     cdef bint fused
-    cdef Py_ssize_t inner, size        # slots [0, inner): inner nodes, in program order; [inner, size): leaves
+    cdef Py_ssize_t inner, size        # slots [0, inner): inner nodes, in program order; [inner, size): leaves;
+    cdef Py_ssize_t slots              # [size, slots - 1): the exponents of `x ** k`; slots - 1: the scratch slot
     cdef Py_ssize_t leaves_placed      # while recording: leaves given their slots so far
     cdef double* values
     cdef double* grads
     cdef PyObject** nodes              # each slot's node, borrowed
     cdef uint32_t* code                # per instruction: first child's slot << OP_BITS | op (DOT: the start's)
-    cdef int32_t* second               # per instruction: the second child's slot, or NO_CHILD; for POW_CONST
-                                       # the exponent's index in `exponents`; for DOT the sum's in `terms`
+    cdef int32_t* second               # per instruction: the second child's slot (POW_CONST: its exponent's, one
+                                       # child: the scratch slot); for DOT the sum's index in `terms`
     cdef Py_ssize_t instructions
     cdef int32_t* terms                # per DOT: n, then w1, x1, ..., wn, xn (slots)
     cdef Py_ssize_t term_words
-    cdef double* exponents
-    cdef Py_ssize_t exponent_count
-    cdef int32_t* visible              # the inner slots written back after every pass
-    cdef Py_ssize_t visible_count
+    cdef int32_t* visible              # the slots Python can reach without the engine: inner ones, then leaves
+    cdef Py_ssize_t visible_count, visible_inner
     cdef Lagging lagging               # linked in the engine's list while the arrays are ahead of the nodes
     cdef unsigned long long known_reach_ins   # the engine's reach-in count when `visible` was found and the
                                               # arrays held the nodes' numbers, or newer ones
@@ -99,14 +101,13 @@ cdef class CompiledGraph:
         live_graphs -= 1
         if self.lagging.linked:              # the root, and so the nodes below it, may live on
             stop_lagging(&self.lagging)
-            self.write_inner_back()
+            self.write_lagging_back()
         PyMem_Free(self.values)
         PyMem_Free(self.grads)
         PyMem_Free(self.nodes)
         PyMem_Free(self.code)
         PyMem_Free(self.second)
         PyMem_Free(self.terms)
-        PyMem_Free(self.exponents)
         PyMem_Free(self.visible)
 
     # -- what Python sees
@@ -120,9 +121,10 @@ cdef class CompiledGraph:
         """
         cdef Py_ssize_t failed_at
         cdef ops.Status status = ops.OK
+        self.catch_others_up()
         if self.known_reach_ins != reach_in_count():
             self.find_visible()              # the one step that may fail (MemoryError) before anything changes
-        self.catch_others_up()
+            self.read_all(True)              # Python may have changed hidden leaves since
         self.read_leaves(False)
         memset(self.grads, 0, self.inner * sizeof(double))
         failed_at = self.run_forward(&status)
@@ -142,14 +144,12 @@ cdef class CompiledGraph:
             self.run_backward()
             self.show_pass(False)
         else:
-            # Python may have changed inner nodes, or taken some (whose numbers then must be written at once):
+            # Python may have changed nodes, or taken some (whose numbers then must be written at once):
             # every number is read, and every grad written back.
-            self.read_inner()
-            self.read_leaves(True)
+            self.read_all(True)
             self.root_grad()[0] = 1.0
             self.run_backward()
-            self.write_inner_back()
-            self.write_leaf_grads()
+            self.write_all_back()
             if live_graphs > 1:
                 count_reach_in()             # the others' arrays may no longer be their nodes' numbers
 
@@ -166,9 +166,9 @@ cdef class CompiledGraph:
                 f"{', fused' if self.fused else ''}>")
 
     def __sizeof__(self):
-        return (sizeof(CompiledGraph) + self.size * (2 * sizeof(double) + sizeof(PyObject*))
+        return (sizeof(CompiledGraph) + self.slots * 2 * sizeof(double) + self.size * sizeof(PyObject*)
                 + self.instructions * (sizeof(uint32_t) + sizeof(int32_t)) + self.term_words * sizeof(int32_t)
-                + self.exponent_count * sizeof(double) + self.visible_count * sizeof(int32_t))
+                + self.visible_count * sizeof(int32_t))
 
     def __reduce__(self):
         raise TypeError("a CompiledGraph cannot be pickled or copied: pickle (or copy) its root, "
@@ -244,23 +244,23 @@ cdef class CompiledGraph:
         return 0
 
     cdef int allocate(self, Py_ssize_t instructions, Py_ssize_t inner, Py_ssize_t size, Py_ssize_t term_words,
-                      Py_ssize_t exponent_count) except -1:
-        self.instructions, self.inner, self.size = instructions, inner, size
-        self.term_words, self.exponent_count = term_words, exponent_count
-        self.values = <double*>PyMem_Malloc(size * sizeof(double))
-        self.grads = <double*>PyMem_Malloc(size * sizeof(double))
+                      Py_ssize_t exponents) except -1:
+        self.instructions, self.inner, self.size, self.term_words = instructions, inner, size, term_words
+        self.slots = size + exponents + 1
+        self.values = <double*>PyMem_Malloc(self.slots * sizeof(double))
+        self.grads = <double*>PyMem_Malloc(self.slots * sizeof(double))
         self.nodes = <PyObject**>PyMem_Malloc(size * sizeof(PyObject*))
         self.code = <uint32_t*>PyMem_Malloc(instructions * sizeof(uint32_t) + 1)      # + 1: never NULL for 0
         self.second = <int32_t*>PyMem_Malloc(instructions * sizeof(int32_t) + 1)
         self.terms = <int32_t*>PyMem_Malloc(term_words * sizeof(int32_t) + 1)
-        self.exponents = <double*>PyMem_Malloc(exponent_count * sizeof(double) + 1)
-        if not (self.values and self.grads and self.nodes and self.code and self.second and self.terms
-                and self.exponents):
+        if not (self.values and self.grads and self.nodes and self.code and self.second and self.terms):
             raise MemoryError()
+        memset(self.values + size, 0, (self.slots - size) * sizeof(double))
+        memset(self.grads + size, 0, (self.slots - size) * sizeof(double))
         return 0
 
     cdef void write_program(self, NodeArray* order) noexcept:
-        cdef Py_ssize_t i, n, j, slot = 0, instruction = 0, term = 0, exponent = 0
+        cdef Py_ssize_t i, n, j, slot = 0, instruction = 0, term = 0, exponent = self.size
         cdef PyObject* node
         cdef PyObject* link
         cdef PyObject* product
@@ -290,13 +290,13 @@ cdef class CompiledGraph:
             else:
                 self.code[instruction] = self.slot_of((<Value>node).child_a) << OP_BITS | (<Value>node).op
                 if (<Value>node).op == ops.POW_CONST:
-                    self.exponents[exponent] = (<Value>node).constant
+                    self.values[exponent] = (<Value>node).constant
                     self.second[instruction] = exponent
                     exponent += 1
                 elif (<Value>node).child_b != NULL:
                     self.second[instruction] = self.slot_of((<Value>node).child_b)
                 else:
-                    self.second[instruction] = NO_CHILD
+                    self.second[instruction] = self.slots - 1
                 self.place(node, slot)
                 slot += 1
             instruction += 1
@@ -335,13 +335,15 @@ cdef class CompiledGraph:
             self.root_node.visited = 0
 
     cdef int find_visible(self) except -1:
-        """The inner nodes something outside the graph references: more references than the graph's own."""
+        """The nodes something outside the graph references: more references than the graph's own."""
         cdef Py_ssize_t slot, count = 0
         cdef int32_t* references = <int32_t*>PyMem_Malloc(self.size * sizeof(int32_t) + 1)
         if references == NULL:
             raise MemoryError()
         self.count_references(references)
-        for slot in range(self.inner):
+        for slot in range(self.size):
+            if slot == self.inner:
+                self.visible_inner = count
             if refcount(self.nodes[slot]) > references[slot]:
                 references[count] = <int32_t>slot          # in place: count <= slot
                 count += 1
@@ -370,7 +372,7 @@ cdef class CompiledGraph:
                         references[slot + 2 * j - 1] += 1   # the sum before, by the next one
                 slot += 2 * n
             else:
-                if word & OP_MASK != ops.POW_CONST and self.second[i] != NO_CHILD:
+                if self.second[i] < self.size:           # not an exponent, not the scratch slot
                     references[self.second[i]] += 1
                 slot += 1
 
@@ -382,17 +384,20 @@ cdef class CompiledGraph:
         catch_up()
 
     cdef void read_leaves(self, bint grads_too) noexcept:
-        cdef Py_ssize_t slot
-        for slot in range(self.inner, self.size):
+        """The visible leaves' numbers: what a parameter update or a rebound input changed."""
+        cdef Py_ssize_t i, slot
+        for i in range(self.visible_inner, self.visible_count):
+            slot = self.visible[i]
             self.values[slot] = (<Value>self.nodes[slot]).value
             if grads_too:
                 self.grads[slot] = (<Value>self.nodes[slot]).gradient
 
-    cdef void read_inner(self) noexcept:
+    cdef void read_all(self, bint grads_too) noexcept:
         cdef Py_ssize_t slot
-        for slot in range(self.inner):
+        for slot in range(self.size):
             self.values[slot] = (<Value>self.nodes[slot]).value
-            self.grads[slot] = (<Value>self.nodes[slot]).gradient
+            if grads_too:
+                self.grads[slot] = (<Value>self.nodes[slot]).gradient
 
     cdef inline Py_ssize_t root_slot(self) noexcept:
         return self.inner - 1 if self.inner else 0
@@ -400,21 +405,25 @@ cdef class CompiledGraph:
     cdef inline double* root_grad(self) noexcept:
         return &self.grads[self.root_slot()]
 
-    cdef Py_ssize_t run_forward(self, ops.Status* status) noexcept:
+    cdef Py_ssize_t run_forward(self, ops.Status* failure) noexcept:
         """Every inner slot from its children's; the failing instruction's index if an op fails, else -1."""
         cdef Py_ssize_t i, j, n, slot = 0
         cdef uint32_t word
         cdef int op
-        cdef int32_t b
+        cdef int32_t b, total
+        cdef ops.Status status
         cdef int32_t* sum_terms
-        cdef int32_t total
+        # In locals: through a pointer to self, the compiler would reload them after every store to values.
         cdef double* values = self.values
+        cdef uint32_t* code = self.code
+        cdef int32_t* second = self.second
+        cdef int32_t* terms = self.terms
         for i in range(self.instructions):
-            word = self.code[i]
+            word = code[i]
             op = word & OP_MASK
-            b = self.second[i]
+            b = second[i]
             if op == DOT:
-                sum_terms = self.terms + b
+                sum_terms = terms + b
                 n = sum_terms[0]
                 total = word >> OP_BITS
                 for j in range(n):
@@ -425,13 +434,11 @@ cdef class CompiledGraph:
                 continue
             if op == ops.CUSTOM:             # made by hand: its data is given, not computed
                 values[slot] = (<Value>self.nodes[slot]).value
-            elif op == ops.POW_CONST:
-                status[0] = ops.forward(op, values[word >> OP_BITS], 0.0, self.exponents[b], &values[slot])
-            else:
-                status[0] = ops.forward(op, values[word >> OP_BITS], 0.0 if b == NO_CHILD else values[b], 0.0,
-                                        &values[slot])
-            if status[0] != ops.OK:
-                return i
+            else:                            # b is also k: the kernels ignore what they do not use
+                status = ops.forward(op, values[word >> OP_BITS], values[b], values[b], &values[slot])
+                if status != ops.OK:
+                    failure[0] = status
+                    return i
             slot += 1
         return -1
 
@@ -441,16 +448,19 @@ cdef class CompiledGraph:
         cdef int op
         cdef int32_t a, b, w, x, total
         cdef int32_t* sum_terms
-        cdef double da, db
+        cdef double da = 0.0, db = 0.0
         cdef double* values = self.values
         cdef double* grads = self.grads
+        cdef uint32_t* code = self.code
+        cdef int32_t* second = self.second
+        cdef int32_t* terms = self.terms
         for i in range(self.instructions - 1, -1, -1):
-            word = self.code[i]
+            word = code[i]
             op = word & OP_MASK
             a = word >> OP_BITS
-            b = self.second[i]
+            b = second[i]
             if op == DOT:                    # the sum's nodes in backward()'s order: each sum, then its product
-                sum_terms = self.terms + b
+                sum_terms = terms + b
                 n = sum_terms[0]
                 slot -= 2 * n
                 for j in range(n - 1, -1, -1):
@@ -468,16 +478,10 @@ cdef class CompiledGraph:
             slot -= 1
             if op == ops.CUSTOM:             # like the seed's hand-made node: nothing flows through it
                 continue
-            if op == ops.POW_CONST:
-                ops.derivative(op, grads[slot], values[slot], values[a], 0.0, self.exponents[b], &da, &db)
-                grads[a] += da
-            elif b == NO_CHILD:
-                ops.derivative(op, grads[slot], values[slot], values[a], 0.0, 0.0, &da, &db)
-                grads[a] += da
-            else:
-                ops.derivative(op, grads[slot], values[slot], values[a], values[b], 0.0, &da, &db)
-                grads[a] += da
-                grads[b] += db
+            # A one-child op leaves db as it was: it goes to the scratch slot (or the exponent's), never read.
+            ops.derivative(op, grads[slot], values[slot], values[a], values[b], values[b], &da, &db)
+            grads[a] += da
+            grads[b] += db
 
     # -- writing back
 
@@ -485,7 +489,7 @@ cdef class CompiledGraph:
         """After a pass: the nodes Python can reach get their numbers now, the others when Python reaches in."""
         cdef Py_ssize_t i, slot
         if data_too:
-            for i in range(self.visible_count):
+            for i in range(self.visible_inner):
                 slot = self.visible[i]
                 (<Value>self.nodes[slot]).value = self.values[slot]
                 (<Value>self.nodes[slot]).gradient = self.grads[slot]
@@ -496,24 +500,32 @@ cdef class CompiledGraph:
             for i in range(self.visible_count):
                 slot = self.visible[i]
                 (<Value>self.nodes[slot]).gradient = self.grads[slot]
-            self.write_leaf_grads()
             (<Value>self.root_node).gradient = self.root_grad()[0]
-        if self.inner:
-            start_lagging(&self.lagging)
+        start_lagging(&self.lagging)
         if live_graphs > 1:
             count_reach_in()                 # the others' arrays may no longer be their nodes' numbers
         self.known_reach_ins = reach_in_count()
 
-    cdef void write_leaf_grads(self) noexcept:
+    cdef void write_all_back(self) noexcept:
+        """Every node gets the graph's numbers (a leaf's data is its own: only its grad)."""
         cdef Py_ssize_t slot
-        for slot in range(self.inner, self.size):
+        for slot in range(self.size):
+            if slot < self.inner:
+                (<Value>self.nodes[slot]).value = self.values[slot]
             (<Value>self.nodes[slot]).gradient = self.grads[slot]
 
-    cdef void write_inner_back(self) noexcept:
-        cdef Py_ssize_t slot
+    cdef void write_lagging_back(self) noexcept:
+        """What the graph is ahead with: its inner nodes and its hidden leaves' grads. Not the visible leaves'
+        grads: those are the nodes' own between passes (a zero_grad() after forward() must stay)."""
+        cdef Py_ssize_t slot, i = self.visible_inner
         for slot in range(self.inner):
             (<Value>self.nodes[slot]).value = self.values[slot]
             (<Value>self.nodes[slot]).gradient = self.grads[slot]
+        for slot in range(self.inner, self.size):
+            if i < self.visible_count and self.visible[i] == slot:      # `visible` is in slot order
+                i += 1
+            else:
+                (<Value>self.nodes[slot]).gradient = self.grads[slot]
 
     cdef int raise_failure(self, Py_ssize_t instruction, ops.Status status) except -1:
         cdef Py_ssize_t i, slot = 0
@@ -527,7 +539,7 @@ cdef class CompiledGraph:
 
 cdef void write_back(void* graph) noexcept:
     """The engine's call, when Python is about to reach inner nodes (Lagging.write_back)."""
-    (<CompiledGraph>graph).write_inner_back()
+    (<CompiledGraph>graph).write_lagging_back()
 
 
 cdef inline bint sum_link(PyObject* node) noexcept:

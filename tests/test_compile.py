@@ -289,6 +289,50 @@ def test_a_node_taken_through_prev_after_compiling_is_current_after_every_later_
         assert [(n * 1.0).data for n in held] == [n.data for n in expected]       # an eager op on it
 
 
+@pytest.mark.parametrize("next_pass", ["forward", "backward"])
+def test_a_wrapped_number_reached_and_changed_by_the_user_is_read_by_the_next_pass(next_pass):
+    x = Value(2.0)
+    root = (x * 3.0).tanh() * x          # the 3.0 is a leaf only the graph holds: not read at every pass
+    graph = fastgrad.compile(root)
+    graph.forward()
+    graph.backward()
+    three = next(n for n in trace(root)[0] if not n._op and n.data == 3.0)
+    three.data, three.grad = 0.5, 10.0   # reached through trace, changed like any leaf
+    x.grad = 0.0
+    if next_pass == "forward":
+        graph.forward()
+    graph.backward()
+
+    eager_x, eager_three = Value(2.0), Value(3.0)
+    eager = (eager_x * eager_three).tanh() * eager_x
+    eager.backward()
+    eager_three.data, eager_three.grad = 0.5, 10.0
+    eager_x.grad = 0.0
+    if next_pass == "forward":           # forward: as if built again from the leaves as they are now
+        eager = (eager_x * eager_three).tanh() * eager_x
+    eager.backward()
+    assert (three.grad, x.grad, root.data) == (eager_three.grad, eager_x.grad, eager.data)
+
+
+def test_zero_grad_after_forward_survives_python_reaching_in_before_backward():
+    def zeroed_then_backpropagated(root):
+        """Every node but the wrapped numbers (whose grads the first backward() below also reached)."""
+        return sorted((n.label or n._op, bits(n.data), bits(n.grad)) for n in trace(root)[0] if n._op or n.label)
+
+    make = fresh_graph()
+    x, w, root = make(0.5, -0.25)
+    graph = fastgrad.compile(root)
+    graph.forward()
+    graph.backward()                     # the leaves' grads are not 0 now
+    graph.forward()
+    x.grad = w.grad = 0.0                # the training loop's zero_grad, between forward and backward
+    trace(root)                          # Python reaches in (another thread drawing the graph, say)
+    graph.backward()
+    _, _, eager = make(0.5, -0.25)
+    eager.backward()
+    assert zeroed_then_backpropagated(root) == zeroed_then_backpropagated(eager)
+
+
 def test_pickling_and_copying_a_replayed_graph_carry_its_numbers():
     graph, root, eager = replayed_and_eager()
     for copied in (pickle.loads(pickle.dumps(root)), copy.deepcopy(root)):
