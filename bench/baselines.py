@@ -1,11 +1,22 @@
-"""micrograd's moons model for the two engines that have none: PyTorch scalars and plain floats.
+"""micrograd's moons model for the engines that have none: PyTorch scalars, plain floats, and the two that a user
+would pick instead of a scalar engine, PyTorch tensors and CasADi.
 
-Both draw their weights as micrograd's MLP does (random.uniform(-1, 1), each neuron's weights in turn,
-layer by layer; biases start at 0), so after the same random.seed() every engine starts from the same model.
+All draw their weights as micrograd's MLP does (random.uniform(-1, 1), each neuron's weights in turn, layer by
+layer; biases start at 0), so after the same random.seed() every engine starts from the same model.
 """
 import random
+import time
 
 from fastgrad.moons import MicrogradMLP, learning_rate
+
+ALPHA = 1e-4     # the demo's L2 weight (fastgrad.moons.svm_loss)
+
+
+def micrograd_weights(nin, nouts):
+    """[(rows of weights, biases) per layer], drawn as micrograd's MLP(nin, nouts) draws them."""
+    sizes = [nin] + list(nouts)
+    return [([[random.uniform(-1, 1) for _ in range(sizes[i])] for _ in range(sizes[i + 1])], [0.0] * sizes[i + 1])
+            for i in range(len(nouts))]
 
 
 class TorchScalarMLP(MicrogradMLP):
@@ -23,10 +34,9 @@ class FloatMLP:
     """The same model in plain floats with a hand-written backward: the floor for micrograd's demo step."""
 
     def __init__(self, nin, nouts):
-        sizes = [nin] + list(nouts)
-        self.weights = [[[random.uniform(-1, 1) for _ in range(sizes[i])] for _ in range(sizes[i + 1])]
-                        for i in range(len(nouts))]
-        self.biases = [[0.0] * sizes[i + 1] for i in range(len(nouts))]
+        layers = micrograd_weights(nin, nouts)
+        self.weights = [rows for rows, _ in layers]
+        self.biases = [biases for _, biases in layers]
 
     def forward(self, x):
         """Every layer's input, and the output score, for one point."""
@@ -77,3 +87,81 @@ class FloatMLP:
                 reg += b * b
                 biases[j] = b - rate * (gbiases[j] + 2 * alpha * b)
         return data_loss / n + alpha * reg, right / n
+
+
+class TorchTensorMoons:
+    """The demo as a PyTorch user writes it: torch.nn.Linear layers in float64, the whole batch of points at once,
+    the same hinge loss and L2 term, torch.optim.SGD with the demo's schedule; one thread."""
+
+    def __init__(self, X, y, nouts):
+        import torch
+
+        torch.set_num_threads(1)
+        layers = []
+        for i, (rows, biases) in enumerate(micrograd_weights(len(X[0]), nouts)):
+            linear = torch.nn.Linear(len(rows[0]), len(rows), dtype=torch.float64)
+            with torch.no_grad():
+                linear.weight.copy_(torch.tensor(rows, dtype=torch.float64))
+                linear.bias.copy_(torch.tensor(biases, dtype=torch.float64))
+            layers += [linear] if i == len(nouts) - 1 else [linear, torch.nn.ReLU()]
+        self.torch = torch
+        self.model = torch.nn.Sequential(*layers)
+        self.X = torch.tensor(X, dtype=torch.float64)
+        self.y = torch.tensor(y, dtype=torch.float64)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=learning_rate(0))
+
+    def train_step(self, X, y, k):
+        scores = self.model(self.X).squeeze(1)
+        data_loss = self.torch.relu(1 - self.y * scores).mean()
+        loss = data_loss + ALPHA * sum((p * p).sum() for p in self.model.parameters())
+        self.optimizer.zero_grad()
+        loss.backward()
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(k)
+        self.optimizer.step()
+        return loss.item(), ((scores > 0) == (self.y > 0)).double().mean().item()
+
+
+class CasadiMoons:
+    """The demo's loss and its gradient as one CasADi SX Function (a virtual machine over the scalar graph,
+    built and differentiated once: build_seconds), evaluated each step; the SGD update in numpy."""
+
+    def __init__(self, X, y, nouts):
+        import casadi
+        import numpy
+
+        started = time.perf_counter()
+        layers = micrograd_weights(len(X[0]), nouts)
+        symbols, values = [], []
+        model = []
+        for rows, biases in layers:
+            neurons = []
+            for row, bias in zip(rows, biases):
+                w = [casadi.SX.sym(f"w{len(symbols) + j}") for j in range(len(row))]
+                b = casadi.SX.sym(f"b{len(symbols)}")
+                symbols += w + [b]            # micrograd's parameters() order: each neuron's w, then its b
+                values += row + [bias]
+                neurons.append((w, b))
+            model.append(neurons)
+        scores = []
+        for point in X:
+            x = point
+            for i, neurons in enumerate(model):
+                acts = [b + sum(wi * xi for wi, xi in zip(w, x)) for w, b in neurons]
+                x = acts if i == len(model) - 1 else [casadi.fmax(a, 0) for a in acts]
+            scores.append(x[0])
+        data_loss = sum(casadi.fmax(0, 1 - label * s) for label, s in zip(y, scores)) * (1.0 / len(X))
+        loss = data_loss + ALPHA * sum(p * p for p in symbols)
+        params = casadi.vertcat(*symbols)
+        self.function = casadi.Function("moons", [params], [loss, casadi.gradient(loss, params),
+                                                           casadi.vertcat(*scores)])
+        self.numpy = numpy
+        self.params = numpy.array(values)
+        self.labels = numpy.array(y)
+        self.build_seconds = time.perf_counter() - started
+
+    def train_step(self, X, y, k):
+        loss, grad, scores = self.function(self.params)
+        self.params -= learning_rate(k) * self.numpy.asarray(grad).ravel()
+        right = (self.numpy.asarray(scores).ravel() > 0) == (self.labels > 0)
+        return float(loss), float(right.mean())

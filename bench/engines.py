@@ -12,18 +12,21 @@ class Engine:
     """One engine: how to make a leaf, whether it has tanh, its version, and its MLP classes.
 
     mlp: micrograd's MLP(nin, nouts) on this engine (ReLU layers, linear output), or None;
-    seed_mlp: the notebook's tanh MLP(nin, nouts) on this engine, or None.
+    seed_mlp: the notebook's tanh MLP(nin, nouts) on this engine, or None;
+    moons_model: for an engine that computes a whole model at once rather than node by node (PyTorch tensors,
+    CasADi), moons_model(X, y, nouts) with train_step(X, y, k); such an engine runs the moons demo rows only.
     """
 
-    def __init__(self, name, version, leaf, note, *, has_tanh=True, mlp=None, seed_mlp=None):
+    def __init__(self, name, version, leaf, note, *, has_tanh=True, mlp=None, seed_mlp=None, moons_model=None):
         self.name = name
         self.version = version
         self.leaf = leaf
         self.note = note
         self.has_tanh = has_tanh
-        self.is_graph = name != "floats"
+        self.is_graph = name != "floats" and moons_model is None
         self.mlp = mlp
         self.seed_mlp = seed_mlp
+        self.moons_model = moons_model
 
 
 def _version(distribution):
@@ -82,12 +85,34 @@ def torch_engine():
                   mlp=lambda nin, nouts: TorchScalarMLP(nin, nouts, leaf))
 
 
+def torch_tensor_engine():
+    import torch
+
+    from baselines import TorchTensorMoons
+
+    return Engine("torch-tensor", torch.__version__, None,
+                  "PyTorch as its users write the demo: nn.Linear in float64 over the whole batch, torch.optim.SGD, "
+                  "1 thread", moons_model=TorchTensorMoons)
+
+
+def casadi_engine():
+    import casadi
+
+    from baselines import CasadiMoons
+
+    return Engine("casadi", casadi.__version__, None,
+                  "CasADi's SX virtual machine: the loss and its gradient as one Function, built once",
+                  moons_model=CasadiMoons)
+
+
 FINDERS = {
     "fastgrad": fastgrad_engine,
     "micrograd": micrograd_engine,
     "seed": seed_engine,
     "floats": floats_engine,
     "torch": torch_engine,
+    "torch-tensor": torch_tensor_engine,
+    "casadi": casadi_engine,
 }
 
 

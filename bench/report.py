@@ -4,7 +4,6 @@ import platform
 import re
 import sys
 
-ENGINE_ORDER = ("fastgrad", "micrograd", "seed", "floats", "torch")
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 NOISY = 0.10   # a median whose interquartile range exceeds this fraction of it is marked "~"
 
@@ -57,7 +56,7 @@ def ratios(results, phase):
     fg = median("fastgrad")
     out = {}
     if fg:
-        for other in ("micrograd", "seed"):
+        for other in ("micrograd", "seed", "torch-tensor"):
             if median(other):
                 out[f"speedup_vs_{other}"] = median(other) / fg
         if median("floats"):
@@ -86,16 +85,15 @@ def rows(report):
 
 def table(report, markdown=False):
     engines = [e["name"] for e in report["engines"] if e["available"]]
-    head = ["workload", "unit"] + engines + ["fastgrad vs micrograd", "vs seed", "vs floats"]
+    head = ["workload", "unit"] + engines + ["fastgrad vs micrograd", "vs seed", "vs torch-tensor", "vs floats"]
     body = []
     for _, title, unit, values, noisy, r in rows(report):
         cells = [fmt(values.get(e)) + ("~" if noisy.get(e) else "") for e in engines]
         better = " less" if unit == "bytes/node" else " faster"
         body.append([title, unit] + cells + [
-            fmt_ratio(r.get("speedup_vs_micrograd")) + (better if "speedup_vs_micrograd" in r else ""),
-            fmt_ratio(r.get("speedup_vs_seed")) + (better if "speedup_vs_seed" in r else ""),
-            fmt_ratio(r.get("times_floats")),
-        ])
+            fmt_ratio(r.get(f"speedup_vs_{other}")) + (better if f"speedup_vs_{other}" in r else "")
+            for other in ("micrograd", "seed", "torch-tensor")
+        ] + [fmt_ratio(r.get("times_floats"))])
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in body]
@@ -108,8 +106,8 @@ def table(report, markdown=False):
 
 def legend():
     return ("Medians of interleaved repeats; ~ marks an interquartile range over 10% of the median (noise). "
-            "'vs micrograd' and 'vs seed': their time / fastgrad's time; 'vs floats': fastgrad's time / the "
-            "plain-float time.")
+            "'vs micrograd', 'vs seed' and 'vs torch-tensor': their time / fastgrad's time; 'vs floats': "
+            "fastgrad's time / the plain-float time.")
 
 
 def header(report):
@@ -141,7 +139,7 @@ def notes_text(report):
 
 
 def text(report):
-    parts = [header(report), "", table(report), legend(), "", "Targets (exact-graph mode):",
+    parts = [header(report), "", table(report), legend(), "", "Targets:",
              targets_text(report)]
     if report["notes"]:
         parts += ["", "Notes:", notes_text(report)]
@@ -150,7 +148,8 @@ def text(report):
 
 # --- the chart -------------------------------------------------------------------------------------------
 
-COLORS = {"fastgrad": "#d62728", "micrograd": "#1f77b4", "seed": "#9467bd", "floats": "#7f7f7f", "torch": "#ff7f0e"}
+COLORS = {"fastgrad": "#d62728", "micrograd": "#1f77b4", "seed": "#9467bd", "floats": "#7f7f7f", "torch": "#ff7f0e",
+          "torch-tensor": "#8c564b", "casadi": "#2ca02c"}
 
 
 def chart(report, path):
@@ -160,7 +159,7 @@ def chart(report, path):
     import matplotlib.pyplot as plt
 
     engines = [e["name"] for e in report["engines"] if e["available"]]
-    timed = [r[1:] for r in rows(report) if not r[0].startswith("sweep") and r[0] != "memory"]
+    timed = [r[1:] for r in rows(report) if not r[0].startswith("sweep") and r[2] != "bytes/node"]
     sweep = [w for w in report["workloads"] if w["name"].startswith("sweep")]
     memory = [w for w in report["workloads"] if w["name"] == "memory"]
 

@@ -44,8 +44,10 @@ def make_workloads(settings):
     rest = [wl.Chain(), wl.TanhLayer(), wl.MoonsStep("micrograd")]
     if not settings["quick"]:
         rest.append(wl.MoonsStep("seed"))   # the seed's model on the seed's Value: seconds per step
+    compiled = [wl.CompiledMoonsStep(), wl.CompiledLayer(), wl.CompileCost(), wl.ProgramBytes()]
     optim = [wl.OptimizerStep(kind) for kind in wl.OptimizerStep.KINDS]
-    return ops + rest + optim + [wl.Sweep(size) for size in settings["sweep"]] + [wl.BytesPerNode()]
+    return (ops + rest + compiled + optim + [wl.Sweep(size) for size in settings["sweep"]]
+            + [wl.BytesPerNode()])
 
 
 def selected(workloads, only):
@@ -68,11 +70,14 @@ def run_workload(w, engines, settings, show):
         if type(w) is wl.Sweep and w.size > settings["slow_sweep_max"] and engine.name not in FAST_ENGINES:
             skipped[engine.name] = f"skipped above {settings['slow_sweep_max']:,} nodes to keep the run short"
             continue
+        if engine.moons_model and not w.whole_models:
+            skipped[engine.name] = "computes whole models, not graphs of scalars: it runs the moons demo rows"
+            continue
         try:
             samplers[engine.name] = w.sampler(engine)
         except wl.Unsupported as exc:
             skipped[engine.name] = str(exc)
-    min_seconds = None if isinstance(w, wl.BytesPerNode) else settings["min_seconds"]
+    min_seconds = None if w.exact else settings["min_seconds"]
     repeats = settings["memory_repeats"] if min_seconds is None else settings["repeats"]
     started = time.perf_counter()
     results = timing.interleaved(samplers, w.units(), repeats, min_seconds,
@@ -134,6 +139,23 @@ def targets(results, quick):
         r = ratio("layer", phase, "speedup_vs_seed")
         add(f"64x512 tanh layer {phase} vs the seed's Value", ">= 50x faster", r, r and r >= 50,
             f"{r:.0f}x faster" if r else "")
+    # The compiled replay: micrograd's demo against what users pick instead of a scalar engine.
+    r = ratio("moons-compiled", "step", "speedup_vs_torch-tensor")
+    add("compiled moons step vs PyTorch tensors' step", "<= 0.3x", r and 1 / r, r and 1 / r <= 0.3,
+        f"{1 / r:.2f}x ({r:.1f}x faster)" if r else "")
+    r = ratio("moons-compiled", "step", "speedup_vs_micrograd")
+    add("compiled moons step vs micrograd", ">= 2,000x faster", r, r and r >= 2000, f"{r:,.0f}x faster" if r else "")
+    forward, backward = (median("layer-compiled", f"{phase}, unfused", "fastgrad") for phase in ("forward", "backward"))
+    r = (forward + backward) * 1e9 if forward and backward else None
+    add("64x512 tanh layer replayed unfused: forward + backward", "<= 3 ns/node", r, r and r <= 3,
+        f"{r:.2f} ns/node" if r else "")
+    compiled, eager = (median("compile", phase, "fastgrad") for phase in ("compile", "one eager backward"))
+    r = compiled / eager if compiled and eager else None
+    add("compiling the moons graph vs one eager backward()", "<= 3x", r, r and r <= 3, f"{r:.2f}x" if r else "")
+    b = median("program", "bytes, unfused", "fastgrad")
+    fused = median("program", "bytes", "fastgrad")
+    add("compiled program bytes per node (moons graph)", "<= 32", b, b and b <= 32,
+        f"{b:.1f} unfused, {fused:.1f} fused" if b and fused else "")
     for kind, title in wl.OptimizerStep.KINDS.items():
         optimizer, loop = (median(f"optim-{kind}", phase, "fastgrad") for phase in ("optimizer", "loop"))
         r = optimizer / loop if optimizer and loop else None
@@ -177,6 +199,9 @@ def notes(results, missing, overhead, workloads, kernel):
                    f"it a*b costs {fg - overhead:.1f} ns on fastgrad and {fl - overhead:.1f} ns on floats"
                    + (f" ({net:.2f}x)" if net else ""))
     for w in workloads:
+        for engine, seconds in getattr(w, "build_seconds", {}).items():
+            out.append(f"{w.name}: {engine} built its model once, untimed in the rows: {seconds:.2f} s (its graph "
+                       "and the graph of its gradient)")
         losses = getattr(w, "first_loss", None)
         if losses and len(losses) > 1:
             spread = max(losses.values()) - min(losses.values())

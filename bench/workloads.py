@@ -25,6 +25,8 @@ class Workload:
     title = ""
     unit = "node"          # what one reported time is per: "op", "node" or "step"
     phases = ("total",)
+    whole_models = False   # engines that compute a whole model at once (PyTorch tensors, CasADi) run it too
+    exact = False          # it counts something exact (bytes): one sample each, not timed
 
     @property
     def shown_phases(self):
@@ -282,6 +284,7 @@ class BytesPerNode(Sweep):
 
     name = "memory"
     unit = "byte"
+    exact = True
     phases = shown_phases = ("bytes",)
     # tracemalloc sees fastgrad's nodes 2 MiB (26,176 nodes) at a time, as slabs that hold nodes, so fastgrad
     # is measured over this many copies of the graph held at once (a million nodes): the slabs at either
@@ -334,11 +337,13 @@ class MoonsStep(Workload):
 
     def __init__(self, family):
         self.family = family
+        self.whole_models = family == "micrograd"
         if family == "micrograd":
             self.name, self.title = "moons", "moons step, micrograd's MLP"
         else:
             self.name, self.title = "moons-seed", "moons step, seed's tanh MLP"
         self.first_loss = {}   # engine -> loss of step 0: the same model on the same data must agree
+        self.build_seconds = {}  # engine -> seconds its model took to build once (CasADi's graph and AD)
 
     def sampler(self, engine):
         from baselines import FloatMLP
@@ -347,7 +352,12 @@ class MoonsStep(Workload):
 
         X, y = moons.make_moons(100, noise=0.1, seed=0)
         random.seed(1)
-        if not engine.is_graph:
+        if engine.moons_model:
+            model = engine.moons_model(X, y, self.SIZES)
+            if hasattr(model, "build_seconds"):
+                self.build_seconds[engine.name] = model.build_seconds
+            step = model.train_step
+        elif not engine.is_graph:
             if self.family != "micrograd":
                 raise Unsupported("no hand-written version of the tanh model")
             model = FloatMLP(2, self.SIZES)
@@ -362,6 +372,11 @@ class MoonsStep(Workload):
                 return moons.train_step(model, engine.leaf, X, y, k)
         first = step(X, y, 0)
         self.first_loss[engine.name] = float(first[0])
+        return self.timed_steps(step, X, y)
+
+    @staticmethod
+    def timed_steps(step, X, y, phase="step"):
+        """A sampler running step(X, y, k) for the next `inner` steps of the schedule, round and round."""
         counter = [1]
 
         def sampler(inner):
@@ -370,8 +385,160 @@ class MoonsStep(Workload):
             for i in range(k, k + inner):
                 step(X, y, i % 100)
             counter[0] = k + inner
-            return {"step": clock() - start}
+            return {phase: clock() - start}
         return sampler
+
+
+class CompiledMoonsStep(MoonsStep):
+    """The same demo step, fastgrad's way once the model is fixed: the loss built once from input leaves and
+    compiled (fastgrad.compile), then each step forward, zero_grad, backward and the update. The update is
+    fastgrad.optim.SGD ("step"), or the Python loop a micrograd user writes ("SGD as a Python loop"), in the same
+    sample, on the same graph. The other engines run their own steps, as in the row above."""
+
+    phases = ("step", "SGD as a Python loop")
+
+    def __init__(self):
+        super().__init__("micrograd")
+        self.name, self.title = "moons-compiled", "moons step, compiled"
+
+    def sampler(self, engine):
+        if engine.name != "fastgrad":
+            return super().sampler(engine)
+        import fastgrad
+        import fastgrad.optim
+        from fastgrad import moons
+
+        X, y = moons.make_moons(100, noise=0.1, seed=0)
+        random.seed(1)
+        model = engine.mlp(2, self.SIZES)
+        loss, _ = moons.svm_graph(model, engine.leaf, X, y)
+        graph = fastgrad.compile(loss)
+        params = model.parameters()
+        sgd = fastgrad.optim.SGD(params, lr=moons.learning_rate(0))
+
+        def with_optimizer(X, y, k):
+            graph.forward()
+            sgd.zero_grad()
+            graph.backward()
+            sgd.lr = moons.learning_rate(k)
+            sgd.step()
+            return loss.data
+
+        def with_python_loop(X, y, k):
+            graph.forward()
+            model.zero_grad()
+            graph.backward()
+            rate = moons.learning_rate(k)
+            for p in params:
+                p.data -= rate * p.grad
+            return loss.data
+
+        self.first_loss[engine.name] = with_optimizer(X, y, 0)
+        optimizer, loop = (self.timed_steps(step, X, y, phase) for step, phase in zip(
+            (with_optimizer, with_python_loop), self.phases))
+        return lambda inner: {**optimizer(inner), **loop(inner)}
+
+
+# --- the compiled replay on its own ---------------------------------------------------------------------
+
+class CompiledLayer(TanhLayer):
+    """The 64x512 tanh layer above, built once and compiled: forward and backward replayed, fused (each
+    neuron's sum one instruction) and unfused (one instruction a node, eager's own order)."""
+
+    name = "layer-compiled"
+    title = "layer 64x512 tanh, compiled"
+    phases = ("forward", "backward", "forward, unfused", "backward, unfused")
+
+    def sampler(self, engine):
+        if engine.name != "fastgrad":
+            raise Unsupported("no compiled replay")
+        import fastgrad
+
+        rng = random.Random(4)
+        x = [rng.uniform(-1, 1) for _ in range(self.NIN)]
+        neurons = [([engine.leaf(rng.uniform(-1, 1)) for _ in range(self.NIN)], engine.leaf(rng.uniform(-1, 1)))
+                   for _ in range(self.NOUT)]
+        outs = [sum([wi * xi for wi, xi in zip(w, x)], b).tanh() for w, b in neurons]
+        loss = sum(outs[1:], outs[0])
+        graphs = {"": fastgrad.compile(loss), ", unfused": fastgrad.compile(loss, fuse=False)}
+
+        def sampler(inner):
+            times = {}
+            for suffix, graph in graphs.items():
+                start = clock()
+                for _ in range(inner):
+                    graph.forward()
+                middle = clock()
+                for _ in range(inner):
+                    graph.backward()
+                times["forward" + suffix], times["backward" + suffix] = middle - start, clock() - middle
+            return times
+        return sampler
+
+
+class CompileCost(Workload):
+    """fastgrad.compile on micrograd's moons loss graph (65,818 nodes), beside one eager backward() on it."""
+
+    name = "compile"
+    title = "compile the moons loss graph"
+    phases = ("compile", "one eager backward")
+
+    def __init__(self):
+        self.nodes = None
+
+    def units(self):
+        return self.nodes or 1
+
+    def sampler(self, engine):
+        if engine.name != "fastgrad":
+            raise Unsupported("no compiled replay")
+        import fastgrad
+
+        loss, graph = moons_loss_graph()
+        self.nodes = len(graph)
+
+        def sampler(inner):
+            start = clock()
+            for _ in range(inner):
+                fastgrad.compile(loss)
+            middle = clock()
+            for _ in range(inner):
+                loss.backward()
+            return {"compile": middle - start, "one eager backward": clock() - middle}
+        return sampler
+
+
+class ProgramBytes(Workload):
+    """What a compiled graph holds for micrograd's moons loss, per recorded node: sys.getsizeof of the
+    CompiledGraph (its arrays: data, grads, node pointers, instructions) over len() of it."""
+
+    name = "program"
+    title = "compiled program, moons loss graph"
+    unit = "byte"
+    phases = ("bytes", "bytes, unfused")
+    exact = True
+
+    def sampler(self, engine):
+        if engine.name != "fastgrad":
+            raise Unsupported("no compiled replay")
+        import fastgrad
+
+        loss, graph = moons_loss_graph()
+        unfused = fastgrad.compile(loss, fuse=False)
+        return lambda inner: {"bytes": sys.getsizeof(graph) / len(graph),
+                              "bytes, unfused": sys.getsizeof(unfused) / len(unfused)}
+
+
+def moons_loss_graph():
+    """micrograd's demo loss on fastgrad (65,818 nodes) and its compiled graph."""
+    import fastgrad
+    import fastgrad.micrograd.nn
+    from fastgrad import moons
+
+    X, y = moons.make_moons(100, noise=0.1, seed=0)
+    random.seed(1)
+    loss, _ = moons.svm_graph(fastgrad.micrograd.nn.MLP(2, MoonsStep.SIZES), fastgrad.Value, X, y)
+    return loss, fastgrad.compile(loss)
 
 
 # --- the optimizer's loops -------------------------------------------------------------------------------
