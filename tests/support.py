@@ -3,6 +3,7 @@ a graph for the error paths, and a few graph shapes. Test modules import from he
 import math
 import operator
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from hypothesis import event
 from hypothesis import strategies as st
 
 from fastgrad import Value, reference, trace
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
 # ---------------------------------------------------------------------------------------------------
 # Fresh interpreters and the machine
@@ -214,3 +217,15 @@ def tree_sum(nodes):
         paired = [nodes[i] + nodes[i + 1] for i in range(0, len(nodes) - 1, 2)]
         nodes = paired + nodes[len(paired) * 2:]
     return nodes[0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The README's examples, which the tests run as they are written
+
+def readme_code(heading, index=0):
+    """The index-th ```python block of the README section whose heading line starts with `heading`."""
+    with open(README, encoding="utf-8") as file:
+        text = file.read()
+    section = re.split(rf"^#+ {re.escape(heading)}.*$", text, maxsplit=1, flags=re.M)[1]
+    section = re.split(r"^## ", section, maxsplit=1, flags=re.M)[0]
+    return re.findall(r"^```python\n(.*?)^```", section, flags=re.M | re.S)[index]

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 import fastgrad
 from fastgrad import CompiledGraph, Value, draw_dot, moons, trace
 from fastgrad.micrograd.nn import MLP
-from support import apply_step, leaf_numbers, run_python, same_float, steps
+from support import apply_step, leaf_numbers, readme_code, run_python, same_float, steps
 
 FUSE = pytest.mark.parametrize("fuse", [False, True], ids=["unfused", "fused"])
 
@@ -488,6 +488,29 @@ def test_len_root_and_the_structure_compile_saw():
     x.data = -1.0
     assert graph.forward() == 0.0                   # relu(-1 * 2): the recorded branch, replayed exactly
     assert sys.getsizeof(graph) <= 32 * len(graph) + 512
+
+
+# ---------------------------------------------------------------------------------------------------
+# The README's examples, run as written
+
+def test_the_readmes_compiled_moons_loop_trains_as_the_eager_demo(tmp_path):
+    code = readme_code("Compiled training loop")
+    run_python(code + """
+assert accuracy >= 0.95, accuracy
+random.seed(1)                                   # the same model, trained on eager graphs
+eager_model = MLP(2, [16, 16, 1])
+for k in range(100):
+    eager_loss, eager_accuracy = moons.train_step(eager_model, Value, X, y, k)
+assert (loss.data, accuracy) == (eager_loss, eager_accuracy)
+assert [p.data for p in model.parameters()] == [p.data for p in eager_model.parameters()]
+print("ok")
+""", tmp_path)
+
+
+def test_the_readmes_frozen_structure_example():
+    namespace = {}
+    exec("import fastgrad\nfrom fastgrad import Value\n" + readme_code("Compiled training loop", 1), namespace)
+    assert namespace["graph"].forward() == 0.0 and namespace["y"].data == 0.0
 
 
 # ---------------------------------------------------------------------------------------------------

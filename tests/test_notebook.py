@@ -3,24 +3,22 @@ imports the installed fastgrad: every cell runs, draw_dot's graph shows as an SV
 notebook's Value does. The cells are cut from the README's code block itself, so the two cannot drift apart."""
 import re
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
 import fastgrad
+from support import readme_code
 
 nbclient = pytest.importorskip("nbclient")
 nbformat = pytest.importorskip("nbformat")
 pytest.importorskip("ipykernel")
 
-README = Path(__file__).resolve().parent.parent / "README.md"
 SVG = "{http://www.w3.org/2000/svg}"
 
 
 def quickstart_cells():
     """The README's quickstart code block, one cell per blank-line-separated paragraph, as a notebook has them."""
-    section = re.split(r"^## Quickstart: the notebook.*$", README.read_text(), maxsplit=1, flags=re.M)[1]
-    code = re.search(r"^```python\n(.*?)^```", section, flags=re.M | re.S).group(1)
+    code = readme_code("The notebook, on fastgrad")
     return [paragraph.strip("\n") for paragraph in code.split("\n\n") if paragraph.strip()]
 
 
