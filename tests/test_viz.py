@@ -12,6 +12,7 @@ import pytest
 
 from fastgrad import MLP, Value, draw_dot, reference, trace
 from fastgrad.viz import DEFAULT_MAX_NODES
+from support import run_python
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -283,3 +284,18 @@ def test_max_nodes_must_be_a_positive_integer_or_none():
         draw_dot(Value(1.0), max_nodes=0)
     with pytest.raises(TypeError):
         draw_dot(Value(1.0), max_nodes=2.5)
+
+
+def test_making_values_does_not_need_graphviz(tmp_path):
+    run_python("""
+        import sys
+        sys.modules["graphviz"] = None               # as if the graphviz package were not installed
+        import fastgrad
+        v = fastgrad.Value(2.0) * 3.0
+        v.backward()
+        assert len(fastgrad.trace(v)[0]) == 3
+        try:
+            fastgrad.draw_dot(v)
+        except ImportError:                          # drawing is what needs it
+            print("ok")
+    """, tmp_path)
