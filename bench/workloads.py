@@ -462,7 +462,9 @@ class CompiledLayer(TanhLayer):
         loss = sum(outs[1:], outs[0])
         graphs = {"": fastgrad.compile(loss), ", unfused": fastgrad.compile(loss, fuse=False)}
 
-        def sampler(inner):
+        def sampler(inner, parameters=neurons):
+            # The neurons' weights stay referenced, as a model's are: each pass reads their data, and backward
+            # their grads and writes them (a leaf only the graph holds would stay in the graph's arrays).
             times = {}
             for suffix, graph in graphs.items():
                 start = clock()

@@ -1,4 +1,3 @@
-# cython: language_level=3
 """The loops of fastgrad.optim in C: zero_grad, the SGD update and the Adam update over a C array of nodes.
 
 A step crosses from Python into this module once and runs one C loop over the parameters, reading and
@@ -47,7 +46,7 @@ cdef class ParameterArray:
             if type(p) is not Value:
                 hint = " (parameter groups are not supported: one optimizer per group)" if isinstance(p, dict) else ""
                 raise TypeError(f"optimizer can only optimize Values, but params[{i}] is {type_name(p)!r}{hint}")
-            if p._prev:
+            if (<Value>p).child_a != NULL:
                 # A node made by an op is recomputed from its children: an update to it would not last.
                 raise ValueError(f"can't optimize a non-leaf Value: params[{i}] was made by '{p._op}' "
                                  "(parameters are Values made by the user, such as a model's weights)")
