@@ -73,17 +73,30 @@ leaf_numbers = st.one_of(
 )
 # Number operands: ints (which become floats) and floats; as exponents they give `**2` and `**2.0`.
 operand_numbers = st.one_of(st.integers(-3, 3), st.sampled_from([0.5, -0.5, 1.5, 2.0, -1.0, 0.0]), st.floats(-4, 4))
-# A node is picked by its distance from the newest one, so that shrinking goes towards deep graphs;
-# picking the same node twice makes DAGs (x * x, a node reused further up), not only trees.
-node_index = st.integers(0, 7)
 
-steps = st.one_of(
-    st.tuples(st.just("values"), st.sampled_from(sorted(BINARY_OPS)), node_index, node_index),
-    st.tuples(st.just("number_right"), st.sampled_from(sorted(BINARY_OPS)), node_index, operand_numbers),
-    st.tuples(st.just("number_left"), st.sampled_from(sorted(BINARY_OPS)), operand_numbers, node_index),
-    st.tuples(st.just("unary"), st.sampled_from(sorted(UNARY_OPS)), node_index),
-)
-recipes = st.tuples(st.lists(leaf_numbers, min_size=1, max_size=5), st.lists(steps, min_size=1, max_size=14))
+
+def step_strategy(operands):
+    """One recipe step: an op on nodes of the pool, or on a node and a number drawn from operands.
+
+    A node is picked by its distance from the newest one, so that shrinking goes towards deep graphs;
+    picking the same node twice makes DAGs (x * x, a node reused further up), not only trees."""
+    node_index = st.integers(0, 7)
+    return st.one_of(
+        st.tuples(st.just("values"), st.sampled_from(sorted(BINARY_OPS)), node_index, node_index),
+        st.tuples(st.just("number_right"), st.sampled_from(sorted(BINARY_OPS)), node_index, operands),
+        st.tuples(st.just("number_left"), st.sampled_from(sorted(BINARY_OPS)), operands, node_index),
+        st.tuples(st.just("unary"), st.sampled_from(sorted(UNARY_OPS)), node_index),
+    )
+
+
+def recipe_strategy(leaves, operands, max_leaves=5, max_steps=14):
+    """(leaf numbers, steps): what build a graph in fastgrad and in the reference alike."""
+    return st.tuples(st.lists(leaves, min_size=1, max_size=max_leaves),
+                     st.lists(step_strategy(operands), min_size=1, max_size=max_steps))
+
+
+steps = step_strategy(operand_numbers)
+recipes = recipe_strategy(leaf_numbers, operand_numbers)
 
 
 def pick(pool, index):

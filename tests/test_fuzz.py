@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from support import BINARY_OPS, UNARY_OPS, check_recipe, run_python
+from support import check_recipe, recipe_strategy, run_python
 
 LARGEST = sys.float_info.max
 SMALLEST_NORMAL = sys.float_info.min
@@ -27,15 +27,7 @@ EXTREME_EXPONENTS = [1e308, -1e308, 1075, -1075, 1024, 1023.5, 0.5, -0.5, 1 / 3,
 leaf_numbers = st.one_of(st.sampled_from(EXTREME_FLOATS), st.floats(), st.floats(-3, 3))
 operand_numbers = st.one_of(st.sampled_from(EXTREME_FLOATS + EXTREME_EXPONENTS), st.floats(),
                             st.integers(-2000, 2000))
-node_index = st.integers(0, 7)       # as in test_engine: counted back from the newest node
-
-steps = st.one_of(
-    st.tuples(st.just("values"), st.sampled_from(sorted(BINARY_OPS)), node_index, node_index),
-    st.tuples(st.just("number_right"), st.sampled_from(sorted(BINARY_OPS)), node_index, operand_numbers),
-    st.tuples(st.just("number_left"), st.sampled_from(sorted(BINARY_OPS)), operand_numbers, node_index),
-    st.tuples(st.just("unary"), st.sampled_from(sorted(UNARY_OPS)), node_index),
-)
-recipes = st.tuples(st.lists(leaf_numbers, min_size=1, max_size=4), st.lists(steps, min_size=1, max_size=12))
+recipes = recipe_strategy(leaf_numbers, operand_numbers, max_leaves=4, max_steps=12)
 
 TESTS = os.path.dirname(os.path.abspath(__file__))      # for a fresh interpreter to import this module
 FUZZ_SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])

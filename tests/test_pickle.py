@@ -280,13 +280,12 @@ def test_a_wrongly_typed_field_is_refused(entries, tmp_path):
     assert refusal(1, entries, "ValueError, TypeError, OverflowError", tmp_path).startswith("refused:")
 
 
-@pytest.mark.parametrize("entries", list(LYING_INTS.values()), ids=list(LYING_INTS))
-def test_an_int_whose_comparisons_lie_is_checked_as_the_number_it_is(entries, tmp_path):
-    assert refusal(1, entries, "ValueError", tmp_path).startswith("refused: ValueError")
-
-
-@pytest.mark.parametrize("entries", list(NOT_INT_EXPONENTS.values()), ids=list(NOT_INT_EXPONENTS))
-def test_an_exponent_flagged_as_int_must_be_a_finite_integer(entries, tmp_path):
+@pytest.mark.parametrize("entries", list(LYING_INTS.values()) + list(NOT_INT_EXPONENTS.values()),
+                         ids=[f"lying int: {case}" for case in LYING_INTS] + [f"exponent flagged as int: {case}"
+                                                                               for case in NOT_INT_EXPONENTS])
+def test_each_number_is_checked_as_the_number_it_is(entries, tmp_path):
+    """An int whose comparisons lie is checked as the value it has; an exponent flagged as given as an int
+    must be a finite integer."""
     assert refusal(1, entries, "ValueError", tmp_path).startswith("refused: ValueError")
 
 

@@ -124,11 +124,17 @@ def test_trace_equals_the_seeds_trace():
     assert trace(leaf) == ({leaf}, set())
 
 
+def deep_chain(x, depth=100_000):
+    """x * 1.0 * 1.0 ...: `depth` products, each with a wrapped 1.0."""
+    v = x
+    for _ in range(depth):
+        v = v * 1.0
+    return v
+
+
 def test_trace_of_a_100k_deep_chain():
     x = Value(0.5)
-    v = x
-    for _ in range(100_000):
-        v = v * 1.0
+    v = deep_chain(x)
     nodes, edges = trace(v)
     assert len(nodes) == 1 + 2 * 100_000            # the chain, x, and one wrapped 1.0 per step
     assert len(edges) == 2 * 100_000
@@ -269,10 +275,7 @@ def test_max_nodes_none_draws_every_node_of_a_graph_above_the_default():
 
 
 def test_a_100k_deep_chain_is_cut_without_recursion():
-    x = Value(0.5)
-    v = x
-    for _ in range(100_000):
-        v = v * 1.0
+    v = deep_chain(Value(0.5))
     dot, message = draw_with_warning(v)
     assert "200,001 nodes" in message
     counts = [int(n.replace(",", "")) for n in re.findall(r'"([\d,]+) more nodes? below"', dot.source)]
