@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from fastgrad import Value, draw_dot, trace
-from support import run_python
+from support import run_python, under_address_sanitizer
 
 MEMORY_LIMIT = """
     import resource, sys
@@ -75,6 +75,9 @@ DROP_WHILE_AN_EXCEPTION_PROPAGATES = MEMORY_LIMIT.format(mib=200) + """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="limits the address space, read from /proc")
+@pytest.mark.skipif(sys.platform.startswith("linux") and under_address_sanitizer(),
+                    reason="AddressSanitizer reserves terabytes of address space for its shadow memory: under a "
+                           "limit on the address space it cannot start")
 @pytest.mark.parametrize("allocator", ["pymalloc", "debug"])
 @pytest.mark.parametrize("script", [DROP_AFTER_MEMORY_ERROR, DROP_WHILE_AN_EXCEPTION_PROPAGATES],
                          ids=["deep graph dropped after MemoryError", "graph dropped while an exception propagates"])
