@@ -79,6 +79,8 @@ cdef class Value:
         if (children or op_name) and (self.child_a != NULL or self.op != ops.LEAF
                                       or refcount(<PyObject*>self) > 1):
             raise TypeError("a Value's children are fixed when it is made")
+        if self.child_a != NULL:
+            python_reaches_in()         # an inner node's data is changing: compiled graphs write back first
         self.value = value
         self.label = label_name
         if children or op_name:
@@ -138,12 +140,14 @@ cdef class Value:
 
     @property
     def _prev(self):
-        python_reaches_in()
         children = set()
         if self.child_a != NULL:
             children.add(<Value>self.child_a)
         if self.child_b != NULL:
             children.add(<Value>self.child_b)
+        # Last: making the set can run Python code (a GC pass, another thread), and a compiled graph that
+        # replays then must already see the children held, or be told again that Python reached in.
+        python_reaches_in()
         return children
 
     def _backward(self):

@@ -5,10 +5,11 @@ The program. Every recorded node has a slot in `values` and `grads`: the inner n
 program computes them, then the leaves; after them, a slot for each `x ** k` holding its k, and a scratch
 slot that stands for the second child of one-child ops. So every instruction reads two slots and passes
 both to the kernel, which ignores what it has no use for: the loops do not branch on the kind of op. An instruction computes the next inner slot from its children's
-slots with the op's kernel. With fusion, a neuron's sum (start + w1*x1 + ... + wn*xn, the 2n nodes that
-weighted_sum or sum() builds, each used by the next one only) is one DOT instruction, which still computes
-all 2n of them, so that nothing is missing when they are written back. Unfused, the instructions are the nodes
-in backward()'s own topological order: the same operations in the same order, hence the same bits, as eager.
+slots with the op's kernel, in backward()'s own topological order: the same operations in the same order, hence
+the same bits, as eager. With fusion, a neuron's sum (start + w1*x1 + ... + wn*xn, the 2n nodes that
+weighted_sum or sum() builds, each used by the next one only, and next to each other in that order) is one DOT
+instruction, which still computes all 2n of them, in that order, so that the bits stay the same and nothing is
+missing when they are written back.
 
 Writing back. The nodes hold the numbers Python reads, and writing every node after each pass costs as much
 as the pass (cache misses on 80-byte nodes). So a pass writes at once only what Python can reach without
@@ -45,6 +46,7 @@ cdef enum:
     PARENTS = 6               #   in units of ONE_PARENT
     IN_SUM = 8                # computed by the DOT of a sum above it, not by an instruction of its own
     PLACED = 16               # it has its slot, kept in its `gradient`
+    LINK = 32                 # `sum + w * x` whose product (and, if IN_SUM, itself) a DOT computes
 
 cdef Py_ssize_t live_graphs = 0      # when there are others, a pass that writes nodes tells them
 
@@ -52,8 +54,7 @@ cdef Py_ssize_t live_graphs = 0      # when there are others, a pass that writes
 def compile(root, *, fuse=True):
     """Record root's graph as it stands into a CompiledGraph, whose forward() and backward() replay it in C.
 
-    fuse: replay each neuron's sum (start + w1*x1 + ...) as one instruction. Data stay bit for bit what
-    eager computes; grads may differ in the last bits (the order in which a node's grad terms are added).
+    fuse: replay each neuron's sum (start + w1*x1 + ...) as one instruction (the numbers are the same bits).
     """
     if type(root) is not Value:
         raise TypeError(f"compile() records the graph of a Value, not of {type(root).__name__!r}")
@@ -116,15 +117,16 @@ cdef class CompiledGraph:
         """Recompute every node from the leaves' current data; return the root's data.
 
         Afterwards the graph is as if just built from those leaves: every inner node's grad is 0, leaves
-        keep theirs. An op outside its domain raises what the eager op raises, at the first failing node;
+        keep theirs (the numbers ops wrapped too: they are the graph's leaves, not made anew). An op outside its domain raises what the eager op raises, at the first failing node;
         that node and every node computed from it (the root among them) keep their previous data.
         """
         cdef Py_ssize_t failed_at
         cdef ops.Status status = ops.OK
-        self.catch_others_up()
+        self.check_recorded()
         if self.known_reach_ins != reach_in_count():
             self.find_visible()              # the one step that may fail (MemoryError) before anything changes
             self.read_all(True)              # Python may have changed hidden leaves since
+        self.catch_others_up()
         self.read_leaves(False)
         memset(self.grads, 0, self.inner * sizeof(double))
         failed_at = self.run_forward(&status)
@@ -137,8 +139,9 @@ cdef class CompiledGraph:
         """root.backward(): the root's grad becomes 1.0 and d(root)/d(node) is added to every node's grad.
 
         Allocates nothing and cannot fail."""
+        self.check_recorded()
         self.catch_others_up()
-        if self.lagging.linked or self.known_reach_ins == reach_in_count():
+        if self.known_reach_ins == reach_in_count():     # while a graph is ahead, the count cannot move
             self.read_leaves(True)
             self.root_grad()[0] = 1.0
             self.run_backward()
@@ -152,6 +155,14 @@ cdef class CompiledGraph:
             self.write_all_back()
             if live_graphs > 1:
                 count_reach_in()             # the others' arrays may no longer be their nodes' numbers
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("a CompiledGraph is made by fastgrad.compile(root)")
+
+    cdef int check_recorded(self) except -1:
+        if self.root_node is None:          # made by CompiledGraph.__new__ alone: nothing to replay
+            raise TypeError("this CompiledGraph records no graph: fastgrad.compile(root) makes one")
+        return 0
 
     def __len__(self):
         """The nodes recorded, leaves included."""
@@ -190,8 +201,6 @@ cdef class CompiledGraph:
         self.fused = fuse
         try:
             sort_topologically(root, &order, &stack)
-            if order.length >= MAX_SLOTS:
-                raise MemoryError(f"a compiled graph holds fewer than {MAX_SLOTS:,} nodes")
             self.lay_out(&order)
         finally:
             self.clear_marks(&order)
@@ -230,13 +239,21 @@ cdef class CompiledGraph:
                 child = (<Value>node).child_b if side else (<Value>node).child_a
                 if child != NULL and (<Value>child).child_a == NULL:
                     (<Value>child).visited &= ~PLACED
-            if self.fused and sum_link(node):     # what each neuron's sum takes in
+            # What each neuron's sum takes in: a link's product comes just before it in the order, and the
+            # sum below it just before that, unless the product's operands were first reached from here; a
+            # DOT then takes the terms from the start of such a run to its top, and backward's sweep visits
+            # their nodes in the order it would have visited them one by one, so the replay stays exact.
+            if self.fused and i >= 1 and sum_link(node) and order.items[i - 1] == (<Value>node).child_b:
                 links += 1
+                (<Value>node).visited |= LINK
                 (<Value>(<Value>node).child_b).visited |= IN_SUM
                 child = (<Value>node).child_a
-                if sum_link(child) and (<Value>child).visited & PARENTS == ONE_PARENT:
+                if (i >= 2 and order.items[i - 2] == child and (<Value>child).visited & LINK
+                        and (<Value>child).visited & PARENTS == ONE_PARENT):
                     (<Value>child).visited |= IN_SUM
                     inner_links += 1
+        if order.length + leaves + pow_consts + 1 >= MAX_SLOTS:      # slots must fit an instruction word
+            raise MemoryError(f"a compiled graph holds fewer than {MAX_SLOTS:,} nodes")
         # A sum of n terms is 2n nodes, one instruction and 2n + 1 words of terms.
         self.allocate(order.length - 2 * links + (links - inner_links), order.length, order.length + leaves,
                       2 * links + (links - inner_links), pow_consts)
@@ -268,7 +285,7 @@ cdef class CompiledGraph:
             node = order.items[i]
             if (<Value>node).visited & IN_SUM:
                 continue                          # its sum's DOT computes it
-            if self.fused and sum_link(node):     # the top of a sum: walk down its links to the start
+            if (<Value>node).visited & LINK:      # the top of a sum: walk down its links to the start
                 n = 1
                 link = node
                 while (<Value>(<Value>link).child_a).visited & IN_SUM:      # an inner link, not the start
@@ -344,7 +361,8 @@ cdef class CompiledGraph:
         for slot in range(self.size):
             if slot == self.inner:
                 self.visible_inner = count
-            if refcount(self.nodes[slot]) > references[slot]:
+            # The root is handed out by `root`: always written, and if it is a leaf always read.
+            if refcount(self.nodes[slot]) > references[slot] or slot == self.root_slot():
                 references[count] = <int32_t>slot          # in place: count <= slot
                 count += 1
         PyMem_Free(self.visible)
@@ -493,14 +511,10 @@ cdef class CompiledGraph:
                 slot = self.visible[i]
                 (<Value>self.nodes[slot]).value = self.values[slot]
                 (<Value>self.nodes[slot]).gradient = self.grads[slot]
-            if self.inner:
-                (<Value>self.root_node).value = self.values[self.root_slot()]
-                (<Value>self.root_node).gradient = self.root_grad()[0]
         else:
             for i in range(self.visible_count):
                 slot = self.visible[i]
                 (<Value>self.nodes[slot]).gradient = self.grads[slot]
-            (<Value>self.root_node).gradient = self.root_grad()[0]
         start_lagging(&self.lagging)
         if live_graphs > 1:
             count_reach_in()                 # the others' arrays may no longer be their nodes' numbers
