@@ -338,7 +338,7 @@ cdef inline int check(ops.Status status) except -1:
     return 0
 
 
-cdef Value add(Value a, Value b):
+cdef inline Value add(Value a, Value b):
     cdef double out = 0.0
     check(ops.add_forward(a.value, b.value, 0.0, &out))
     return binary_node(ops.ADD, out, a, b)
@@ -350,7 +350,7 @@ cdef Value sub(Value a, Value b):
     return binary_node(ops.SUB, out, a, b)
 
 
-cdef Value mul(Value a, Value b):
+cdef inline Value mul(Value a, Value b):
     cdef double out = 0.0
     check(ops.mul_forward(a.value, b.value, 0.0, &out))
     return binary_node(ops.MUL, out, a, b)
