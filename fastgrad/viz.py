@@ -5,8 +5,8 @@ from collections import Counter, deque
 
 __all__ = ["trace", "draw_dot", "DEFAULT_MAX_NODES"]
 
-# What `dot` lays out in a second or two (measured on a 2-core EPYC, graphviz 2.43): see draw_dot.
-DEFAULT_MAX_NODES = 1000
+# What `dot` lays out in a second or two (measured on a 2-core Intel Xeon VM, graphviz 2.43): see draw_dot.
+DEFAULT_MAX_NODES = 800
 
 
 def trace(root):
@@ -33,10 +33,11 @@ def draw_dot(root, format="svg", rankdir="LR", max_nodes=DEFAULT_MAX_NODES):
     that are not drawn (reached through Values not drawn; where two boxes lead to the same hidden Values,
     both count them). A UserWarning says so; max_nodes=None draws everything.
 
-    The default, 1,000, is what graphviz's `dot` lays out in a second or two. Measured on a 2-core EPYC with
-    graphviz 2.43, rendering the nearest 500, 1,000, 2,000 and 3,000 Values of micrograd's moons loss graph
-    took 0.5, 1.7, 9 and 26 s (the notebook's tanh MLP on 10 samples: 0.4, 1.5-2.3 and 13 s): layout time
-    grows much faster than the graph, and a whole model's graph does not finish in minutes.
+    The default, 800, is what graphviz's `dot` lays out in a second or two. Measured on a 2-core Intel Xeon VM
+    with graphviz 2.43, rendering the nearest 500, 800, 1,000 and 2,000 Values of micrograd's moons loss graph
+    took 0.8, 1.3, 2.7 and 9.4 s (the notebook's tanh MLP on 10 samples, 800: 1.6 s); on a 2-core AMD EPYC VM
+    1,000 took 1.7 s and 3,000 26 s. Layout time grows much faster than the graph: a whole model's graph does
+    not finish in minutes.
     """
     from graphviz import Digraph     # here, so that `import fastgrad` does not need graphviz
 
