@@ -117,16 +117,20 @@ cdef class CompiledGraph:
         """Recompute every node from the leaves' current data; return the root's data.
 
         Afterwards the graph is as if just built from those leaves: every inner node's grad is 0, leaves
-        keep theirs (the numbers ops wrapped too: they are the graph's leaves, not made anew). An op outside its domain raises what the eager op raises, at the first failing node;
-        that node and every node computed from it (the root among them) keep their previous data.
+        keep theirs (the numbers ops wrapped too: they are the graph's leaves, not made anew). An op outside
+        its domain raises what the eager op raises, at the first failing node; that node and every node
+        computed from it (the root among them) keep their previous data.
         """
         cdef Py_ssize_t failed_at
         cdef ops.Status status = ops.OK
+        cdef bint repartition
         self.check_recorded()
-        if self.known_reach_ins != reach_in_count():
+        repartition = self.known_reach_ins != reach_in_count()
+        if repartition:
             self.find_visible()              # the one step that may fail (MemoryError) before anything changes
+        self.catch_others_up()               # first: a graph sharing nodes with this one may be ahead of them
+        if repartition:
             self.read_all(True)              # Python may have changed hidden leaves since
-        self.catch_others_up()
         self.read_leaves(False)
         memset(self.grads, 0, self.inner * sizeof(double))
         failed_at = self.run_forward(&status)

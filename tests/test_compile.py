@@ -459,6 +459,29 @@ def test_two_graphs_sharing_nodes_see_each_others_passes():
     assert numbers(root) == numbers(eager) and numbers(other) == numbers(eager_other)
 
 
+def test_two_graphs_sharing_leaves_only_they_hold_add_up_their_grads():
+    def made():
+        x = Value(2.0)
+        shared = x * 3.0
+        return x, shared * shared, shared + 1.0
+
+    _, first_root, second_root = made()         # x and the 3.0: leaves only the two graphs hold
+    first, second = fastgrad.compile(first_root), fastgrad.compile(second_root)
+    first.forward()
+    first.backward()
+    second.forward()
+    second.backward()
+    eager_x, eager_first, eager_second = made()
+    eager_first.backward()
+    for node in trace(eager_second)[0]:         # second.forward(): its inner nodes as if built anew
+        if node._op:
+            node.grad = 0.0
+    eager_second.backward()
+    assert eager_x.grad == 2 * 6.0 * 3.0 + 3.0
+    leaves = sorted((n.data, n.grad) for n in trace(first_root)[0] | trace(second_root)[0] if not n._op)
+    assert leaves == sorted((n.data, n.grad) for n in trace(eager_first)[0] | trace(eager_second)[0] if not n._op)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Errors
 
