@@ -47,6 +47,8 @@ cdef enum:
     IN_SUM = 8                # computed by the DOT of a sum above it, not by an instruction of its own
     PLACED = 16               # it has its slot, kept in its `gradient`
     LINK = 32                 # `sum + w * x` whose product (and, if IN_SUM, itself) a DOT computes
+    TARGET = 64               # for a moment: a node whose grad the lower terms of a sum add to
+    JOIN_SCAN_TERMS = 64      # a sum is cut, not checked, at a gap above this many terms
 
 cdef Py_ssize_t live_graphs = 0      # when there are others, a pass that writes nodes tells them
 
@@ -243,17 +245,16 @@ cdef class CompiledGraph:
                 child = (<Value>node).child_b if side else (<Value>node).child_a
                 if child != NULL and (<Value>child).child_a == NULL:
                     (<Value>child).visited &= ~PLACED
-            # What each neuron's sum takes in: a link's product comes just before it in the order, and the
-            # sum below it just before that, unless the product's operands were first reached from here; a
-            # DOT then takes the terms from the start of such a run to its top, and backward's sweep visits
-            # their nodes in the order it would have visited them one by one, so the replay stays exact.
+            # What each neuron's sum takes in: a link's product comes just before it in the order; the sum
+            # below it joins the same DOT if it is a link used by this one alone, and nothing in between
+            # (see joins) makes a grad's terms come in another order than backward() adds them.
             if self.fused and i >= 1 and sum_link(node) and order.items[i - 1] == (<Value>node).child_b:
                 links += 1
                 (<Value>node).visited |= LINK
                 (<Value>(<Value>node).child_b).visited |= IN_SUM
                 child = (<Value>node).child_a
-                if (i >= 2 and order.items[i - 2] == child and (<Value>child).visited & LINK
-                        and (<Value>child).visited & PARENTS == ONE_PARENT):
+                if (i >= 2 and (<Value>child).visited & LINK and (<Value>child).visited & PARENTS == ONE_PARENT
+                        and joins(order, i - 2, child)):
                     (<Value>child).visited |= IN_SUM
                     inner_links += 1
         if order.length + leaves + pow_consts + 1 >= MAX_SLOTS:      # slots must fit an instruction word
@@ -558,6 +559,56 @@ cdef class CompiledGraph:
 cdef void write_back(void* graph) noexcept:
     """The engine's call, when Python is about to reach inner nodes (Lagging.write_back)."""
     (<CompiledGraph>graph).write_lagging_back()
+
+
+cdef bint joins(NodeArray* order, Py_ssize_t position, PyObject* below) noexcept:
+    """Whether a sum's link can join the DOT of the sum below it, whose top is `below`, when the product
+    between them sits at order[position + 1].
+
+    backward() visits a sum's nodes from the top down, and between two terms it visits the nodes first
+    reached from the upper term's product (they lie between `below` and that product in the order: a
+    gap); a DOT visits all its terms first, and those nodes after. The grads come out the same, bit for
+    bit, unless a node in the gap adds into the grad of a node that a lower term adds into too: then
+    their terms would come in another order. Checked by marking the lower terms' operands and the start
+    (a sum of more than JOIN_SCAN_TERMS terms is cut instead) and looking at the gap's children."""
+    cdef PyObject* node
+    cdef bint clash = False
+    if order.items[position] == below:
+        return True                               # no gap
+    if mark_lower_terms(below, True) < 0:
+        mark_lower_terms(below, False)
+        return False
+    while not clash and order.items[position] != below:       # ends: below comes before the gap
+        node = order.items[position]
+        clash = (((<Value>node).child_a != NULL and (<Value>(<Value>node).child_a).visited & TARGET)
+                 or ((<Value>node).child_b != NULL and (<Value>(<Value>node).child_b).visited & TARGET))
+        position -= 1
+    mark_lower_terms(below, False)
+    return not clash
+
+
+cdef Py_ssize_t mark_lower_terms(PyObject* top, bint on) noexcept:
+    """Set (or clear) TARGET on the operands and the start of the sum whose DOT has `top` as its top. Walks
+    at most JOIN_SCAN_TERMS terms: returns how many, or -1 for a longer sum (its start is not reached)."""
+    cdef PyObject* link = top
+    cdef PyObject* product
+    cdef Py_ssize_t n
+    for n in range(JOIN_SCAN_TERMS):
+        product = (<Value>link).child_b
+        set_mark((<Value>product).child_a, on)
+        set_mark((<Value>product).child_b, on)
+        link = (<Value>link).child_a
+        if not (<Value>link).visited & IN_SUM:
+            set_mark(link, on)                    # the start
+            return n + 1
+    return -1
+
+
+cdef inline void set_mark(PyObject* node, bint on) noexcept:
+    if on:
+        (<Value>node).visited |= TARGET
+    else:
+        (<Value>node).visited &= ~TARGET
 
 
 cdef inline bint sum_link(PyObject* node) noexcept:
