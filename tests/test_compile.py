@@ -354,6 +354,8 @@ def test_reinitialising_an_inner_node_is_seen_by_backward():
     assert (x.grad, hidden.data) == (eager_x.grad, 0.25)
 
 
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="from Python 3.12 an allocation only schedules a GC pass, "
+                    "which runs between bytecodes: none can run inside the compiled _prev")
 def test_children_taken_while_python_code_runs_inside_prev_are_current():
     """Making _prev's set can run Python code (a GC pass, a finalizer, another thread) that replays the graph:
     the children must be current afterwards all the same."""
