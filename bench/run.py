@@ -233,8 +233,9 @@ def main(argv=None):
     settings = SETTINGS[mode]
     all_workloads = make_workloads(settings)
     if args.list:
+        width = max(len(w.name) for w in all_workloads)
         for w in all_workloads:
-            print(f"{w.name:<12} {w.title}")
+            print(f"{w.name:<{width}}  {w.title}")
         return 0
     chosen = selected(all_workloads, args.only)
     engines, missing = engines_mod.discover(args.engines.split(",") if args.engines else None)
