@@ -1,4 +1,5 @@
-"""python -m fastgrad: --version, --help, and `demo`, which trains micrograd's moons classifier and times it."""
+"""python -m fastgrad, or the `fastgrad` command pip installs: --version, --help, and `demo`, which trains
+micrograd's moons classifier and times it."""
 import argparse
 import sys
 
@@ -13,9 +14,9 @@ def positive_int(text):
     return number
 
 
-def parser():
+def parser(prog):
     main = argparse.ArgumentParser(
-        prog="python -m fastgrad", description="fastgrad: micrograd's scalar autograd with a compiled Value node.")
+        prog=prog, description="fastgrad: micrograd's scalar autograd with a compiled Value node.")
     main.add_argument("--version", action="version", version=f"fastgrad {__version__}")
     commands = main.add_subparsers(dest="command", required=True, metavar="command")
     demo_command = commands.add_parser(
@@ -33,14 +34,19 @@ def parser():
     return main
 
 
-def main(argv=None):
-    args = parser().parse_args(argv)
+def main(argv=None, prog="python -m fastgrad"):
+    args = parser(prog).parse_args(argv)
     try:
         demo.run(steps=args.steps, out=args.out, seed=args.seed, compiled=not args.eager)
     except demo.DemoError as error:
-        print(f"python -m fastgrad demo: error: {error}", file=sys.stderr)
+        print(f"{prog} demo: error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def command():
+    """The `fastgrad` command: unlike `python -m`, it never imports a fastgrad folder in the current directory."""
+    return main(prog="fastgrad")
 
 
 if __name__ == "__main__":

@@ -4,10 +4,13 @@ it cannot write; and, in process, that what it times on the reference is microgr
 import io
 import os
 import random
+import shutil
 import struct
 import subprocess
 import sys
+import sysconfig
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -119,6 +122,29 @@ def test_version_and_help(tmp_path):
         shown = run_demo(tmp_path, *args)
         assert shown.returncode == 0 and shown.stdout.startswith("usage: python -m fastgrad")
     assert all(option in shown.stdout for option in ("--steps", "--eager", "--out", "--seed"))
+
+
+def test_the_fastgrad_command_runs_the_installed_package_even_beside_a_source_folder(tmp_path):
+    """Run from a source checkout, `python -m fastgrad` meets the uncompiled fastgrad folder first; the user
+    gets an ImportError that says so, and the `fastgrad` command pip installed runs the installed package."""
+    source_folder = tmp_path / "fastgrad"
+    source_folder.mkdir()
+    for module in Path(fastgrad.__file__).parent.glob("*.py"):
+        shutil.copy(module, source_folder)
+    shadowed = run_demo(tmp_path, "--version")
+    assert shadowed.returncode == 1
+    assert f"ImportError: fastgrad was imported from {source_folder}, which has no compiled engine" in shadowed.stderr
+    assert "`fastgrad` command" in shadowed.stderr
+    command = shutil.which("fastgrad", path=sysconfig.get_path("scripts"))
+    assert command, "pip installs a fastgrad command next to this Python"
+    version = subprocess.run([command, "--version"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert version.returncode == 0 and version.stdout.strip() == f"fastgrad {fastgrad.__version__}"
+    usage = subprocess.run([command, "demo", "--steps", "0"], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120)
+    assert usage.returncode == 2 and usage.stderr.startswith("usage: fastgrad demo")
+    trained = subprocess.run([command, "demo", "--steps", "1", "--out", "out"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=600)
+    assert_trained(trained, 1)
 
 
 def unwritable_folders(tmp_path):
