@@ -1,8 +1,9 @@
 from array import array
-from typing import Iterable, Optional
+from typing import Iterable, Optional, final
 
 from fastgrad.engine import Value
 
+@final
 class ParameterArray:
     values: tuple[Value, ...]
     def __init__(self, params: Iterable[Value]) -> None: ...
@@ -11,9 +12,9 @@ class ParameterArray:
     def zero_grad(self) -> None: ...
     def sgd_step(
         self, lr: float, momentum: float, dampening: float, weight_decay: float, nesterov: bool,
-        momentum_buffer: Optional[array], buffer_started: bool,
+        momentum_buffer: Optional[array[float]], buffer_started: bool,
     ) -> None: ...
     def adam_step(
         self, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float,
-        decoupled_weight_decay: bool, step: int, exp_avg: array, exp_avg_sq: array,
+        decoupled_weight_decay: bool, step: int, exp_avg: array[float], exp_avg_sq: array[float],
     ) -> None: ...

@@ -1,5 +1,8 @@
+from typing import final
+
 from fastgrad.engine import Value
 
+@final
 class CompiledGraph:
     def forward(self) -> float: ...
     def backward(self) -> None: ...
