@@ -461,7 +461,7 @@ def weighted_sum(weights, inputs, start):
     return total
 
 
-OpInfo = namedtuple("OpInfo", "code name arity spelling")
+OpInfo = namedtuple("OpInfo", "code name arity spelling", module=__name__)  # no Python frame to guess it from; pickle needs it
 OpInfo.__doc__ = "One row of the op table: the code a node stores, its name, how many children it takes, `_op`."
 
 

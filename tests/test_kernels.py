@@ -2,6 +2,7 @@
 over _ops.forward and _ops.derivative) against the eager ops, which call each kernel by name: same data bit
 for bit, same exception, same local derivative bit for bit, for every op in the op table."""
 import math
+import pickle
 
 import pytest
 from hypothesis import given, settings
@@ -34,6 +35,11 @@ numbers = st.one_of(st.floats(), st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5, -2.
 def test_every_op_with_a_forward_is_here():
     assert set(EAGER) == {op.name for op in OPS} - {"LEAF", "CUSTOM"}
     assert len({op.code for op in OPS}) == len(OPS) and [op.code for op in OPS] == list(range(len(OPS)))
+
+
+def test_the_op_table_pickles_and_says_where_it_lives():
+    assert pickle.loads(pickle.dumps(OPS)) == OPS
+    assert type(OPS[0]).__module__ == "fastgrad.engine"
 
 
 @pytest.mark.parametrize("name", sorted(EAGER))
