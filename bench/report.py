@@ -49,6 +49,14 @@ def fmt_ratio(value):
     return "" if value is None else (f"{value:,.0f}x" if value >= 100 else f"{value:.2g}x" if value < 10 else f"{value:.0f}x")
 
 
+def fmt_advantage(speedup, unit):
+    """Their cost / fastgrad's, said the way round that reads above 1: '31x faster', or '7.7x slower'."""
+    if speedup is None:
+        return ""
+    better, worse = ("less", "more") if unit == "bytes/node" else ("faster", "slower")
+    return f"{fmt_ratio(speedup)} {better}" if speedup >= 1 else f"{fmt_ratio(1 / speedup)} {worse}"
+
+
 def ratios(results, phase):
     """fastgrad against the others in one row: speedups over micrograd and the seed, cost over floats."""
     def median(engine):
@@ -89,10 +97,8 @@ def table(report, markdown=False):
     body = []
     for _, title, unit, values, noisy, r in rows(report):
         cells = [fmt(values.get(e)) + ("~" if noisy.get(e) else "") for e in engines]
-        better = " less" if unit == "bytes/node" else " faster"
         body.append([title, unit] + cells + [
-            fmt_ratio(r.get(f"speedup_vs_{other}")) + (better if f"speedup_vs_{other}" in r else "")
-            for other in ("micrograd", "seed", "torch-tensor")
+            fmt_advantage(r.get(f"speedup_vs_{other}"), unit) for other in ("micrograd", "seed", "torch-tensor")
         ] + [fmt_ratio(r.get("times_floats"))])
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
@@ -106,8 +112,8 @@ def table(report, markdown=False):
 
 def legend():
     return ("Medians of interleaved repeats; ~ marks an interquartile range over 10% of the median (noise). "
-            "'vs micrograd', 'vs seed' and 'vs torch-tensor': their time / fastgrad's time; 'vs floats': "
-            "fastgrad's time / the plain-float time.")
+            "'vs micrograd', 'vs seed' and 'vs torch-tensor': their time / fastgrad's time ('faster'), or its "
+            "inverse when fastgrad takes longer ('slower'); 'vs floats': fastgrad's time / the plain-float time.")
 
 
 def header(report):

@@ -222,12 +222,15 @@ def main(argv=None):
     parser.add_argument("--engines", metavar="NAMES", help="comma-separated subset of " + ",".join(engines_mod.FINDERS))
     parser.add_argument("--json", metavar="PATH", help="write all results as JSON")
     parser.add_argument("--chart", metavar="PATH",
-                        help="PNG chart path (default bench/results/bench.png, bench-quick.png with --quick)")
+                        help="PNG chart path (default bench/results/bench.png, bench-quick.png with --quick; "
+                             "none with --only, whose rows would replace the whole run's chart)")
     parser.add_argument("--no-chart", action="store_true", help="do not draw the chart")
     parser.add_argument("--update-readme", action="store_true",
                         help="rewrite the README text between <!-- bench:start --> and <!-- bench:end -->")
     parser.add_argument("--list", action="store_true", help="list the workloads and exit")
     args = parser.parse_args(argv)
+    if args.only and args.update_readme:
+        parser.error("--update-readme writes the whole run's table: not with --only")
 
     mode = "quick" if args.quick else "full"
     settings = SETTINGS[mode]
@@ -285,7 +288,7 @@ def main(argv=None):
             json.dump(data, f, indent=1)
         print(f"wrote {args.json}", file=sys.stderr)
     chart_path = args.chart or os.path.join(BENCH_DIR, "results", "bench-quick.png" if args.quick else "bench.png")
-    if not args.no_chart:
+    if not args.no_chart and (args.chart or not args.only):
         try:
             report.chart(data, chart_path)
             print(f"chart: {chart_path}", file=sys.stderr)

@@ -94,6 +94,26 @@ def test_unknown_workload_is_refused():
     assert "nonsense" in proc.stderr
 
 
+def test_a_partial_run_neither_draws_over_the_full_runs_chart_nor_rewrites_the_readme(tmp_path):
+    chart = os.path.join(BENCH, "results", "bench.png")
+    before = os.stat(chart).st_mtime_ns if os.path.exists(chart) else None
+    run = [sys.executable, os.path.join(BENCH, "run.py"), "--quick", "--only", "optim-zero_grad"]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "chart:" not in proc.stderr and os.listdir(tmp_path) == []
+    assert (os.stat(chart).st_mtime_ns if os.path.exists(chart) else None) == before
+    refused = subprocess.run(run + ["--update-readme"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert refused.returncode == 2 and "--update-readme" in refused.stderr
+
+
+def test_ratios_under_one_read_as_slower_or_more():
+    assert report.fmt_advantage(31.4, "ns/op") == "31x faster"
+    assert report.fmt_advantage(0.13, "µs/step") == "7.7x slower"
+    assert report.fmt_advantage(0.5, "bytes/node") == "2x more"
+    assert report.fmt_advantage(8.0, "bytes/node") == "8x less"
+    assert report.fmt_advantage(None, "ns/op") == ""
+
+
 def test_readme_block_replaces_only_the_text_between_the_markers(tmp_path):
     readme = tmp_path / "README.md"
     before, after = "# title\n\nintro\n\n", "\n\n## more\ntext\n"
