@@ -16,14 +16,28 @@ and `data` is the saved object, written as JSON writes it, with two additions:
 
 dicts (with str keys), lists, tuples (they load as lists), str, int, float, bool and None can be saved.
 """
+from __future__ import annotations
+
 import json
 import math
 import numbers
 import os
 import secrets
 import struct
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fastgrad.engine import Value
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+    from typing import Union
+
+    from _typeshed import StrOrBytesPath
+
+    # What save() takes: Mapping and Sequence, not dict and list, so that a dict[str, float] fits (save itself
+    # takes only dicts, lists and tuples); and the JSON values load() reads.
+    _Saveable = Union[None, float, str, Sequence["_Saveable"], Mapping[str, "_Saveable"]]
+    _JSON = Union[None, bool, int, float, str, list["_JSON"], dict[str, "_JSON"]]
 
 __all__ = ["save", "load", "FORMAT", "VERSION"]
 
@@ -32,7 +46,7 @@ VERSION = 1
 FLOAT_TAG = "$float"
 
 
-def save(obj, path):
+def save(obj: _Saveable, path: StrOrBytesPath) -> None:
     """Write obj (a state dict, or a dict, list or tuple of them and of plain values) to path as a fastgrad
     save (see the module's doc). Nothing is written unless obj can be saved whole (TypeError or ValueError
     saying what cannot).
@@ -62,7 +76,7 @@ def save(obj, path):
     _sync_directory(directory)
 
 
-def load(path):
+def load(path: StrOrBytesPath) -> Any:
     """Read what save() wrote to path. Only JSON is parsed: nothing in the file can run code.
 
     ValueError naming the file and what is wrong if it is not a fastgrad save: not UTF-8, not JSON (an
@@ -97,7 +111,7 @@ def load(path):
 # ---------------------------------------------------------------------------------------------------
 # Writing
 
-def _encoded(obj, where="obj", containing=()):
+def _encoded(obj: object, where: str = "obj", containing: tuple[int, ...] = ()) -> object:
     """obj as plain JSON values (see the module's doc); where names obj in error messages."""
     if obj is None or type(obj) is bool:
         return obj
@@ -114,7 +128,7 @@ def _encoded(obj, where="obj", containing=()):
         containing = (*containing, id(obj))
         if not isinstance(obj, dict):
             return [_encoded(item, f"{where}[{i}]", containing) for i, item in enumerate(obj)]
-        encoded = {}
+        encoded: dict[str, object] = {}
         for key, item in obj.items():
             if not isinstance(key, str):
                 raise TypeError(f"can't save {where}: its key {key!r} is not a str but {type(key).__name__!r}")
@@ -127,7 +141,7 @@ def _encoded(obj, where="obj", containing=()):
                     "keys, lists, tuples, str, int, float, bool and None")
 
 
-def _sync_directory(directory):
+def _sync_directory(directory: str) -> None:
     """Flush the rename itself to disk, where the system allows opening a directory."""
     try:
         descriptor = os.open(directory, os.O_RDONLY)
@@ -148,18 +162,18 @@ class _Invalid(Exception):
     """What is wrong with the file; load() turns it into a ValueError naming the file."""
 
 
-def _refuse_constant(name):
+def _refuse_constant(name: str) -> NoReturn:
     raise _Invalid(f"{name} is not JSON (a float that is not finite is written as a {FLOAT_TAG!r} object)")
 
 
-def _finite_float(literal):
+def _finite_float(literal: str) -> float:
     number = float(literal)
     if not math.isfinite(number):
         raise _Invalid(f"the number {literal} is beyond a float's range")
     return number
 
 
-def _object_without_repeated_keys(pairs):
+def _object_without_repeated_keys(pairs: list[tuple[str, _JSON]]) -> dict[str, _JSON]:
     obj = dict(pairs)
     if len(obj) != len(pairs):
         repeated = sorted({key for key, _ in pairs if sum(k == key for k, _ in pairs) > 1})
@@ -167,7 +181,7 @@ def _object_without_repeated_keys(pairs):
     return obj
 
 
-def _checked_envelope(document):
+def _checked_envelope(document: _JSON) -> _JSON:
     if not isinstance(document, dict):
         raise _Invalid(f"the file holds a JSON {type(document).__name__}, not an object with a 'format'")
     if document.get("format") != FORMAT:
@@ -187,7 +201,7 @@ def _checked_envelope(document):
     return document["data"]
 
 
-def _decoded(node, where):
+def _decoded(node: _JSON, where: str) -> _JSON:
     """The saved object from the JSON values of data (see the module's doc)."""
     if isinstance(node, list):
         return [_decoded(item, f"{where}[{i}]") for i, item in enumerate(node)]
@@ -199,8 +213,9 @@ def _decoded(node, where):
             raise _Invalid(f"{where} is a {FLOAT_TAG!r} object with other fields")
         if not isinstance(bits, str) or len(bits) != 16 or any(c not in "0123456789abcdefABCDEF" for c in bits):
             raise _Invalid(f"{where}: {FLOAT_TAG} must be 16 hex digits (a float's IEEE-754 bits), not {bits!r}")
-        return struct.unpack(">d", bytes.fromhex(bits))[0]
-    decoded = {}
+        number: float = struct.unpack(">d", bytes.fromhex(bits))[0]
+        return number
+    decoded: dict[str, _JSON] = {}
     for key, item in node.items():
         if key.startswith("$"):
             if not key.startswith("$$"):

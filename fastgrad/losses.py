@@ -4,26 +4,29 @@ the gradients and a recorded graph replays them.
 Batches are sequences of the same length: predictions (Values, or numbers, which become leaves) and
 targets (numbers or Values). A batch loss is the mean over the batch, as torch's default reduction.
 """
+from __future__ import annotations
+
 import numbers
+from collections.abc import Iterable
 
 from fastgrad.engine import Value
 
 __all__ = ["mse", "hinge", "binary_cross_entropy_with_logits", "cross_entropy"]
 
 
-def mse(preds, targets):
+def mse(preds: Iterable[Value | float], targets: Iterable[Value | float]) -> Value:
     """Mean squared error: mean of (pred - target) ** 2."""
     preds, targets = _batch(preds, "preds", targets, "targets")
     return _mean([(p - t) ** 2 for p, t in zip(preds, targets)])
 
 
-def hinge(scores, labels):
+def hinge(scores: Iterable[Value | float], labels: Iterable[Value | float]) -> Value:
     """micrograd's max-margin loss: mean of relu(1 - label * score), with labels -1 and +1."""
     scores, labels = _batch(scores, "scores", labels, "labels")
     return _mean([(1 - y * s).relu() for s, y in zip(scores, labels)])
 
 
-def binary_cross_entropy_with_logits(logits, targets):
+def binary_cross_entropy_with_logits(logits: Iterable[Value | float], targets: Iterable[Value | float]) -> Value:
     """Binary cross-entropy of sigmoid(logit) against target (a probability, usually 0 or 1), from the logit.
 
     Each term is softplus(logit) - logit * target, which equals -t*log(sigmoid(x)) - (1-t)*log(1-sigmoid(x))
@@ -36,7 +39,7 @@ def binary_cross_entropy_with_logits(logits, targets):
     return _mean([x.softplus() - x * t for x, t in zip(logits, targets)])
 
 
-def cross_entropy(logits, target):
+def cross_entropy(logits: Iterable[Value | float], target: int) -> Value:
     """Cross-entropy of one sample: -log(softmax(logits)[target]), with logits a list of Values (one per
     class) and target the index of the right class.
 
@@ -61,9 +64,9 @@ def cross_entropy(logits, target):
 
 # ---------------------------------------------------------------------------------------------------
 
-def _values(items, name):
+def _values(items: Iterable[Value | float], name: str) -> list[Value]:
     """items as a list of Values: numbers become leaves; anything else is a TypeError naming it."""
-    if type(items) is Value or not hasattr(items, "__iter__"):
+    if type(items) is Value or not hasattr(items, "__iter__"):  # type: ignore[comparison-overlap]
         raise TypeError(f"{name} must be a sequence of Values, not {type(items).__name__!r}")
     out = []
     for i, x in enumerate(items):
@@ -75,10 +78,11 @@ def _values(items, name):
     return out
 
 
-def _batch(preds, preds_name, targets, targets_name):
+def _batch(preds: Iterable[Value | float], preds_name: str, targets: Iterable[Value | float],
+           targets_name: str) -> tuple[list[Value], list[Value | float]]:
     """Both sides of a batch loss as lists, checked: preds become Values, targets stay numbers or Values."""
     preds = _values(preds, preds_name)
-    if type(targets) is Value or not hasattr(targets, "__iter__"):
+    if type(targets) is Value or not hasattr(targets, "__iter__"):  # type: ignore[comparison-overlap]
         raise TypeError(f"{targets_name} must be a sequence, not {type(targets).__name__!r}")
     targets = list(targets)
     for i, t in enumerate(targets):
@@ -91,7 +95,7 @@ def _batch(preds, preds_name, targets, targets_name):
     return preds, targets
 
 
-def _sum(terms):
+def _sum(terms: list[Value]) -> Value:
     """terms[0] + terms[1] + ..., left to right, without the extra `0 +` node of sum()."""
     total = terms[0]
     for term in terms[1:]:
@@ -99,5 +103,5 @@ def _sum(terms):
     return total
 
 
-def _mean(terms):
+def _mean(terms: list[Value]) -> Value:
     return _sum(terms) / len(terms)

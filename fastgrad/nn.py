@@ -1,28 +1,30 @@
 """The seed's neural-network classes, in plain Python over the compiled Value."""
+from __future__ import annotations
+
 import numbers
 import random
-from collections import namedtuple
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from fastgrad.engine import Value, weighted_sum
 
 __all__ = ["Module", "Neuron", "Layer", "MLP", "IncompatibleKeys"]
 
 # What load_state_dict(strict=False) did not load, as torch names it.
-IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
+IncompatibleKeys = NamedTuple("IncompatibleKeys", [("missing_keys", list[str]), ("unexpected_keys", list[str])])
 
 
 class Module:
     """Something with parameters: Neuron, Layer, MLP."""
 
-    def parameters(self):
+    def parameters(self) -> list[Value]:
         return []
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         for p in self.parameters():
             p.grad = 0.0
 
-    def named_parameters(self):
+    def named_parameters(self) -> list[tuple[str, Value]]:
         """[(name, Value)] for parameters(), in its order, each named by the attributes that lead to it:
         `layers.0.neurons.3.w.1` is `model.layers[0].neurons[3].w[1]`, `layers.0.neurons.3.b` its bias.
 
@@ -32,7 +34,8 @@ class Module:
         ValueError if parameters() gives a Value that no attribute leads to.
         """
         names = _attribute_names(self)
-        named, seen = [], set()
+        named: list[tuple[str, Value]] = []
+        seen: set[int] = set()
         for i, p in enumerate(self.parameters()):
             if id(p) in seen:
                 continue
@@ -43,11 +46,11 @@ class Module:
             named.append((names[id(p)], p))
         return named
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, float]:
         """{name: data} for every parameter, in parameters() order: plain floats, for fastgrad.save."""
         return {name: p.data for name, p in self.named_parameters()}
 
-    def load_state_dict(self, state, strict=True):
+    def load_state_dict(self, state: Mapping[str, float], strict: bool = True) -> IncompatibleKeys:
         """Set each parameter's data from state[name] (a dict from state_dict(), maybe through fastgrad.load).
 
         strict: a name of the model missing from state, or a name in state the model does not have, is a
@@ -75,68 +78,77 @@ class Module:
 class Neuron(Module):
     """tanh(w . x + b), with w and b drawn from random.uniform(-1, 1), weights first, as in the seed."""
 
-    def __init__(self, nin):
+    w: list[Value]
+    b: Value
+
+    def __init__(self, nin: int) -> None:
         self.w = [Value(random.uniform(-1, 1)) for _ in range(nin)]
         self.b = Value(random.uniform(-1, 1))
 
-    def __call__(self, x):
+    def __call__(self, x: Iterable[Value | float]) -> Value:
         # sum([wi * xi for wi, xi in zip(self.w, x)], self.b): the seed's nodes, made by the engine in one call
         return weighted_sum(self.w, x, self.b).tanh()
 
-    def parameters(self):
+    def parameters(self) -> list[Value]:
         return self.w + [self.b]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"TanhNeuron({len(self.w)})"
 
 
 class Layer(Module):
     """nout neurons over the same nin inputs; a single Value when nout == 1, as in the seed."""
 
-    def __init__(self, nin, nout):
+    neurons: list[Neuron]
+
+    def __init__(self, nin: int, nout: int) -> None:
         self.neurons = [Neuron(nin) for _ in range(nout)]
 
-    def __call__(self, x):
+    def __call__(self, x: Sequence[Value | float]) -> Value | list[Value]:
         outs = [n(x) for n in self.neurons]
         return outs[0] if len(outs) == 1 else outs
 
-    def parameters(self):
+    def parameters(self) -> list[Value]:
         return [p for n in self.neurons for p in n.parameters()]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"Layer of [{', '.join(repr(n) for n in self.neurons)}]"
 
 
 class MLP(Module):
     """Layers of tanh neurons: MLP(3, [4, 4, 1]) maps 3 inputs through 4, 4 to 1 output."""
 
-    def __init__(self, nin, nouts):
+    layers: list[Layer]
+
+    def __init__(self, nin: int, nouts: Sequence[int]) -> None:
         sizes = [nin] + list(nouts)
         self.layers = [Layer(sizes[i], sizes[i + 1]) for i in range(len(nouts))]
 
-    def __call__(self, x):
+    def __call__(self, x: Sequence[Value | float]) -> Value | list[Value]:
+        out: Any = x  # after each hidden layer a list of Values (if it has more than one neuron): the next one's input
         for layer in self.layers:
-            x = layer(x)
-        return x
+            out = layer(out)
+        return out  # type: ignore[no-any-return]
 
-    def parameters(self):
+    def parameters(self) -> list[Value]:
         return [p for layer in self.layers for p in layer.parameters()]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"MLP of [{', '.join(repr(layer) for layer in self.layers)}]"
 
 
-def _attribute_names(module):
+def _attribute_names(module: Module) -> dict[int, str]:
     """{id(Value): dotted name} for every Value reachable from module's attributes (see named_parameters)."""
-    names = {}
-    walked = set()      # ids of the containers walked: a shared submodule, or a cycle, is walked once
+    names: dict[int, str] = {}
+    walked: set[int] = set()     # ids of the containers walked: a shared submodule, or a cycle, is walked once
 
-    def walk(obj, name):
+    def walk(obj: object, name: str) -> None:
         if type(obj) is Value:
             names.setdefault(id(obj), name)
             return
         if id(obj) in walked:
             return
+        items: Iterable[tuple[object, object]]
         if isinstance(obj, Module):
             items = vars(obj).items() if hasattr(obj, "__dict__") else ()
         elif isinstance(obj, (list, tuple)):
@@ -153,12 +165,12 @@ def _attribute_names(module):
     return names
 
 
-def _listing(keys, most=10):
+def _listing(keys: list[str], most: int = 10) -> str:
     shown = ", ".join(map(repr, keys[:most]))
     return shown + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
 
-def _state_number(x, name):
+def _state_number(x: object, name: str) -> float:
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise TypeError(f"state[{name!r}] must be a real number, not {type(x).__name__!r}")
     try:

@@ -17,13 +17,20 @@ and the updates) is a C loop over a C array of the parameter nodes there, entere
 once per step or once per optimizer (checks, hyper-parameters, state dicts, error messages) stays here, in
 Python, where it reads like the torch code users know and costs nothing measurable.
 """
+from __future__ import annotations
+
 import numbers
 from array import array
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar, Union, overload
 
 from fastgrad._optim import ParameterArray
+from fastgrad.engine import Value
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
+
+_T = TypeVar("_T")
+_StateValue = Union[str, float, list[float], None]
 
 
 class Optimizer:
@@ -33,43 +40,48 @@ class Optimizer:
     updates the parameters (`_update`).
     """
 
-    hyperparameters = ()         # names of the attributes state_dict() saves and _checked validates
-    counters = ()                # names of the int attributes it saves with them (Adam's step count)
-    buffers = ()                 # names of the per-parameter arrays('d'), saved as lists of floats
-    buffers_start_empty = False  # True: a buffer is None until the first step makes it (SGD's momentum)
+    hyperparameters: tuple[str, ...] = ()  # names of the attributes state_dict() saves and _checked validates
+    counters: tuple[str, ...] = ()         # names of the int attributes it saves with them (Adam's step count)
+    buffers: tuple[str, ...] = ()          # names of the per-parameter arrays('d'), saved as lists of floats
+    buffers_start_empty = False            # True: a buffer is None until the first step makes it (SGD's momentum)
 
-    def __init__(self, params, **hyperparameters):
+    def __init__(self, params: Iterable[Value], **hyperparameters: object) -> None:
         checked = self._checked(hyperparameters)
         self._params = ParameterArray(params)
         for name, value in checked.items():
             setattr(self, name, value)
 
     @property
-    def params(self):
+    def params(self) -> tuple[Value, ...]:
         """The parameters, a tuple of Values in the order given; the optimizer keeps them alive."""
         return self._params.values
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
         """Set the grad of every parameter to 0.0 (in C, without a Python call per parameter)."""
         self._params.zero_grad()
 
-    def step(self, closure=None):
+    @overload
+    def step(self, closure: None = None) -> None: ...
+    @overload
+    def step(self, closure: Callable[[], _T]) -> _T: ...
+
+    def step(self, closure: Callable[[], _T] | None = None) -> _T | None:
         """Update every parameter from its grad. closure, if given, is called first (it should zero the
         grads, compute the loss and call backward()); its result is returned."""
         loss = None if closure is None else closure()
         self._update()
         return loss
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         settings = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.hyperparameters)
         return f"{type(self).__name__}({len(self._params)} parameters, {settings})"
 
     # -- state dicts
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, _StateValue]:
         """A dict of plain numbers, lists and None (fastgrad.save writes it): the optimizer's kind, its
         number of parameters, its hyper-parameters, step counts and per-parameter buffers (copies)."""
-        state = {"optimizer": type(self).__name__, "parameters": len(self._params)}
+        state: dict[str, _StateValue] = {"optimizer": type(self).__name__, "parameters": len(self._params)}
         for name in self.hyperparameters:
             value = getattr(self, name)
             state[name] = list(value) if isinstance(value, tuple) else value
@@ -80,7 +92,7 @@ class Optimizer:
             state[name] = None if buffer is None else buffer.tolist()
         return state
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
         """Take the hyper-parameters, step counts and buffers of state (from state_dict(), maybe through
         fastgrad.save and fastgrad.load). Everything is checked first: when this raises, nothing has changed.
 
@@ -115,12 +127,12 @@ class Optimizer:
 
     # -- for the subclasses
 
-    def _checked(self, hyperparameters, prefix=None):
+    def _checked(self, hyperparameters: Mapping[str, object], prefix: str | None = None) -> dict[str, Any]:
         """{name: value} for the hyper-parameters, checked and converted (floats, bools, the betas as a tuple);
         TypeError or ValueError in torch's words otherwise. prefix: see _where."""
         raise NotImplementedError
 
-    def _update(self):
+    def _update(self) -> None:
         raise NotImplementedError
 
 
@@ -133,12 +145,20 @@ class SGD(Optimizer):
     buffers = ("momentum_buffer",)
     buffers_start_empty = True
 
-    def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+    lr: float
+    momentum: float
+    dampening: float
+    weight_decay: float
+    nesterov: bool
+    momentum_buffer: array[float] | None
+
+    def __init__(self, params: Iterable[Value], lr: float, momentum: float = 0.0, dampening: float = 0.0,
+                 weight_decay: float = 0.0, nesterov: bool = False) -> None:
         super().__init__(params, lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay,
                          nesterov=nesterov)
         self.momentum_buffer = None      # made by the first step with momentum
 
-    def _checked(self, hp, prefix=None):
+    def _checked(self, hp: Mapping[str, object], prefix: str | None = None) -> dict[str, Any]:
         checked = {
             "lr": _at_least_zero(hp["lr"], "lr", "Invalid learning rate", prefix),
             "momentum": _at_least_zero(hp["momentum"], "momentum", "Invalid momentum value", prefix),
@@ -150,7 +170,7 @@ class SGD(Optimizer):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening" + _in_state(prefix))
         return checked
 
-    def _update(self):
+    def _update(self) -> None:
         started = self.momentum_buffer is not None
         if self.momentum != 0 and not started:
             self.momentum_buffer = array("d", [0.0]) * len(self._params)
@@ -168,14 +188,23 @@ class Adam(Optimizer):
     buffers = ("exp_avg", "exp_avg_sq")
     decoupled_weight_decay = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+    lr: float
+    betas: tuple[float, float]
+    eps: float
+    weight_decay: float
+    step_count: int
+    exp_avg: array[float]
+    exp_avg_sq: array[float]
+
+    def __init__(self, params: Iterable[Value], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         self.step_count = 0                                   # steps taken: t in the bias corrections
         self.exp_avg = array("d", [0.0]) * len(self._params)  # m, the moving average of the gradient
         self.exp_avg_sq = array("d", [0.0]) * len(self._params)   # v, that of its square
 
-    def _checked(self, hp, prefix=None):
-        checked = {
+    def _checked(self, hp: Mapping[str, object], prefix: str | None = None) -> dict[str, Any]:
+        checked: dict[str, Any] = {
             "lr": _at_least_zero(hp["lr"], "lr", "Invalid learning rate", prefix),
             "eps": _at_least_zero(hp["eps"], "eps", "Invalid epsilon value", prefix),
         }
@@ -190,7 +219,7 @@ class Adam(Optimizer):
                                                  prefix)
         return checked
 
-    def _update(self):
+    def _update(self) -> None:
         self.step_count += 1
         beta1, beta2 = self.betas
         self._params.adam_step(self.lr, beta1, beta2, self.eps, self.weight_decay, self.decoupled_weight_decay,
@@ -203,7 +232,8 @@ class AdamW(Adam):
 
     decoupled_weight_decay = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2):
+    def __init__(self, params: Iterable[Value], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
@@ -212,22 +242,22 @@ class AdamW(Adam):
 
 # prefix is None for a constructor's argument (`lr`) and "state" for a state dict's field (`state['lr']`).
 
-def _where(name, prefix):
+def _where(name: str, prefix: str | None) -> str:
     return name if prefix is None else f"{prefix}[{name!r}]"
 
 
-def _in_state(prefix):
+def _in_state(prefix: str | None) -> str:
     return "" if prefix is None else f" in {prefix}"
 
 
-def _real(x, name, prefix):
+def _real(x: object, name: str, prefix: str | None) -> float:
     """x as a float, or TypeError naming it."""
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise TypeError(f"{_where(name, prefix)} must be a real number, not {type(x).__name__!r}")
     return float(x)
 
 
-def _at_least_zero(x, name, message, prefix):
+def _at_least_zero(x: object, name: str, message: str, prefix: str | None) -> float:
     """x as a float that is 0 or more: ValueError in torch's words otherwise (nan included)."""
     value = _real(x, name, prefix)
     if not 0.0 <= value:
@@ -235,19 +265,19 @@ def _at_least_zero(x, name, message, prefix):
     return value
 
 
-def _flag(x, name, prefix):
+def _flag(x: object, name: str, prefix: str | None) -> bool:
     if not isinstance(x, bool):
         raise TypeError(f"{_where(name, prefix)} must be True or False, not {x!r}")
     return x
 
 
-def _integer(x, where):
+def _integer(x: object, where: str) -> int:
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
         raise TypeError(f"{where} must be an int, not {type(x).__name__!r}")
     return int(x)
 
 
-def _float_array(values, where, count):
+def _float_array(values: object, where: str, count: int) -> array[float]:
     """values (a list of real numbers, one per parameter) as an array('d')."""
     if not isinstance(values, (list, tuple)):
         raise TypeError(f"{where} must be a list of {count} numbers, not {type(values).__name__!r}")
@@ -259,6 +289,6 @@ def _float_array(values, where, count):
     return array("d", map(float, values))
 
 
-def _describe_kind(state):
+def _describe_kind(state: Mapping[str, object]) -> str:
     kind = state.get("optimizer")
     return f"{kind}'s" if isinstance(kind, str) else "no optimizer's state dict (it has no 'optimizer' name)"

@@ -1,7 +1,15 @@
 """Draw a Value's graph with graphviz, as the seed's trace and draw_dot do; iterative, so any depth."""
+from __future__ import annotations
+
 import operator
 import warnings
 from collections import Counter, deque
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from graphviz import Digraph
+
+    from fastgrad.engine import Value
 
 __all__ = ["trace", "draw_dot", "DEFAULT_MAX_NODES"]
 
@@ -9,9 +17,10 @@ __all__ = ["trace", "draw_dot", "DEFAULT_MAX_NODES"]
 DEFAULT_MAX_NODES = 800
 
 
-def trace(root):
+def trace(root: Value) -> tuple[set[Value], set[tuple[Value, Value]]]:
     """All nodes below root and the (child, parent) edges between them, as two sets."""
-    nodes, edges = {root}, set()
+    nodes: set[Value] = {root}
+    edges: set[tuple[Value, Value]] = set()
     pending = [root]
     while pending:
         v = pending.pop()
@@ -23,7 +32,8 @@ def trace(root):
     return nodes, edges
 
 
-def draw_dot(root, format="svg", rankdir="LR", max_nodes=DEFAULT_MAX_NODES):
+def draw_dot(root: Value, format: str = "svg", rankdir: str = "LR",
+             max_nodes: int | None = DEFAULT_MAX_NODES) -> Digraph:
     """A graphviz.Digraph of root's graph: a record { label | data | grad } per Value, an oval per op.
 
     In Jupyter the returned Digraph shows inline; elsewhere call .render() or .pipe().
@@ -57,7 +67,7 @@ def draw_dot(root, format="svg", rankdir="LR", max_nodes=DEFAULT_MAX_NODES):
     return dot
 
 
-def _draw_value(dot, n):
+def _draw_value(dot: Digraph, n: Value) -> None:
     uid = str(id(n))
     dot.node(name=uid, label="{ %s | data %.4f | grad %.4f }" % (n.label, n.data, n.grad), shape="record")
     if n._op:
@@ -65,11 +75,11 @@ def _draw_value(dot, n):
         dot.edge(uid + n._op, uid)
 
 
-def _draw_edge(dot, child, parent):
+def _draw_edge(dot: Digraph, child: Value, parent: Value) -> None:
     dot.edge(str(id(child)), str(id(parent)) + parent._op)
 
 
-def _nearest(root, limit):
+def _nearest(root: Value, limit: int) -> list[Value]:
     """Up to limit nodes of root's graph in breadth-first order from root."""
     order, seen = [root], {root}
     pending = deque(order)
@@ -84,9 +94,9 @@ def _nearest(root, limit):
     return order
 
 
-def _draw_cut(dot, drawn_order):
+def _draw_cut(dot: Digraph, drawn_order: list[Value]) -> None:
     drawn = set(drawn_order)
-    cut_parents = []                      # drawn nodes with at least one child not drawn
+    cut_parents: list[Value] = []         # drawn nodes with at least one child not drawn
     for parent in drawn_order:
         _draw_value(dot, parent)
         for child in parent._prev:
@@ -107,7 +117,7 @@ def _draw_cut(dot, drawn_order):
         f"hours). draw_dot(root, max_nodes=None) draws every node.", UserWarning, stacklevel=3)
 
 
-def _count_hidden(cut_parents, drawn):
+def _count_hidden(cut_parents: list[Value], drawn: set[Value]) -> tuple[list[int], int]:
     """For each cut parent, how many nodes not drawn lie below it through nodes not drawn; and how many
     nodes are not drawn in all.
 
@@ -116,7 +126,7 @@ def _count_hidden(cut_parents, drawn):
     graph parents first (Kahn's order), so the whole count is one walk over the hidden graph.
     """
     # The hidden graph, and how many hidden parents each hidden node has.
-    hidden_parents = Counter()
+    hidden_parents: Counter[Value] = Counter()
     seen = {child for parent in cut_parents for child in parent._prev if child not in drawn}
     pending = list(seen)          # each hidden node walked once, even when two cut parents share it
     while pending:
