@@ -125,7 +125,8 @@ class MLP(Module):
         self.layers = [Layer(sizes[i], sizes[i + 1]) for i in range(len(nouts))]
 
     def __call__(self, x: Sequence[Value | float]) -> Value | list[Value]:
-        out: Any = x  # after each hidden layer a list of Values (if it has more than one neuron): the next one's input
+        # after a hidden layer, a list of Values (a Value if it has one neuron): the next layer's input
+        out: Any = x
         for layer in self.layers:
             out = layer(out)
         return out  # type: ignore[no-any-return]
