@@ -461,7 +461,8 @@ def weighted_sum(weights, inputs, start):
     return total
 
 
-OpInfo = namedtuple("OpInfo", "code name arity spelling", module=__name__)  # no Python frame to guess it from; pickle needs it
+# module: namedtuple guesses it from the caller's Python frame, which compiled code has not; pickle needs it.
+OpInfo = namedtuple("OpInfo", "code name arity spelling", module=__name__)
 OpInfo.__doc__ = "One row of the op table: the code a node stores, its name, how many children it takes, `_op`."
 
 

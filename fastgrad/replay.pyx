@@ -4,12 +4,13 @@ backward() re-run the graph there, with the op kernels the eager ops use (_ops.p
 The program. Every recorded node has a slot in `values` and `grads`: the inner nodes first, in the order the
 program computes them, then the leaves; after them, a slot for each `x ** k` holding its k, and a scratch
 slot that stands for the second child of one-child ops. So every instruction reads two slots and passes
-both to the kernel, which ignores what it has no use for: the loops do not branch on the kind of op. An instruction computes the next inner slot from its children's
-slots with the op's kernel, in backward()'s own topological order: the same operations in the same order, hence
-the same bits, as eager. With fusion, a neuron's sum (start + w1*x1 + ... + wn*xn, the 2n nodes that
-weighted_sum or sum() builds, each used by the next one only, and next to each other in that order) is one DOT
-instruction, which still computes all 2n of them, in that order, so that the bits stay the same and nothing is
-missing when they are written back.
+both to the kernel, which ignores what it has no use for: the loops do not branch on the kind of op. An
+instruction computes the next inner slot from its children's slots with the op's kernel, in backward()'s own
+topological order: the same operations in the same order, hence the same bits, as eager. With fusion, a
+neuron's sum (start + w1*x1 + ... + wn*xn, the 2n nodes that weighted_sum or sum() builds, each used by the
+next one only) is one DOT instruction, which still computes all 2n of them, in that order, so that nothing is
+missing when they are written back; where backward() visits other nodes between two of its terms, the sum is
+one DOT only if that changes no grad's order of additions (see joins), so the bits stay the same.
 
 Writing back. The nodes hold the numbers Python reads, and writing every node after each pass costs as much
 as the pass (cache misses on 80-byte nodes). So a pass writes at once only what Python can reach without
@@ -48,6 +49,8 @@ cdef enum:
     PLACED = 16               # it has its slot, kept in its `gradient`
     LINK = 32                 # `sum + w * x` whose product (and, if IN_SUM, itself) a DOT computes
     TARGET = 64               # for a moment: a node whose grad the lower terms of a sum add to
+
+cdef enum:
     JOIN_SCAN_TERMS = 64      # a sum is cut, not checked, at a gap above this many terms
 
 cdef Py_ssize_t live_graphs = 0      # when there are others, a pass that writes nodes tells them
@@ -133,7 +136,8 @@ cdef class CompiledGraph:
         self.catch_others_up()               # first: a graph sharing nodes with this one may be ahead of them
         if repartition:
             self.read_all(True)              # Python may have changed hidden leaves since
-        self.read_leaves(False)
+        else:
+            self.read_leaves(False)
         memset(self.grads, 0, self.inner * sizeof(double))
         failed_at = self.run_forward(&status)
         self.show_pass(True)
