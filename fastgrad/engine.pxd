@@ -5,21 +5,30 @@ from cpython.object cimport PyObject
 
 
 cdef class Value:
-    # Every reference a node holds points to a node made before it (its children) or to an exact str,
-    # so no reference cycle can form: the class is not tracked by the cyclic GC (no_gc, final).
-    # The references are raw pointers, each owning one reference, so that freeing a deep graph is
-    # done by the engine's own iterative loop (engine.pyx, "Freeing") instead of C recursion.
+    # A node made by a built-in op holds only nodes made before it (its children) and exact strs, so no
+    # reference cycle can form: it has no GC header and the cyclic GC never sees it. Nodes that can carry
+    # Python state (made by hand with Value(data, children, op), a subclass's instances, and what ops make
+    # from them) are allocated with a GC header and tracked (flags & HEADERED): see engine.pyx, "Nodes
+    # with Python state". The references are raw pointers, each owning one reference, so that freeing a
+    # deep graph is done by the engine's own iterative loop (engine.pyx, "Freeing") instead of C recursion.
     cdef double value               # `data`
     cdef double gradient            # `grad`
     cdef PyObject* child_a          # NULL for a leaf
     cdef PyObject* child_b          # NULL for unary ops
     cdef PyObject* label_str        # exact str, or NULL for ''
-    cdef PyObject* custom_op        # exact str for CUSTOM nodes, else NULL
+    cdef PyObject* state            # a _NodeState (engine.pyx) on HEADERED nodes that have one, else NULL
     cdef double constant            # the exponent of POW_CONST
     cdef unsigned char op           # an OpCode (_ops.pxd)
     cdef unsigned char constant_is_int  # spell `**2` (not `**2.0`) when the exponent was given as int
     cdef unsigned char visited      # set during a topological sort, cleared by whoever ran it
+    cdef unsigned char flags        # NodeFlags
     cdef unsigned int slab          # which slab of node memory holds the node (src/node_memory.h)
+
+
+cdef enum NodeFlags:
+    HEADERED = 1          # allocated with a GC header, tracked by the cyclic GC
+    HAS_CLOSURE = 2       # state.backward is a callable assigned to _backward: backward() calls it
+    HAS_MORE = 4          # state.more holds the children past the first two
 
 
 # A growable C array of borrowed node pointers.
@@ -33,6 +42,11 @@ cdef void free_array(NodeArray* array) noexcept
 # root's graph, leaves left out, appended to order children first, as micrograd's build_topo orders it;
 # every node in order is left marked visited, for the caller to clear before any Python code runs.
 cdef int sort_topologically(Value root, NodeArray* order, NodeArray* stack) except -1
+
+# compile() cannot recompute a node whose derivative is a `_backward` closure. The recorder calls this on
+# sort_topologically's order, before anything else: if a node in it has a closure, it clears the marks of
+# every node in order and raises TypeError naming the node and what to use instead.
+cdef int check_replayable(NodeArray* order) except -1
 
 
 # A compiled graph whose arrays are ahead of its nodes (replay.pyx) is linked into the engine's list of

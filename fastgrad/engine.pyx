@@ -10,6 +10,7 @@ The rooms, in the order this file has them:
 - Graphs ahead of their nodes: how the compiled replay (replay.pyx) writes back lazily, and where it must.
 - Freeing: an iterative loop, so that dropping a deep graph does not recurse in C.
 - Pickle and copy: a graph pickles flat, children first (rebuild_graph keeps its name: pickles name it).
+- Nodes with Python state: hand-made nodes, subclasses, `_backward` closures, and their GC slots.
 - Node memory: tp_alloc and tp_free over the slabs of src/node_memory.h.
 - Import-time wiring, in one place at the end.
 
@@ -18,6 +19,7 @@ Nothing here imports the rest of fastgrad.
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Realloc
 from cpython.object cimport PyObject, PyTypeObject, destructor, freefunc
+from libc.string cimport memset
 
 cimport fastgrad._ops as ops
 from libc.math cimport floor, isfinite
@@ -39,12 +41,41 @@ cdef extern from "Python.h":
     unsigned long Py_TPFLAGS_HEAPTYPE
     PyObject* init_object "PyObject_Init" (PyObject* op, PyTypeObject* t)
     PyObject* no_memory "PyErr_NoMemory" ()
+    void* object_malloc "PyObject_Malloc" (size_t)
+    void object_free "PyObject_Free" (void*)
+    PyObject* generic_alloc "PyType_GenericAlloc" (PyTypeObject*, Py_ssize_t)
+    void gc_untrack "PyObject_GC_UnTrack" (void*)
+    void gc_del "PyObject_GC_Del" (void*)
+    unsigned long Py_TPFLAGS_HAVE_GC
+    unsigned long Py_TPFLAGS_BASETYPE
+    Py_ssize_t tuple_size "PyTuple_GET_SIZE" (PyObject*)
+    PyObject* tuple_item "PyTuple_GET_ITEM" (PyObject*, Py_ssize_t)     # borrowed
     # The slots the engine sets on its type (cpython.object declares no tp_alloc).
+    ctypedef int (*visitproc)(PyObject*, void*) noexcept
+    ctypedef int (*traverseproc)(PyObject*, visitproc, void*) noexcept
+    ctypedef int (*inquiry)(PyObject*) noexcept
     ctypedef PyObject* (*allocfunc)(PyTypeObject*, Py_ssize_t) noexcept
+    ctypedef PyObject* (*newfunc)(PyTypeObject*, PyObject*, PyObject*) noexcept
+    ctypedef PyObject* (*vectorcallfunc)(PyObject*, PyObject** args, size_t, PyObject*) noexcept
+    Py_ssize_t vectorcall_nargs "PyVectorcall_NARGS" (size_t)
     ctypedef struct TypeSlots "PyTypeObject":
+        unsigned long tp_flags
         allocfunc tp_alloc
+        newfunc tp_new
         freefunc tp_free
         destructor tp_dealloc
+        traverseproc tp_traverse
+        inquiry tp_clear
+        inquiry tp_is_gc
+        vectorcallfunc tp_vectorcall
+
+cdef extern from *:
+    """
+    #ifndef Py_TPFLAGS_IMMUTABLETYPE     /* before 3.10 a static type's attributes cannot be set at all */
+    #define Py_TPFLAGS_IMMUTABLETYPE 0
+    #endif
+    """
+    unsigned long Py_TPFLAGS_IMMUTABLETYPE
 
 cdef extern from "node_memory.h":
     void* node_alloc "fg_node_alloc" (unsigned int* slab_index) noexcept nogil
@@ -56,8 +87,7 @@ cdef extern from "node_memory.h":
 # ---------------------------------------------------------------------------------------------------
 # The node
 
-@cython.final        # a subclass could add fields, and with them reference cycles the GC must see
-@cython.no_gc        # no cycle can form: see engine.pxd and tests/test_leaks.py
+@cython.no_gc        # the GC slots are the engine's own: see "Nodes with Python state"
 cdef class Value:
     """A scalar in a computation graph: its data, its gradient, and how it was made."""
 
@@ -66,34 +96,24 @@ cdef class Value:
     def __init__(self, data, _children=(), _op="", label=""):
         # Everything is checked before anything is set: a refused call leaves the node as it was.
         children = tuple(_children)
-        if len(children) > 2:
-            raise ValueError(f"a Value has at most two children, got {len(children)}")
         for child in children:
-            if type(child) is not Value:
+            if not isinstance(child, Value):
                 raise TypeError(f"_children must be Values, not {type(child).__name__!r}")
         cdef double value = real_number(data, "Value data")
         cdef str op_name = exact_str(_op, "_op")
         cdef str label_name = exact_str(label, "label")
-        # A node's children and op are fixed when it is made. Giving new ones to a node that has some would
-        # leak the old children; to a node something else may reference, could make a cycle.
-        if (children or op_name) and (self.child_a != NULL or self.op != ops.LEAF
-                                      or refcount(<PyObject*>self) > 1):
-            raise TypeError("a Value's children are fixed when it is made")
+        if children or op_name:
+            # Children are given once: a node that has some keeps them (replacing them would let a graph
+            # built on this node change under it).
+            if self.child_a != NULL or self.op != ops.LEAF:
+                raise TypeError("a Value's children are fixed when it is made")
+            check_can_take_state(self, "children and an op")
         if self.child_a != NULL:
             python_reaches_in()         # an inner node's data is changing: compiled graphs write back first
         self.value = value
         self.label = label_name
         if children or op_name:
-            self.op = ops.CUSTOM
-            incref(<PyObject*>op_name)
-            xdecref(self.custom_op)
-            self.custom_op = <PyObject*>op_name
-            for i, child in enumerate(children):
-                incref(<PyObject*>child)
-                if i == 0:
-                    self.child_a = <PyObject*>child
-                else:
-                    self.child_b = <PyObject*>child
+            set_children(self, children, op_name)
 
     # -- attributes, as the seed names them
 
@@ -132,11 +152,21 @@ cdef class Value:
 
     @property
     def _op(self):
-        if self.op == ops.CUSTOM:
-            return <str>self.custom_op
+        if self.op == ops.CUSTOM or self.op == ops.LEAF:
+            return "" if self.state == NULL else (<_NodeState>self.state).op
         if self.op == ops.POW_CONST:
             return "**" + (str(int(self.constant)) if self.constant_is_int else repr(self.constant))
         return SPELLINGS[self.op]
+
+    @_op.setter
+    def _op(self, value):
+        cdef str op_name = exact_str(value, "_op")
+        check_can_take_state(self, "an _op")
+        if self.op > ops.CUSTOM:
+            raise TypeError(f"the _op of a node made by {SPELLINGS[self.op]!r} is fixed")
+        node_state(self).op = op_name
+        if op_name and self.op == ops.LEAF:
+            self.op = ops.CUSTOM
 
     @property
     def _prev(self):
@@ -145,12 +175,41 @@ cdef class Value:
             children.add(<Value>self.child_a)
         if self.child_b != NULL:
             children.add(<Value>self.child_b)
+        if self.flags & HAS_MORE:
+            children.update((<_NodeState>self.state).more)
         # Last: making the set can run Python code (a GC pass, another thread), and a compiled graph that
         # replays then must already see the children held, or be told again that Python reached in.
         python_reaches_in()
         return children
 
+    @_prev.setter
+    def _prev(self, value):
+        # As a subclass's __init__ written the micrograd way sets them: `self._prev = set(_children)`.
+        children = tuple(value)
+        for child in children:
+            if not isinstance(child, Value):
+                raise TypeError(f"_prev must hold Values, not {type(child).__name__!r}")
+        check_can_take_state(self, "children")
+        if self.op > ops.CUSTOM:
+            raise TypeError(f"the children of a node made by {SPELLINGS[self.op]!r} are fixed")
+        python_reaches_in()
+        set_children(self, children, None)
+
+    @property
     def _backward(self):
+        """One step: the callable assigned to `_backward`, or else the built-in one (add this node's grad,
+        times its local derivative, into its children's grads)."""
+        if self.flags & HAS_CLOSURE:
+            return (<_NodeState>self.state).backward
+        return self._builtin_backward
+
+    @_backward.setter
+    def _backward(self, value):
+        check_can_take_state(self, "a _backward")
+        node_state(self).backward = value
+        self.flags |= HAS_CLOSURE
+
+    def _builtin_backward(self):
         """Add this node's grad, times its local derivative, into its children's grads (one step)."""
         python_reaches_in()
         propagate(<PyObject*>self)
@@ -159,6 +218,10 @@ cdef class Value:
         """Set this node's grad to 1.0 and add d(self)/d(node) into the grad of every node below it."""
         python_reaches_in()
         run_backward(self)
+
+    def __sizeof__(self):
+        # The type has GC slots, so sys.getsizeof adds a GC header on some Pythons: not to a built-in node.
+        return object.__sizeof__(self) if self.flags & HEADERED else sizeof(Value) - plain_size_correction
 
     def __repr__(self):
         return f"Value(data={self.value!r})"
@@ -206,7 +269,7 @@ cdef class Value:
         cdef double k
         if modulo is not None:
             return NotImplemented
-        if type(exponent) is Value:
+        if isinstance(exponent, Value):
             return pow_value(self, exponent)
         if as_double(exponent, &k):
             return pow_const(self, k, isinstance(exponent, numbers.Integral))
@@ -269,7 +332,7 @@ cdef object array_op(op, left, right):
     numpy asks Value first (Value.__array_ufunc__ is None, so that a numpy scalar times a Value is a Value),
     so without this an array operand would be refused. The Value goes in as a 0-d object array: given as
     itself, numpy would refuse it as an operand of the ufunc (again __array_ufunc__ = None)."""
-    array = right if type(left) is Value else left
+    array = right if isinstance(left, Value) else left
     if not getattr(array, "ndim", 0) or not hasattr(type(array), "__array_ufunc__"):
         return NotImplemented
     import numpy
@@ -299,17 +362,22 @@ cdef inline Value leaf(double value):
 
 
 cdef inline Value as_value(object x):
-    """x itself if it is a Value, a new leaf if it is a number, None otherwise (-> NotImplemented)."""
+    """x itself if it is a Value (or a subclass's), a new leaf if it is a number, None otherwise."""
     cdef double value
     if type(x) is Value:
         return <Value>x
     if as_double(x, &value):
         return leaf(value)
+    if isinstance(x, Value):
+        return <Value>x
     return None
 
 
 cdef inline Value unary_node(unsigned char op, double value, Value a):
-    cdef Value n = leaf(value)
+    # A node made from a node with a GC header gets one too: it may lie on a reference cycle through that
+    # node's Python state, which the GC can only break if it sees every node on it.
+    cdef Value n = headered_node() if a.flags & HEADERED else leaf(0.0)
+    n.value = value
     n.op = op
     incref(<PyObject*>a)
     n.child_a = <PyObject*>a
@@ -317,7 +385,11 @@ cdef inline Value unary_node(unsigned char op, double value, Value a):
 
 
 cdef inline Value binary_node(unsigned char op, double value, Value a, Value b):
-    cdef Value n = unary_node(op, value, a)
+    cdef Value n = headered_node() if (a.flags | b.flags) & HEADERED else leaf(0.0)
+    n.value = value
+    n.op = op
+    incref(<PyObject*>a)
+    n.child_a = <PyObject*>a
     incref(<PyObject*>b)
     n.child_b = <PyObject*>b
     return n
@@ -552,6 +624,8 @@ cdef int sort_topologically(Value root, NodeArray* order, NodeArray* stack) exce
             child = (<Value>top).child_a
             if not unvisited_op(child):
                 child = (<Value>top).child_b
+                if not unvisited_op(child) and (<Value>top).flags & HAS_MORE:
+                    child = unvisited_extra_child(top)
             if unvisited_op(child):                  # descend, as the recursion would
                 push(stack, child)
                 (<Value>child).visited = True
@@ -582,9 +656,14 @@ cdef int run_backward(Value root) except -1:
     try:
         sort_topologically(root, order, &backward_stack)
         root.gradient = 1.0
-        for i in range(order.length - 1, -1, -1):
+        i = order.length - 1
+        while i >= 0:
+            if (<Value>order.items[i]).flags & HAS_CLOSURE:
+                sweep_calling_python(order, i)      # from here on, Python code runs
+                break
             (<Value>order.items[i]).visited = False
             propagate(order.items[i])
+            i -= 1
     finally:
         if order.capacity > KEPT_CAPACITY:
             free_array(order)
@@ -668,15 +747,20 @@ cdef bint freeing = False             # the loop is running, further up the C st
 
 
 cdef void dealloc_node(PyObject* node) noexcept:
-    """tp_dealloc: drop the node's strs, then its children through the loop above, then its memory.
+    """tp_dealloc: drop the node's label, then its state and children through the loop above, then its memory.
 
-    Cython's own tp_dealloc would also save and restore the exception state around __dealloc__, for
-    code that can run Python: nothing here can (a str or a node is all a node refers to).
+    A built-in node refers to strs and nodes only, so nothing here runs Python code for it; dropping a
+    node's state (a closure, what its cells hold) can, and whatever dies there joins the stack too.
     """
     global waiting, freeing
+    if (<Value>node).flags & HEADERED:
+        gc_untrack(node)
+        if is_heap_type(type_of(node), Py_TPFLAGS_HEAPTYPE):
+            # A subclass's dealloc drops the class's reference when this returns, and the memory, freed
+            # later by the loop, is found through the class (its GC pre-header's size): keep the class.
+            incref(<PyObject*>type_of(node))
     xdecref((<Value>node).label_str)
-    xdecref((<Value>node).custom_op)
-    if (<Value>node).child_a == NULL:              # a leaf: nothing can die with it
+    if (<Value>node).child_a == NULL and (<Value>node).state == NULL:    # nothing can die with it
         free_memory(node)
         return
     (<Value>node).label_str = waiting
@@ -684,10 +768,11 @@ cdef void dealloc_node(PyObject* node) noexcept:
     if freeing:
         return
     freeing = True
-    while waiting != NULL:        # the GIL is held throughout: nothing here runs Python code
+    while waiting != NULL:        # the GIL is held throughout
         node = waiting
         waiting = (<Value>node).label_str
-        decref((<Value>node).child_a)             # a child that dies here joins the stack
+        xdecref((<Value>node).state)              # what dies here (nodes included) joins the stack
+        xdecref((<Value>node).child_a)            # a child that dies here joins the stack
         xdecref((<Value>node).child_b)
         free_memory(node)
     freeing = False
@@ -695,10 +780,14 @@ cdef void dealloc_node(PyObject* node) noexcept:
 
 
 cdef inline void free_memory(PyObject* node) noexcept:
-    cdef PyTypeObject* type = type_of(node)
-    (<TypeSlots*>type).tp_free(node)
-    if is_heap_type(type, Py_TPFLAGS_HEAPTYPE):
-        decref(<PyObject*>type)              # PyObject_Init took one
+    cdef PyTypeObject* type
+    if (<Value>node).flags & HEADERED:
+        type = type_of(node)
+        gc_del(node)
+        if is_heap_type(type, Py_TPFLAGS_HEAPTYPE):
+            decref(<PyObject*>type)              # the reference dealloc_node kept
+    else:
+        free_plain(node)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -711,8 +800,14 @@ cdef enum:
 
 
 cdef tuple node_fields(Value n):
+    if type(n) is not Value or n.flags & (HAS_CLOSURE | HAS_MORE):
+        what = ("a _backward closure" if n.flags & HAS_CLOSURE else
+                "more than two children" if n.flags & HAS_MORE else f"the subclass {type(n).__name__!r}")
+        raise TypeError(f"cannot pickle {n!r} (_op {n._op!r}): a graph holding a node with {what} does not "
+                        f"pickle (its Python state would not come back); only Values made by the built-in "
+                        f"ops, or by hand with at most two children and no _backward, do")
     return (n.value, n.gradient, n.label, n.op, n.constant, n.constant_is_int,
-            None if n.custom_op == NULL else <str>n.custom_op)
+            n._op if n.op == ops.CUSTOM else None)
 
 
 cdef list graph_entries(Value root):
@@ -766,19 +861,21 @@ def rebuild_graph(int format, list entries):
         constant = real_number(constant_field, "a pickled exponent")
         if not (0 <= op < ops.OP_COUNT and -1 <= a < len(nodes) and -1 <= b < len(nodes) and not a < 0 <= b
                 and ops.op_facts(op).arity in (-1, (a >= 0) + (b >= 0))
-                and (op == ops.CUSTOM) == (custom_op is not None)        # _op reads custom_op of CUSTOM nodes
+                and (op == ops.CUSTOM) == (custom_op is not None)        # a CUSTOM node's _op is its own
                 and int_flag in (0, 1) and (not int_flag or op == ops.POW_CONST and spelled_as_int(constant))):
             raise ValueError("not a pickled fastgrad graph")
-        n = leaf(real_number(value, "data"))
+        # A node made by hand can take Python state, and a node over one may lie on a cycle through it.
+        n = headered_node() if op == ops.CUSTOM or (
+            a >= 0 and (<Value>nodes[a]).flags & HEADERED or b >= 0 and (<Value>nodes[b]).flags & HEADERED
+        ) else leaf(0.0)
+        n.value = real_number(value, "data")
         n.gradient = real_number(gradient, "grad")
         n.label = label
         n.op = <unsigned char>op
         n.constant = constant
         n.constant_is_int = <unsigned char>int_flag
         if custom_op is not None:
-            custom_op = exact_str(custom_op, "_op")
-            incref(<PyObject*>custom_op)
-            n.custom_op = <PyObject*>custom_op
+            node_state(n).op = exact_str(custom_op, "_op")
         if a >= 0:
             incref(<PyObject*>nodes[a])
             n.child_a = <PyObject*>nodes[a]
@@ -798,12 +895,235 @@ cdef Py_ssize_t pickled_index(object field) except? -3:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Node memory: the type's allocation slots over src/node_memory.h's slabs
+# Nodes with Python state. micrograd adds an op as a node made by hand, `Value(data, children, op)`, with a
+# `_backward` closure that refers to the node: a reference cycle, which only the cyclic GC can free. Such
+# nodes (and a subclass's instances, which have a __dict__) are allocated with a GC header and tracked; so is
+# every node an op makes from one, since a cycle through a node's state can pass through the nodes above it.
+# The type says which of its instances the GC may look at through tp_is_gc (as CPython's own type objects
+# do): the built-in node has no header, is never tracked, and costs what it always did.
+
+@cython.final
+cdef class _NodeState:
+    """What a node with a GC header holds beyond the built-in fields."""
+    cdef str op               # `_op` of a node made by hand
+    cdef object backward      # the callable assigned to `_backward` (flags & HAS_CLOSURE)
+    cdef tuple more           # the children past the first two (flags & HAS_MORE)
+
+    def __cinit__(self):
+        self.op = ""
+
+
+cdef Value headered_node():
+    """A new, zeroed, tracked node with a GC header."""
+    cdef PyObject* p = generic_alloc(<PyTypeObject*>Value, 0)
+    if p == NULL:
+        raise MemoryError()
+    (<Value>p).flags = HEADERED
+    cdef Value n = <Value>p
+    decref(p)
+    return n
+
+
+cdef int check_can_take_state(Value node, str what) except -1:
+    if not node.flags & HEADERED:
+        raise TypeError(
+            f"{what} can only be given to a Value made by hand (Value(data, children, op)) or to an instance "
+            f"of a subclass of Value; this one was made by a built-in op or as a plain leaf ({node!r}), "
+            f"which holds no Python objects so that the garbage collector need not track it")
+    return 0
+
+
+cdef _NodeState node_state(Value node):
+    """node's _NodeState, made on first use (node must have a GC header)."""
+    cdef _NodeState state
+    if node.state == NULL:
+        state = _NodeState()
+        incref(<PyObject*>state)
+        node.state = <PyObject*>state
+    return <_NodeState>node.state
+
+
+cdef int set_children(Value node, tuple children, str op_name) except -1:
+    """Give a node with a GC header these children (and op_name as its `_op`, unless None)."""
+    cdef _NodeState state = node_state(node)
+    cdef PyObject* old_a = node.child_a
+    cdef PyObject* old_b = node.child_b
+    old_more = state.more
+    for i, child in enumerate(children[:2]):
+        incref(<PyObject*>child)
+        if i == 0:
+            node.child_a = <PyObject*>child
+        else:
+            node.child_b = <PyObject*>child
+    if len(children) < 2:
+        node.child_b = NULL
+    if not children:
+        node.child_a = NULL
+    state.more = children[2:] if len(children) > 2 else None
+    node.flags = (node.flags | HAS_MORE) if len(children) > 2 else (node.flags & ~HAS_MORE)
+    if op_name is not None:
+        state.op = op_name
+    node.op = ops.CUSTOM if children or state.op else ops.LEAF
+    xdecref(old_a)          # last: dropping them can run Python code, and the node is whole again
+    xdecref(old_b)
+    return 0
+
+
+cdef PyObject* unvisited_extra_child(PyObject* node) noexcept:
+    """The first of the node's children past the first two that the sort has yet to place, or NULL."""
+    cdef PyObject* more = <PyObject*>(<_NodeState>(<Value>node).state).more
+    cdef Py_ssize_t i
+    for i in range(tuple_size(more)):
+        if unvisited_op(tuple_item(more, i)):
+            return tuple_item(more, i)
+    return NULL
+
+
+cdef int sweep_calling_python(NodeArray* order, Py_ssize_t last) except -1:
+    """backward's sweep over order[last], ..., order[0], where order[last] has a `_backward` closure.
+
+    Python code runs from here on (the closures, and whatever they call: backward() on another graph, a
+    GC pass), so first every mark is cleared, and the nodes are held by a list: a closure may drop the last
+    reference to a node still to be swept, and may reuse backward's arrays."""
+    cdef Py_ssize_t i
+    cdef Value node
+    for i in range(last + 1):
+        (<Value>order.items[i]).visited = False
+    nodes = [<Value>order.items[i] for i in range(last + 1)]
+    for i in range(last, -1, -1):
+        node = nodes[i]
+        if node.flags & HAS_CLOSURE:
+            (<_NodeState>node.state).backward()      # an exception stops the sweep; added grads stay
+        else:
+            propagate(<PyObject*>node)
+    return 0
+
+
+cdef int check_replayable(NodeArray* order) except -1:
+    cdef Py_ssize_t i
+    cdef PyObject* found = NULL
+    for i in range(order.length):
+        if (<Value>order.items[i]).flags & HAS_CLOSURE and found == NULL:
+            found = order.items[i]
+    if found == NULL:
+        return 0
+    for i in range(order.length):           # before any Python code runs (the message, a GC pass)
+        (<Value>order.items[i]).visited = False
+    node = <Value>found
+    raise TypeError(
+        f"compile cannot replay {node!r} (_op {node._op!r}, label {node.label!r}): its derivative is a "
+        f"_backward closure, which cannot recompute the node from new leaf values; build it from fastgrad's "
+        f"ops, or keep this graph eager")
+
+
+cdef int traverse_node(PyObject* node, visitproc visit, void* arg) noexcept:
+    """tp_traverse: what a node with a GC header refers to (the GC skips children without one)."""
+    cdef int status = 0
+    if (<Value>node).state != NULL:
+        status = visit((<Value>node).state, arg)
+    if status == 0 and (<Value>node).child_a != NULL:
+        status = visit((<Value>node).child_a, arg)
+    if status == 0 and (<Value>node).child_b != NULL:
+        status = visit((<Value>node).child_b, arg)
+    return status
+
+
+cdef int clear_node(PyObject* node) noexcept:
+    """tp_clear, on a node the GC found on a cycle of garbage: it drops everything and becomes a leaf."""
+    cdef PyObject* state = (<Value>node).state
+    cdef PyObject* a = (<Value>node).child_a
+    cdef PyObject* b = (<Value>node).child_b
+    (<Value>node).state = (<Value>node).child_a = (<Value>node).child_b = NULL
+    (<Value>node).flags &= ~(HAS_CLOSURE | HAS_MORE)
+    (<Value>node).op = ops.LEAF
+    xdecref(state)
+    xdecref(a)
+    xdecref(b)
+    return 0
+
+
+cdef int is_gc_node(PyObject* node) noexcept:
+    """tp_is_gc: only nodes with a GC header are the GC's business."""
+    return (<Value>node).flags & HEADERED
+
+
+cdef bint gives_children_or_op(PyObject* args, PyObject* kwds) noexcept:
+    """Whether a call Value(*args, **kwds) makes a node by hand: _children or _op given and not empty."""
+    cdef tuple positional = <tuple>args
+    cdef dict keywords = None if kwds == NULL else <dict>kwds
+    children = positional[1] if len(positional) > 1 else None if keywords is None else keywords.get("_children")
+    op = positional[2] if len(positional) > 2 else None if keywords is None else keywords.get("_op")
+    return not (is_empty(children) and is_empty(op))
+
+
+cdef bint vector_gives_children_or_op(PyObject** args, Py_ssize_t count, PyObject* names) noexcept:
+    """gives_children_or_op for a vectorcall: count positional arguments, then one for each name."""
+    children = <object>args[1] if count > 1 else None
+    op = <object>args[2] if count > 2 else None
+    if names != NULL:
+        for i, name in enumerate(<tuple>names):
+            if name == "_children":
+                children = <object>args[count + i]
+            elif name == "_op":
+                op = <object>args[count + i]
+    return not (is_empty(children) and is_empty(op))
+
+
+cdef inline bint is_empty(object x) noexcept:
+    """None or an empty str, tuple, list or set; anything else may hold something (a generator does)."""
+    return x is None or type(x) in (str, tuple, list, set, frozenset) and len(x) == 0
+
+
+cdef bint making_by_hand = False          # Value(...) is making a node by hand: alloc_node adds a GC header
+cdef newfunc cython_new = NULL         # the type's own tp_new, which calls tp_alloc
+cdef vectorcallfunc cython_call = NULL  # the type's own vectorcall (Value(...) from Python), if it has one
+
+
+cdef PyObject* new_value(PyTypeObject* type, PyObject* args, PyObject* kwds) noexcept:
+    """tp_new: a node called into being from Python gets a GC header when __init__ will give it children or
+    an op (or when it is a subclass's instance: see alloc_node). The ops make theirs without this."""
+    global making_by_hand
+    making_by_hand = type == <PyTypeObject*>Value and gives_children_or_op(args, kwds)
+    cdef PyObject* node = cython_new(type, args, kwds)
+    making_by_hand = False
+    if node != NULL and type != <PyTypeObject*>Value:
+        # A subclass (a heap type) allocates with PyType_GenericAlloc, not alloc_node: a GC header, tracked.
+        (<Value>node).flags = HEADERED
+    return node
+
+
+cdef PyObject* call_value(PyObject* type, PyObject** args, size_t flags, PyObject* names) noexcept:
+    """tp_vectorcall: Value(...) from Python, as new_value decides."""
+    global making_by_hand
+    making_by_hand = vector_gives_children_or_op(args, vectorcall_nargs(flags), names)
+    cdef PyObject* node = cython_call(type, args, flags, names)
+    making_by_hand = False
+    return node
+
+
+# ---------------------------------------------------------------------------------------------------
+# Node memory: the type's allocation slots. A built-in node lives in src/node_memory.h's slabs (under
+# PYTHONMALLOC=debug or -X dev in its own block of Python's allocator, which the debug hooks check); a node
+# with a GC header is Python's usual GC object.
+
+cdef bint use_slabs = "debug" not in os.environ.get("PYTHONMALLOC", "") and not sys.flags.dev_mode
+
 
 cdef PyObject* alloc_node(PyTypeObject* type, Py_ssize_t items) noexcept:
-    """tp_alloc: a zeroed node in the lowest free slot, or NULL with MemoryError set."""
-    cdef unsigned int slab
-    cdef PyObject* node = <PyObject*>node_alloc(&slab)
+    """tp_alloc: a zeroed node, or NULL with MemoryError set."""
+    cdef unsigned int slab = 0
+    cdef PyObject* node
+    if type != <PyTypeObject*>Value or making_by_hand:
+        node = generic_alloc(type, items)          # tracked from here on
+        if node != NULL:
+            (<Value>node).flags = HEADERED
+        return node
+    if use_slabs:
+        node = <PyObject*>node_alloc(&slab)
+    else:
+        node = <PyObject*>object_malloc(sizeof(Value))
+        if node != NULL:
+            memset(node, 0, sizeof(Value))
     if node == NULL:
         return no_memory()
     init_object(node, type)
@@ -811,18 +1131,42 @@ cdef PyObject* alloc_node(PyTypeObject* type, Py_ssize_t items) noexcept:
     return node
 
 
+cdef inline void free_plain(PyObject* node) noexcept:
+    """A node without a GC header goes back where alloc_node took it from."""
+    if use_slabs:
+        node_free(node, (<Value>node).slab)
+    else:
+        object_free(node)
+
+
 cdef void free_node(void* node) noexcept:
-    """tp_free: the node's slot goes back to its slab."""
-    node_free(node, (<Value><PyObject*>node).slab)
+    """tp_free."""
+    if (<Value><PyObject*>node).flags & HEADERED:
+        gc_del(node)
+    else:
+        free_plain(<PyObject*>node)
+
+
+cdef Py_ssize_t plain_size_correction = 0      # what sys.getsizeof adds to a built-in node's __sizeof__
 
 
 # ---------------------------------------------------------------------------------------------------
-# Import-time wiring
+# Import-time wiring, before any node exists (a node must go back to the allocator it came from)
 
 check_node_size(sizeof(Value))                      # a compile-time check: a node must fit its slot
-(<TypeSlots*>Value).tp_dealloc = dealloc_node       # the class has no __dealloc__: this is it
-# Before any node exists, since a node must go back to the allocator it came from. Under PYTHONMALLOC=debug
-# or -X dev every node is instead its own block of Python's allocator, which the debug hooks check.
-if "debug" not in os.environ.get("PYTHONMALLOC", "") and not sys.flags.dev_mode:
-    (<TypeSlots*>Value).tp_alloc = alloc_node
-    (<TypeSlots*>Value).tp_free = free_node
+cdef TypeSlots* slots = <TypeSlots*>Value
+slots.tp_dealloc = dealloc_node                     # the class has no __dealloc__: this is it
+slots.tp_alloc = alloc_node
+slots.tp_free = free_node
+cython_new = slots.tp_new
+slots.tp_new = new_value
+cython_call = slots.tp_vectorcall
+if cython_call != NULL:
+    slots.tp_vectorcall = call_value
+# Collectable per instance (tp_is_gc): nodes with a GC header only. Subclassable, and open to new methods
+# (`Value.sin = sin`): a class in Python is, and micrograd's users extend theirs that way.
+slots.tp_traverse = traverse_node
+slots.tp_clear = clear_node
+slots.tp_is_gc = is_gc_node
+slots.tp_flags = (slots.tp_flags | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_BASETYPE) & ~Py_TPFLAGS_IMMUTABLETYPE
+plain_size_correction = sys.getsizeof(leaf(0.0)) - sizeof(Value)

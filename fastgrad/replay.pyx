@@ -28,8 +28,8 @@ from libc.stdint cimport int32_t, uint32_t
 from libc.string cimport memset
 
 cimport fastgrad._ops as ops
-from fastgrad.engine cimport (Lagging, NodeArray, Value, catch_up, count_reach_in, free_array, reach_in_count,
-                              sort_topologically, start_lagging, stop_lagging)
+from fastgrad.engine cimport (Lagging, NodeArray, Value, catch_up, check_replayable, count_reach_in, free_array,
+                              reach_in_count, sort_topologically, start_lagging, stop_lagging)
 
 cdef extern from "Python.h":
     Py_ssize_t refcount "Py_REFCNT" (PyObject*)
@@ -211,6 +211,7 @@ cdef class CompiledGraph:
         self.fused = fuse
         try:
             sort_topologically(root, &order, &stack)
+            check_replayable(&order)         # a `_backward` closure cannot be replayed: TypeError
             self.lay_out(&order)
         finally:
             self.clear_marks(&order)

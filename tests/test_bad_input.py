@@ -208,7 +208,8 @@ def failing_op(what, error, failing):
 
 
 FAILED_OPS = [
-    failing_op("three children", ValueError, lambda n: Value(1.0, (n["x"], n["half"], n["big"]), "+")),
+    failing_op("a fifth child that is not a Value", TypeError,
+               lambda n: Value(1.0, (n["x"], n["half"], n["big"], n["x"], "1"), "+")),
     failing_op("a child that is not a Value", TypeError, lambda n: Value(1.0, (n["x"], 2.0), "+")),
     failing_op("_op not a str", TypeError, lambda n: Value(1.0, (n["x"], n["half"]), 5)),
     failing_op("data not a number, with children", TypeError, lambda n: Value("1", (n["x"], n["half"]), "+")),

@@ -268,8 +268,8 @@ def test_constructor_refuses_what_it_cannot_hold():
     a = Value(1.0)
     with pytest.raises(TypeError, match="float"):
         Value(1.0, (a, 2.0))
-    with pytest.raises(ValueError):
-        Value(1.0, (a, a, a))          # the seed allows any number of children; fastgrad at most two
+    with pytest.raises(TypeError, match="float"):
+        Value(1.0, (a, a, a, 2.0))
 
 
 # ---------------------------------------------------------------------------------------------------
