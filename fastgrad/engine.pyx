@@ -205,9 +205,12 @@ cdef class Value:
 
     @_backward.setter
     def _backward(self, value):
+        global closures_alive
         check_can_take_state(self, "a _backward")
         node_state(self).backward = value
-        self.flags |= HAS_CLOSURE
+        if not self.flags & HAS_CLOSURE:
+            closures_alive += 1
+            self.flags |= HAS_CLOSURE
 
     def _builtin_backward(self):
         """Add this node's grad, times its local derivative, into its children's grads (one step)."""
@@ -656,6 +659,11 @@ cdef int run_backward(Value root) except -1:
     try:
         sort_topologically(root, order, &backward_stack)
         root.gradient = 1.0
+        if closures_alive == 0:
+            for i in range(order.length - 1, -1, -1):
+                (<Value>order.items[i]).visited = False
+                propagate(order.items[i])
+            return 0
         i = order.length - 1
         while i >= 0:
             if (<Value>order.items[i]).flags & HAS_CLOSURE:
@@ -752,9 +760,10 @@ cdef void dealloc_node(PyObject* node) noexcept:
     A built-in node refers to strs and nodes only, so nothing here runs Python code for it; dropping a
     node's state (a closure, what its cells hold) can, and whatever dies there joins the stack too.
     """
-    global waiting, freeing
+    global waiting, freeing, closures_alive
     if (<Value>node).flags & HEADERED:
         gc_untrack(node)
+        closures_alive -= (<Value>node).flags & HAS_CLOSURE != 0
         if is_heap_type(type_of(node), Py_TPFLAGS_HEAPTYPE):
             # A subclass's dealloc drops the class's reference when this returns, and the memory, freed
             # later by the loop, is found through the class (its GC pre-header's size): keep the class.
@@ -1033,7 +1042,9 @@ cdef int clear_node(PyObject* node) noexcept:
     cdef PyObject* state = (<Value>node).state
     cdef PyObject* a = (<Value>node).child_a
     cdef PyObject* b = (<Value>node).child_b
+    global closures_alive
     (<Value>node).state = (<Value>node).child_a = (<Value>node).child_b = NULL
+    closures_alive -= (<Value>node).flags & HAS_CLOSURE != 0
     (<Value>node).flags &= ~(HAS_CLOSURE | HAS_MORE)
     (<Value>node).op = ops.LEAF
     xdecref(state)
@@ -1074,6 +1085,7 @@ cdef inline bint is_empty(object x) noexcept:
     return x is None or type(x) in (str, tuple, list, set, frozenset) and len(x) == 0
 
 
+cdef Py_ssize_t closures_alive = 0      # nodes with a `_backward` closure: while none, backward runs no check
 cdef bint making_by_hand = False          # Value(...) is making a node by hand: alloc_node adds a GC header
 cdef newfunc cython_new = NULL         # the type's own tp_new, which calls tp_alloc
 cdef vectorcallfunc cython_call = NULL  # the type's own vectorcall (Value(...) from Python), if it has one

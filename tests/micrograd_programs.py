@@ -132,8 +132,9 @@ def main():
     if request.get("examples"):
         results["readme"] = readme_example()
         results["sanity"] = sanity_check()
-    if "programs" in request:
-        results["programs"] = [run_program(p) for p in request["programs"]]
+    for key in ("programs", "exact_programs"):
+        if key in request:
+            results[key] = [run_program(p) for p in request[key]]
     if "structure_seed" in request:
         results["structure"] = structure(request["structure_seed"])
     if "train_steps" in request:
