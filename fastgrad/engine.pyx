@@ -379,7 +379,7 @@ cdef inline Value as_value(object x):
 cdef inline Value unary_node(unsigned char op, double value, Value a):
     # A node made from a node with a GC header gets one too: it may lie on a reference cycle through that
     # node's Python state, which the GC can only break if it sees every node on it.
-    cdef Value n = headered_node() if a.flags & HEADERED else leaf(0.0)
+    cdef Value n = headered_node() if a.flags & HEADERED else Value.__new__(Value)
     n.value = value
     n.op = op
     incref(<PyObject*>a)
@@ -388,7 +388,7 @@ cdef inline Value unary_node(unsigned char op, double value, Value a):
 
 
 cdef inline Value binary_node(unsigned char op, double value, Value a, Value b):
-    cdef Value n = headered_node() if (a.flags | b.flags) & HEADERED else leaf(0.0)
+    cdef Value n = headered_node() if (a.flags | b.flags) & HEADERED else Value.__new__(Value)
     n.value = value
     n.op = op
     incref(<PyObject*>a)
@@ -760,14 +760,9 @@ cdef void dealloc_node(PyObject* node) noexcept:
     A built-in node refers to strs and nodes only, so nothing here runs Python code for it; dropping a
     node's state (a closure, what its cells hold) can, and whatever dies there joins the stack too.
     """
-    global waiting, freeing, closures_alive
+    global waiting, freeing
     if (<Value>node).flags & HEADERED:
-        gc_untrack(node)
-        closures_alive -= (<Value>node).flags & HAS_CLOSURE != 0
-        if is_heap_type(type_of(node), Py_TPFLAGS_HEAPTYPE):
-            # A subclass's dealloc drops the class's reference when this returns, and the memory, freed
-            # later by the loop, is found through the class (its GC pre-header's size): keep the class.
-            incref(<PyObject*>type_of(node))
+        start_dealloc_with_header(node)
     xdecref((<Value>node).label_str)
     if (<Value>node).child_a == NULL and (<Value>node).state == NULL:    # nothing can die with it
         free_memory(node)
@@ -786,6 +781,16 @@ cdef void dealloc_node(PyObject* node) noexcept:
         free_memory(node)
     freeing = False
     return_spare_slabs()
+
+
+cdef void start_dealloc_with_header(PyObject* node) noexcept:
+    global closures_alive
+    gc_untrack(node)
+    closures_alive -= (<Value>node).flags & HAS_CLOSURE != 0
+    if is_heap_type(type_of(node), Py_TPFLAGS_HEAPTYPE):
+        # A subclass's dealloc drops the class's reference when this returns, and the memory, freed later
+        # by the loop, is found through the class (its GC pre-header's size): keep the class till then.
+        incref(<PyObject*>type_of(node))
 
 
 cdef inline void free_memory(PyObject* node) noexcept:
@@ -924,10 +929,9 @@ cdef class _NodeState:
 
 cdef Value headered_node():
     """A new, zeroed, tracked node with a GC header."""
-    cdef PyObject* p = generic_alloc(<PyTypeObject*>Value, 0)
+    cdef PyObject* p = alloc_with_header(<PyTypeObject*>Value, 0)
     if p == NULL:
         raise MemoryError()
-    (<Value>p).flags = HEADERED
     cdef Value n = <Value>p
     decref(p)
     return n
@@ -1086,20 +1090,20 @@ cdef inline bint is_empty(object x) noexcept:
 
 
 cdef Py_ssize_t closures_alive = 0      # nodes with a `_backward` closure: while none, backward runs no check
-cdef bint making_by_hand = False          # Value(...) is making a node by hand: alloc_node adds a GC header
+cdef bint making_by_hand = False          # Value(...) is making a node by hand: tp_alloc adds a GC header
 cdef newfunc cython_new = NULL         # the type's own tp_new, which calls tp_alloc
 cdef vectorcallfunc cython_call = NULL  # the type's own vectorcall (Value(...) from Python), if it has one
 
 
 cdef PyObject* new_value(PyTypeObject* type, PyObject* args, PyObject* kwds) noexcept:
     """tp_new: a node called into being from Python gets a GC header when __init__ will give it children or
-    an op (or when it is a subclass's instance: see alloc_node). The ops make theirs without this."""
+    an op (a subclass's instances always do). The ops make theirs without this."""
     global making_by_hand
     making_by_hand = type == <PyTypeObject*>Value and gives_children_or_op(args, kwds)
     cdef PyObject* node = cython_new(type, args, kwds)
     making_by_hand = False
     if node != NULL and type != <PyTypeObject*>Value:
-        # A subclass (a heap type) allocates with PyType_GenericAlloc, not alloc_node: a GC header, tracked.
+        # A subclass (a heap type) allocates with PyType_GenericAlloc, not ours: a GC header, tracked.
         (<Value>node).flags = HEADERED
     return node
 
@@ -1121,21 +1125,13 @@ cdef PyObject* call_value(PyObject* type, PyObject** args, size_t flags, PyObjec
 cdef bint use_slabs = "debug" not in os.environ.get("PYTHONMALLOC", "") and not sys.flags.dev_mode
 
 
-cdef PyObject* alloc_node(PyTypeObject* type, Py_ssize_t items) noexcept:
-    """tp_alloc: a zeroed node, or NULL with MemoryError set."""
-    cdef unsigned int slab = 0
-    cdef PyObject* node
-    if type != <PyTypeObject*>Value or making_by_hand:
-        node = generic_alloc(type, items)          # tracked from here on
-        if node != NULL:
-            (<Value>node).flags = HEADERED
-        return node
-    if use_slabs:
-        node = <PyObject*>node_alloc(&slab)
-    else:
-        node = <PyObject*>object_malloc(sizeof(Value))
-        if node != NULL:
-            memset(node, 0, sizeof(Value))
+cdef PyObject* alloc_in_slab(PyTypeObject* type, Py_ssize_t items) noexcept:
+    """tp_alloc: a zeroed node, or NULL with MemoryError set. Only Value's own instances come here: type()
+    gives a subclass PyType_GenericAlloc (a GC header, tracked), and new_value marks those."""
+    cdef unsigned int slab
+    if making_by_hand:
+        return alloc_with_header(type, items)
+    cdef PyObject* node = <PyObject*>node_alloc(&slab)
     if node == NULL:
         return no_memory()
     init_object(node, type)
@@ -1143,8 +1139,26 @@ cdef PyObject* alloc_node(PyTypeObject* type, Py_ssize_t items) noexcept:
     return node
 
 
+cdef PyObject* alloc_in_heap(PyTypeObject* type, Py_ssize_t items) noexcept:
+    """tp_alloc under PYTHONMALLOC=debug or -X dev: a node is its own block of Python's allocator."""
+    if making_by_hand:
+        return alloc_with_header(type, items)
+    cdef PyObject* node = <PyObject*>object_malloc(sizeof(Value))
+    if node == NULL:
+        return no_memory()
+    memset(node, 0, sizeof(Value))
+    return init_object(node, type)
+
+
+cdef PyObject* alloc_with_header(PyTypeObject* type, Py_ssize_t items) noexcept:
+    cdef PyObject* node = generic_alloc(type, items)          # tracked from here on
+    if node != NULL:
+        (<Value>node).flags = HEADERED
+    return node
+
+
 cdef inline void free_plain(PyObject* node) noexcept:
-    """A node without a GC header goes back where alloc_node took it from."""
+    """A node without a GC header goes back where tp_alloc took it from."""
     if use_slabs:
         node_free(node, (<Value>node).slab)
     else:
@@ -1168,7 +1182,7 @@ cdef Py_ssize_t plain_size_correction = 0      # what sys.getsizeof adds to a bu
 check_node_size(sizeof(Value))                      # a compile-time check: a node must fit its slot
 cdef TypeSlots* slots = <TypeSlots*>Value
 slots.tp_dealloc = dealloc_node                     # the class has no __dealloc__: this is it
-slots.tp_alloc = alloc_node
+slots.tp_alloc = alloc_in_slab if use_slabs else alloc_in_heap
 slots.tp_free = free_node
 cython_new = slots.tp_new
 slots.tp_new = new_value

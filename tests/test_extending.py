@@ -19,7 +19,7 @@ import pytest
 
 import fastgrad
 from fastgrad import Value, draw_dot, trace
-from support import run_python
+from support import readme_code
 
 ENGINES = [Value, micrograd.engine.Value]
 
@@ -332,6 +332,13 @@ def test_operators_are_built_in_again_once_restored(restore_value_class):
     assert Value(2.0) * 3.0 == "replaced"
     Value.__mul__ = original
     assert (Value(2.0) * 3.0)._op == "*"
+
+
+def test_the_readme_example_adds_sin(restore_value_class):
+    namespace = {}
+    exec(readme_code("Extending Value"), namespace)
+    assert namespace["x"].grad == math.cos(0.5) * 0.5 + math.sin(0.5)
+    assert Value(1.0).sin()._op == "sin"
 
 
 class Scaled(Value):
