@@ -28,13 +28,21 @@ cdef extern from "Python.h":
 cdef Py_ssize_t live_graphs = 0      # when there are others, a pass that writes nodes tells them
 
 
-def compile(root, *, fuse=True):
+def compile(root, *, fuse=True, inputs=None, threads=None):
     """Record root's graph as it stands into a CompiledGraph, whose forward() and backward() replay it in C.
 
     fuse: replay each neuron's sum (start + w1*x1 + ...) as one instruction (the numbers are the same bits).
+    inputs: the leaves of one sample (its features, its label, ...): root is then that sample's output, and
+    the result a BatchedGraph, which runs the graph over many samples at once (fastgrad.batched), on up to
+    `threads` threads (None: the cores this process may use).
     """
     if type(root) is not Value:
         raise TypeError(f"compile() records the graph of a Value, not of {type(root).__name__!r}")
+    if inputs is not None:
+        from fastgrad.batched import batch
+        return batch(root, fuse, inputs, threads)
+    if threads is not None:
+        raise TypeError("threads= goes with inputs=: a CompiledGraph replays on one thread")
     graph = CompiledGraph.__new__(CompiledGraph)
     (<CompiledGraph>graph).record(<Value>root, fuse)
     (<CompiledGraph>graph).find_visible()
