@@ -15,8 +15,8 @@ import fastgrad
 from fastgrad import Value, moons, optim
 from fastgrad.batched import choose_simd, simd
 from fastgrad.micrograd.nn import MLP
-from support import (apply_step, leaf_numbers, operand_numbers, recipe_strategy, run_python, same_float,
-                     under_address_sanitizer)
+from support import (apply_step, leaf_numbers, operand_numbers, readme_code, recipe_strategy, run_python,
+                     same_float, under_address_sanitizer)
 
 np = pytest.importorskip("numpy")
 
@@ -520,3 +520,13 @@ def test_memory_does_not_grow_with_the_rows(tmp_path):
         assert grown < 100, grown
         print("ok")
     """, tmp_path)
+
+
+def test_the_readmes_batched_loop_runs_as_written_and_trains():
+    namespace = {}
+    exec(readme_code("Batched training loop"), namespace)
+    rows = namespace["rows"]
+    x0, x1 = namespace["x0"], namespace["x1"]
+    scores = fastgrad.compile(namespace["model"]([x0, x1]), inputs=[x0, x1]).forward([r[:2] for r in rows])
+    accuracy = sum((r[2] > 0) == (s > 0) for r, s in zip(rows, scores)) / len(rows)
+    assert namespace["total"] < 0.05 and accuracy == 1.0
