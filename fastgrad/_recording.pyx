@@ -2,8 +2,8 @@
 two replays run (replay.pyx: on the nodes' own numbers; batched.pyx: one sample's graph over many samples).
 
 The program. Every recorded node has a slot in `values` and `grads`: the inner nodes first, in the order the
-program computes them, then the leaves; after them, a slot for each `x ** k` holding its k, and a scratch
-slot that stands for the second child of one-child ops. So every instruction reads two slots and passes
+program computes them, then the leaves; after them a scratch slot that stands for the second child of one-child
+ops, and a slot for each distinct k of the `x ** k` nodes, holding it. So every instruction reads two slots and passes
 both to the kernel, which ignores what it has no use for: the loops do not branch on the kind of op. An
 instruction computes the next inner slot from its children's slots with the op's kernel, in backward()'s own
 topological order: the same operations in the same order, hence the same bits, as eager. With fusion, a
@@ -13,10 +13,10 @@ missing when they are written back; where backward() visits other nodes between 
 one DOT only if that changes no grad's order of additions (see joins), so the bits stay the same.
 """
 cimport cython
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
-from libc.stdint cimport int32_t, uint32_t
-from libc.string cimport memset
+from libc.stdint cimport int32_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy, memset
 
 cimport fastgrad._ops as ops
 from fastgrad.engine cimport NodeArray, Value, catch_up, free_array, sort_topologically
@@ -33,6 +33,11 @@ cdef enum:
 
 cdef enum:
     JOIN_SCAN_TERMS = 64      # a sum is cut, not checked, at a gap above this many terms
+    KEPT_CAPACITY = 1 << 20   # entries of the sort's arrays kept between recordings (8 MiB each)
+
+cdef NodeArray kept_order = NodeArray(NULL, 0, 0)
+cdef NodeArray kept_stack = NodeArray(NULL, 0, 0)
+cdef bint recording = False          # the kept arrays are in use
 
 
 @cython.no_gc          # it references its root; a node references nothing but nodes and strs: no cycle
@@ -78,18 +83,33 @@ cdef class Recording:
                 + self.instructions * (sizeof(uint32_t) + sizeof(int32_t)) + self.term_words * sizeof(int32_t))
 
     cdef int record(self, Value root, bint fuse) except -1:
-        cdef NodeArray order = NodeArray(NULL, 0, 0)
-        cdef NodeArray stack = NodeArray(NULL, 0, 0)
+        # The sort's arrays are kept from one recording to the next, as backward() keeps its own: a training
+        # script compiles graphs of about one size, and fresh megabytes cost a page fault every 4 KiB.
+        global recording
+        cdef NodeArray local_order = NodeArray(NULL, 0, 0)
+        cdef NodeArray local_stack = NodeArray(NULL, 0, 0)
+        cdef bint kept = not recording             # a recording inside a recording (a GC pass) has its own
+        cdef NodeArray* order = &kept_order if kept else &local_order
+        cdef NodeArray* stack = &kept_stack if kept else &local_stack
         catch_up()                           # record the numbers as Python sees them
         self.root_node = root
         self.fused = fuse
+        recording = recording or kept
+        order.length = 0
         try:
-            sort_topologically(root, &order, &stack)
-            self.lay_out(&order)
+            sort_topologically(root, order, stack)
+            self.lay_out(order)
         finally:
-            self.clear_marks(&order)
-            free_array(&order)
-            free_array(&stack)
+            self.clear_marks(order)
+            if kept:
+                recording = False
+                if order.capacity > KEPT_CAPACITY:
+                    free_array(order)
+                if stack.capacity > KEPT_CAPACITY:
+                    free_array(stack)
+            else:
+                free_array(order)
+                free_array(stack)
         return 0
 
     cdef int lay_out(self, NodeArray* order) except -1:
@@ -135,8 +155,9 @@ cdef class Recording:
                     inner_links += 1
         if order.length + leaves + pow_consts + 1 >= MAX_SLOTS:      # slots must fit an instruction word
             raise MemoryError(f"a compiled graph holds fewer than {MAX_SLOTS:,} nodes")
-        # A sum of n terms is 2n nodes, one instruction and 2n + 1 words of terms.
-        self.allocate(order.length - 2 * links + (links - inner_links), order.length, order.length + leaves,
+        # A sum of n terms is 2n nodes, one instruction and 2n + 1 words of terms; of one term, two instructions
+        # (write_program decides: room for either).
+        self.allocate(order.length - 2 * links + 2 * (links - inner_links), order.length, order.length + leaves,
                       2 * links + (links - inner_links), pow_consts)
         self.write_program(order)
         return 0
@@ -144,7 +165,7 @@ cdef class Recording:
     cdef int allocate(self, Py_ssize_t instructions, Py_ssize_t inner, Py_ssize_t size, Py_ssize_t term_words,
                       Py_ssize_t exponents) except -1:
         self.instructions, self.inner, self.size, self.term_words = instructions, inner, size, term_words
-        self.slots = size + exponents + 1
+        self.slots = size + 1 + exponents       # write_program keeps one slot a distinct exponent
         self.values = <double*>PyMem_Malloc(self.slots * sizeof(double))
         self.grads = <double*>PyMem_Malloc(self.slots * sizeof(double))
         self.nodes = <PyObject**>PyMem_Malloc(size * sizeof(PyObject*))
@@ -157,8 +178,9 @@ cdef class Recording:
         memset(self.grads + size, 0, (self.slots - size) * sizeof(double))
         return 0
 
-    cdef void write_program(self, NodeArray* order) noexcept:
-        cdef Py_ssize_t i, n, j, slot = 0, instruction = 0, term = 0, exponent = self.size
+    cdef int write_program(self, NodeArray* order) except -1:
+        cdef Py_ssize_t i, n, j, slot = 0, instruction = 0, term = 0
+        cdef ExponentSlots exponents = ExponentSlots(NULL, 0, self.size + 1)
         cdef PyObject* node
         cdef PyObject* link
         cdef PyObject* product
@@ -166,12 +188,13 @@ cdef class Recording:
             node = order.items[i]
             if (<Value>node).visited & IN_SUM:
                 continue                          # its sum's DOT computes it
+            n = 1
             if (<Value>node).visited & LINK:      # the top of a sum: walk down its links to the start
-                n = 1
                 link = node
                 while (<Value>(<Value>link).child_a).visited & IN_SUM:      # an inner link, not the start
                     link = (<Value>link).child_a
                     n += 1
+            if n > 1:
                 self.code[instruction] = self.slot_of((<Value>link).child_a) << OP_BITS | DOT
                 self.second[instruction] = term
                 self.terms[term] = n
@@ -186,18 +209,57 @@ cdef class Recording:
                 slot += 2 * n
                 term += 2 * n + 1
             else:
-                self.code[instruction] = self.slot_of((<Value>node).child_a) << OP_BITS | (<Value>node).op
-                if (<Value>node).op == ops.POW_CONST:
-                    self.values[exponent] = (<Value>node).constant
-                    self.second[instruction] = exponent
-                    exponent += 1
-                elif (<Value>node).child_b != NULL:
-                    self.second[instruction] = self.slot_of((<Value>node).child_b)
-                else:
-                    self.second[instruction] = self.slots - 1
-                self.place(node, slot)
+                if (<Value>node).visited & LINK:  # a sum of one term: as fast as two instructions, and smaller
+                    self.write_op((<Value>node).child_b, slot, instruction, &exponents)
+                    slot += 1
+                    instruction += 1
+                self.write_op(node, slot, instruction, &exponents)
                 slot += 1
             instruction += 1
+        self.instructions, self.term_words = instruction, term
+        PyMem_Free(exponents.table)
+        self.slots = exponents.next                          # the exponents' slots past the distinct ones go
+        self.values = <double*>PyMem_Realloc(self.values, self.slots * sizeof(double))   # (never NULL: shorter)
+        self.grads = <double*>PyMem_Realloc(self.grads, self.slots * sizeof(double))
+        return 0
+
+    cdef int write_op(self, PyObject* node, Py_ssize_t slot, Py_ssize_t instruction,
+                      ExponentSlots* exponents) except -1:
+        """The instruction computing one node by its op, into its slot."""
+        self.code[instruction] = self.slot_of((<Value>node).child_a) << OP_BITS | (<Value>node).op
+        if (<Value>node).op == ops.POW_CONST:
+            self.second[instruction] = self.exponent_slot(exponents, (<Value>node).constant)
+        elif (<Value>node).child_b != NULL:
+            self.second[instruction] = self.slot_of((<Value>node).child_b)
+        else:
+            self.second[instruction] = self.size      # the scratch slot
+        self.place(node, slot)
+        return 0
+
+    cdef int32_t exponent_slot(self, ExponentSlots* exponents, double k) except -1:
+        """The slot holding k (by its bits), given at its first use: `x ** 2` a thousand times is one slot."""
+        cdef Py_ssize_t i, capacity
+        cdef uint64_t key
+        if exponents.table == NULL:          # sized for every POW_CONST node: at most half full
+            capacity = 16
+            while capacity < 2 * (self.slots - self.size - 1):
+                capacity *= 2
+            exponents.table = <int32_t*>PyMem_Malloc(capacity * sizeof(int32_t))
+            if exponents.table == NULL:
+                raise MemoryError()
+            memset(exponents.table, 0xff, capacity * sizeof(int32_t))        # -1: free
+            exponents.mask = capacity - 1
+        memcpy(&key, &k, sizeof(double))
+        key = (key ^ (key >> 32)) * <uint64_t>0x7FEB352D                  # mix the bits, then take a few
+        i = <Py_ssize_t>((key ^ (key >> 29)) >> 16) & exponents.mask
+        while exponents.table[i] >= 0:
+            if memcmp(&self.values[exponents.table[i]], &k, sizeof(double)) == 0:
+                return exponents.table[i]
+            i = (i + 1) & exponents.mask
+        exponents.table[i] = <int32_t>exponents.next
+        self.values[exponents.next] = k
+        exponents.next += 1
+        return exponents.table[i]
 
     cdef void place(self, PyObject* node, Py_ssize_t slot) noexcept:
         self.values[slot] = (<Value>node).value
