@@ -20,6 +20,10 @@ cdef extern from "ops.h" nogil:
         RELU "FG_RELU"
         SIGMOID "FG_SIGMOID"
         SOFTPLUS "FG_SOFTPLUS"
+        SIN "FG_SIN"
+        COS "FG_COS"
+        SQRT "FG_SQRT"
+        ABS "FG_ABS"
         OP_COUNT "FG_OP_COUNT"
 
     ctypedef struct OpFacts "fg_op_facts":
@@ -36,7 +40,7 @@ cdef extern from "ops.h" nogil:
         NEGATIVE_TO_FRACTIONAL_POWER "FG_NEGATIVE_TO_FRACTIONAL_POWER"
         POWER_OUT_OF_RANGE "FG_POWER_OUT_OF_RANGE"
         EXP_OUT_OF_RANGE "FG_EXP_OUT_OF_RANGE"
-        LOG_DOMAIN "FG_LOG_DOMAIN"
+        MATH_DOMAIN "FG_MATH_DOMAIN"
 
     Status add_forward "fg_add_forward" (double a, double b, double k, double* out) noexcept
     void add_derivative "fg_add_derivative" (double g, double out, double a, double b, double k,
@@ -76,6 +80,18 @@ cdef extern from "ops.h" nogil:
         double* da, double* db) noexcept
     Status softplus_forward "fg_softplus_forward" (double a, double b, double k, double* out) noexcept
     void softplus_derivative "fg_softplus_derivative" (double g, double out, double a, double b, double k,
+        double* da, double* db) noexcept
+    Status sin_forward "fg_sin_forward" (double a, double b, double k, double* out) noexcept
+    void sin_derivative "fg_sin_derivative" (double g, double out, double a, double b, double k,
+        double* da, double* db) noexcept
+    Status cos_forward "fg_cos_forward" (double a, double b, double k, double* out) noexcept
+    void cos_derivative "fg_cos_derivative" (double g, double out, double a, double b, double k,
+        double* da, double* db) noexcept
+    Status sqrt_forward "fg_sqrt_forward" (double a, double b, double k, double* out) noexcept
+    void sqrt_derivative "fg_sqrt_derivative" (double g, double out, double a, double b, double k,
+        double* da, double* db) noexcept
+    Status abs_forward "fg_abs_forward" (double a, double b, double k, double* out) noexcept
+    void abs_derivative "fg_abs_derivative" (double g, double out, double a, double b, double k,
         double* da, double* db) noexcept
     double logistic "fg_logistic" (double x) noexcept
     Status forward "fg_forward" (int op, double a, double b, double k, double* out) noexcept

@@ -28,7 +28,8 @@ cdef class Value:
 cdef enum NodeFlags:
     HEADERED = 1          # allocated with a GC header, tracked by the cyclic GC
     HAS_CLOSURE = 2       # state.backward is a callable assigned to _backward: backward() calls it
-    HAS_MORE = 4          # state.more holds the children past the first two
+    HAS_MORE = 4          # more than two children: child_b is a BUNDLE of all but the first
+    BUNDLE = 8            # a hidden node holding a hand-made node's second child and the rest (engine.pyx)
 
 
 # A growable C array of borrowed node pointers.

@@ -48,8 +48,6 @@ cdef extern from "Python.h":
     void gc_del "PyObject_GC_Del" (void*)
     unsigned long Py_TPFLAGS_HAVE_GC
     unsigned long Py_TPFLAGS_BASETYPE
-    Py_ssize_t tuple_size "PyTuple_GET_SIZE" (PyObject*)
-    PyObject* tuple_item "PyTuple_GET_ITEM" (PyObject*, Py_ssize_t)     # borrowed
     # The slots the engine sets on its type (cpython.object declares no tp_alloc).
     ctypedef int (*visitproc)(PyObject*, void*) noexcept
     ctypedef int (*traverseproc)(PyObject*, visitproc, void*) noexcept
@@ -173,10 +171,12 @@ cdef class Value:
         children = set()
         if self.child_a != NULL:
             children.add(<Value>self.child_a)
-        if self.child_b != NULL:
-            children.add(<Value>self.child_b)
-        if self.flags & HAS_MORE:
-            children.update((<_NodeState>self.state).more)
+        bundle = self.child_b
+        while bundle != NULL and (<Value>bundle).flags & BUNDLE:    # the children past the first two
+            children.add(<Value>(<Value>bundle).child_a)
+            bundle = (<Value>bundle).child_b
+        if bundle != NULL:
+            children.add(<Value>bundle)
         # Last: making the set can run Python code (a GC pass, another thread), and a compiled graph that
         # replays then must already see the children held, or be told again that Python reached in.
         python_reaches_in()
@@ -215,7 +215,7 @@ cdef class Value:
     def _builtin_backward(self):
         """Add this node's grad, times its local derivative, into its children's grads (one step)."""
         python_reaches_in()
-        propagate(<PyObject*>self)
+        step(<PyObject*>self)
 
     def backward(self):
         """Set this node's grad to 1.0 and add d(self)/d(node) into the grad of every node below it."""
@@ -304,6 +304,21 @@ cdef class Value:
 
     def softplus(self):
         return softplus(self)
+
+    def sin(self):
+        return sin_(self)
+
+    def cos(self):
+        return cos_(self)
+
+    def sqrt(self):
+        return sqrt_(self)
+
+    def abs(self):
+        return abs_(self)
+
+    def __abs__(self):
+        return abs_(self)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -500,6 +515,30 @@ cdef Value softplus(Value a):
     return unary_node(ops.SOFTPLUS, out, a)
 
 
+cdef Value sin_(Value a):
+    cdef double out = 0.0
+    check(ops.sin_forward(a.value, 0.0, 0.0, &out))
+    return unary_node(ops.SIN, out, a)
+
+
+cdef Value cos_(Value a):
+    cdef double out = 0.0
+    check(ops.cos_forward(a.value, 0.0, 0.0, &out))
+    return unary_node(ops.COS, out, a)
+
+
+cdef Value sqrt_(Value a):
+    cdef double out = 0.0
+    check(ops.sqrt_forward(a.value, 0.0, 0.0, &out))
+    return unary_node(ops.SQRT, out, a)
+
+
+cdef Value abs_(Value a):
+    cdef double out = 0.0
+    check(ops.abs_forward(a.value, 0.0, 0.0, &out))
+    return unary_node(ops.ABS, out, a)
+
+
 cdef inline void propagate(PyObject* node) noexcept:
     """Run one node's local derivative: add its grad, scaled, into its children's grads.
 
@@ -515,6 +554,11 @@ cdef inline void propagate(PyObject* node) noexcept:
     (<Value>a).gradient += da
     if b != NULL:
         (<Value>b).gradient += db
+
+
+cdef void step(PyObject* node) noexcept:
+    """propagate, for the callers outside backward's loop: inlined there alone, it stays inlined."""
+    propagate(node)
 
 
 def weighted_sum(weights, inputs, start):
@@ -627,8 +671,6 @@ cdef int sort_topologically(Value root, NodeArray* order, NodeArray* stack) exce
             child = (<Value>top).child_a
             if not unvisited_op(child):
                 child = (<Value>top).child_b
-                if not unvisited_op(child) and (<Value>top).flags & HAS_MORE:
-                    child = unvisited_extra_child(top)
             if unvisited_op(child):                  # descend, as the recursion would
                 push(stack, child)
                 (<Value>child).visited = True
@@ -655,23 +697,18 @@ cdef enum:
 cdef int run_backward(Value root) except -1:
     cdef NodeArray* order = &backward_order
     cdef Py_ssize_t i
+    cdef bint closures
     order.length = 0
     try:
         sort_topologically(root, order, &backward_stack)
         root.gradient = 1.0
-        if closures_alive == 0:
-            for i in range(order.length - 1, -1, -1):
-                (<Value>order.items[i]).visited = False
-                propagate(order.items[i])
-            return 0
-        i = order.length - 1
-        while i >= 0:
-            if (<Value>order.items[i]).flags & HAS_CLOSURE:
+        closures = closures_alive != 0          # while no node anywhere has one, no node is checked
+        for i in range(order.length - 1, -1, -1):
+            if closures and (<Value>order.items[i]).flags & HAS_CLOSURE:
                 sweep_calling_python(order, i)      # from here on, Python code runs
                 break
             (<Value>order.items[i]).visited = False
             propagate(order.items[i])
-            i -= 1
     finally:
         if order.capacity > KEPT_CAPACITY:
             free_array(order)
@@ -814,12 +851,15 @@ cdef enum:
 
 
 cdef tuple node_fields(Value n):
-    if type(n) is not Value or n.flags & (HAS_CLOSURE | HAS_MORE):
-        what = ("a _backward closure" if n.flags & HAS_CLOSURE else
-                "more than two children" if n.flags & HAS_MORE else f"the subclass {type(n).__name__!r}")
-        raise TypeError(f"cannot pickle {n!r} (_op {n._op!r}): a graph holding a node with {what} does not "
-                        f"pickle (its Python state would not come back); only Values made by the built-in "
-                        f"ops, or by hand with at most two children and no _backward, do")
+    if type(n) is not Value or n.flags & (HAS_CLOSURE | HAS_MORE | BUNDLE):
+        # A bundle (see set_children) comes before the node that holds it: it stands for that node.
+        what = ("a node with a _backward closure" if n.flags & HAS_CLOSURE else
+                "a node made by hand with more than two children" if n.flags & (HAS_MORE | BUNDLE) else
+                f"an instance of the subclass {type(n).__name__!r}")
+        node = "" if n.flags & BUNDLE else f" at {n!r} (_op {n._op!r}, label {n.label!r})"
+        raise TypeError(f"cannot pickle a graph holding {what}{node}: its Python state would not come back. "
+                        f"Values made by the built-in ops, or by hand with at most two children and no "
+                        f"_backward, pickle")
     return (n.value, n.gradient, n.label, n.op, n.constant, n.constant_is_int,
             n._op if n.op == ops.CUSTOM else None)
 
@@ -921,7 +961,6 @@ cdef class _NodeState:
     """What a node with a GC header holds beyond the built-in fields."""
     cdef str op               # `_op` of a node made by hand
     cdef object backward      # the callable assigned to `_backward` (flags & HAS_CLOSURE)
-    cdef tuple more           # the children past the first two (flags & HAS_MORE)
 
     def __cinit__(self):
         self.op = ""
@@ -957,12 +996,23 @@ cdef _NodeState node_state(Value node):
 
 
 cdef int set_children(Value node, tuple children, str op_name) except -1:
-    """Give a node with a GC header these children (and op_name as its `_op`, unless None)."""
+    """Give a node with a GC header these children (and op_name as its `_op`, unless None).
+
+    A node holds two children. Past two, its second is a bundle: a hidden node whose first child is the
+    second child and whose second is the rest, bundled the same way. The sort, freeing, the GC and the
+    replays then see an ordinary binary graph (a bundle is a hand-made node: nothing flows through it), in
+    the children's order; only _prev (and so trace and draw_dot) looks through bundles."""
     cdef _NodeState state = node_state(node)
     cdef PyObject* old_a = node.child_a
     cdef PyObject* old_b = node.child_b
-    old_more = state.more
+    cdef Value rest = None
+    if len(children) > 2:
+        rest = children[-1]
+        for child in reversed(children[1:-1]):
+            rest = bundle_node(child, rest)
     for i, child in enumerate(children[:2]):
+        if i == 1 and rest is not None:
+            child = rest
         incref(<PyObject*>child)
         if i == 0:
             node.child_a = <PyObject*>child
@@ -972,7 +1022,6 @@ cdef int set_children(Value node, tuple children, str op_name) except -1:
         node.child_b = NULL
     if not children:
         node.child_a = NULL
-    state.more = children[2:] if len(children) > 2 else None
     node.flags = (node.flags | HAS_MORE) if len(children) > 2 else (node.flags & ~HAS_MORE)
     if op_name is not None:
         state.op = op_name
@@ -982,14 +1031,15 @@ cdef int set_children(Value node, tuple children, str op_name) except -1:
     return 0
 
 
-cdef PyObject* unvisited_extra_child(PyObject* node) noexcept:
-    """The first of the node's children past the first two that the sort has yet to place, or NULL."""
-    cdef PyObject* more = <PyObject*>(<_NodeState>(<Value>node).state).more
-    cdef Py_ssize_t i
-    for i in range(tuple_size(more)):
-        if unvisited_op(tuple_item(more, i)):
-            return tuple_item(more, i)
-    return NULL
+cdef Value bundle_node(Value first, Value rest):
+    cdef Value n = headered_node()
+    n.op = ops.CUSTOM
+    n.flags |= BUNDLE
+    incref(<PyObject*>first)
+    n.child_a = <PyObject*>first
+    incref(<PyObject*>rest)
+    n.child_b = <PyObject*>rest
+    return n
 
 
 cdef int sweep_calling_python(NodeArray* order, Py_ssize_t last) except -1:
@@ -1008,7 +1058,7 @@ cdef int sweep_calling_python(NodeArray* order, Py_ssize_t last) except -1:
         if node.flags & HAS_CLOSURE:
             (<_NodeState>node.state).backward()      # an exception stops the sweep; added grads stay
         else:
-            propagate(<PyObject*>node)
+            step(<PyObject*>node)
     return 0
 
 
@@ -1073,6 +1123,8 @@ cdef bint gives_children_or_op(PyObject* args, PyObject* kwds) noexcept:
 
 cdef bint vector_gives_children_or_op(PyObject** args, Py_ssize_t count, PyObject* names) noexcept:
     """gives_children_or_op for a vectorcall: count positional arguments, then one for each name."""
+    if count <= 1 and names == NULL:                 # Value(number): a leaf, the common call
+        return False
     children = <object>args[1] if count > 1 else None
     op = <object>args[2] if count > 2 else None
     if names != NULL:

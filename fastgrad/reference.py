@@ -6,7 +6,8 @@ topological sort, `_prev` as a set), completed with the operations and number ru
 documents, so that a test can build the same graph here and in fastgrad and compare them:
 
 - every operation is one node: `a - b` is '-', `a / b` is '/', `-a` is 'neg' (micrograd builds those
-  from `+`, `*` and `**`); a number operand, on either side, becomes a new leaf Value;
+  from `+`, `*` and `**`, and `a / b` rounds as micrograd's `a * b**-1` does); a number operand, on either
+  side, becomes a new leaf Value;
 - `data` is a Python float (the seed keeps ints as ints; fastgrad stores a C double);
 - errors are Python's: `x / 0` and `0.0 ** -1` raise ZeroDivisionError, `log(x <= 0)` ValueError,
   `exp` and `**` overflow OverflowError, and a negative base to a fractional power raises ValueError
@@ -21,6 +22,14 @@ import numbers
 import random
 
 __all__ = ["Value", "Module", "Neuron", "Layer", "MLP", "trace", "seed_tanh"]
+
+
+def _inverse_square(x):
+    """x ** -2 as C's pow gives it where Python raises (x tiny, or a 0 set after the division): inf."""
+    try:
+        return x**-2
+    except (OverflowError, ZeroDivisionError):
+        return math.inf
 
 
 def seed_tanh(x):
@@ -114,11 +123,13 @@ class Value:
         other = _as_value(other)
         if other is None:
             return NotImplemented
-        out = Value(self.data / other.data, (self, other), "/")
+        # micrograd's and the lecture's a * b**-1 in one node: the same roundings and the same grads
+        out = Value(self.data * other.data**-1, (self, other), "/")
 
         def _backward():
-            self.grad += out.grad / other.data
-            other.grad -= out.grad * out.data / other.data
+            # other.data**-1's own node would hold self.data * out.grad added to its grad of 0
+            self.grad += other.data**-1 * out.grad
+            other.grad += (-1 * _inverse_square(other.data)) * (self.data * out.grad + 0.0)
         out._backward = _backward
         return out
 

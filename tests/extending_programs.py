@@ -59,7 +59,7 @@ def tanh_exp():
         n = w[0] * x[0] + w[1] * x[1] + b
         out = n.tanh()
         e = (n * 2).exp()                       # the notebook's second way to a tanh: (e^2x - 1) / (e^2x + 1)
-        other = (e - 1) * (e + 1) ** -1
+        other = (e - 1) / (e + 1)
         loss = (out - target) ** 2 + (other - target) ** 2
         for p in w + [b]:
             p.grad = 0.0

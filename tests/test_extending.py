@@ -175,6 +175,19 @@ def test_a_deep_chain_of_closure_nodes_backward_frees_and_is_collected():
     assert sys.getrefcount(x) == 2
 
 
+def test_a_deep_chain_of_nodes_with_five_children_sorts_and_frees_without_recursion():
+    x = Value(1.0)
+    v = x
+    for _ in range(100_000):
+        v = Value(v.data, (v, x, x, x, x), "five")
+    v._backward = lambda: None
+    v.backward()                                    # the sort goes through every node's five children
+    assert len(v._prev) == 2 and x in v._prev
+    del v
+    gc.collect()
+    assert sys.getrefcount(x) == 2
+
+
 def test_the_gc_collects_100000_closure_nodes_and_their_graphs():
     def build():
         v = Value(0.1)

@@ -28,6 +28,10 @@ EAGER = {
     "RELU": lambda a, b, k: a.relu(),
     "SIGMOID": lambda a, b, k: a.sigmoid(),
     "SOFTPLUS": lambda a, b, k: a.softplus(),
+    "SIN": lambda a, b, k: a.sin(),
+    "COS": lambda a, b, k: a.cos(),
+    "SQRT": lambda a, b, k: a.sqrt(),
+    "ABS": lambda a, b, k: abs(a),
 }
 numbers = st.one_of(st.floats(), st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5, -2.0, 710.0, -745.0]))
 

@@ -39,6 +39,10 @@ typedef enum {
     FG_RELU,
     FG_SIGMOID,
     FG_SOFTPLUS,
+    FG_SIN,
+    FG_COS,
+    FG_SQRT,
+    FG_ABS,
     FG_OP_COUNT
 } fg_op;
 
@@ -66,6 +70,10 @@ static inline fg_op_facts fg_facts(int op) {
         [FG_RELU]      = {"RELU",       1,    "ReLU"},
         [FG_SIGMOID]   = {"SIGMOID",    1,    "sigmoid"},
         [FG_SOFTPLUS]  = {"SOFTPLUS",   1,    "softplus"},
+        [FG_SIN]       = {"SIN",        1,    "sin"},
+        [FG_COS]       = {"COS",        1,    "cos"},
+        [FG_SQRT]      = {"SQRT",       1,    "sqrt"},
+        [FG_ABS]       = {"ABS",        1,    "abs"},
     };
     fg_op_facts none = {"", -2, ""};          /* not an op: no arity matches */
     return 0 <= op && op < FG_OP_COUNT ? table[op] : none;
@@ -78,7 +86,7 @@ typedef enum {
     FG_NEGATIVE_TO_FRACTIONAL_POWER,
     FG_POWER_OUT_OF_RANGE,
     FG_EXP_OUT_OF_RANGE,
-    FG_LOG_DOMAIN
+    FG_MATH_DOMAIN
 } fg_status;
 
 
@@ -94,7 +102,8 @@ FG_KERNEL void fg_add_derivative(double g, double out, double a, double b, doubl
     *db = g;
 }
 
-/* --- a - b */
+/* --- a - b, micrograd's a + (-b): the same number (IEEE subtraction is the addition of the negation); b's
+   grad passes through the -b node, whose grad starts at 0 (0 + g turns a -0.0 into 0.0) */
 FG_KERNEL fg_status fg_sub_forward(double a, double b, double k, double *out) {
     (void)k;
     *out = a - b;
@@ -103,7 +112,7 @@ FG_KERNEL fg_status fg_sub_forward(double a, double b, double k, double *out) {
 FG_KERNEL void fg_sub_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
     (void)out; (void)a; (void)b; (void)k;
     *da = g;
-    *db = -g;
+    *db = -1.0 * (0.0 + g);
 }
 
 /* --- a * b */
@@ -116,20 +125,6 @@ FG_KERNEL void fg_mul_derivative(double g, double out, double a, double b, doubl
     (void)out; (void)k;
     *da = b * g;
     *db = a * g;
-}
-
-/* --- a / b */
-FG_KERNEL fg_status fg_div_forward(double a, double b, double k, double *out) {
-    (void)k;
-    if (b == 0.0)
-        return FG_DIVISION_BY_ZERO;
-    *out = a / b;
-    return FG_OK;
-}
-FG_KERNEL void fg_div_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
-    (void)a; (void)k;
-    *da = g / b;
-    *db = -(g * out / b);
 }
 
 /* --- -a */
@@ -184,6 +179,30 @@ FG_KERNEL void fg_pow_derivative(double g, double out, double a, double b, doubl
     *db = slope_in_exponent * g;
 }
 
+/* --- a / b, as micrograd and the notebook compute it: a * b**-1, the power rounded first (Python's, with its
+   errors: b == 0 is refused as a division by zero). The derivative is that of the two nodes the chain makes: a
+   gets b**-1 * g from the product; b gets (-1 * b**-2) times the grad of the b**-1 node, which starts at 0 and
+   receives a * g. Python takes b ** -1 from libm's pow, which is not always rounded as 1 / b is, and given
+   a constant exponent the compiler would replace pow(b, -1.0) by 1.0 / b: the exponents are read as volatile. */
+static const volatile double fg_minus_one = -1.0, fg_minus_two = -2.0;
+FG_KERNEL fg_status fg_div_forward(double a, double b, double k, double *out) {
+    double inverse = 0.0;
+    fg_status status;
+    (void)k;
+    if (b == 0.0)
+        return FG_DIVISION_BY_ZERO;
+    status = fg_power(b, fg_minus_one, &inverse);
+    if (status != FG_OK)
+        return status;
+    *out = a * inverse;
+    return FG_OK;
+}
+FG_KERNEL void fg_div_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
+    (void)out; (void)k;
+    *da = pow(b, fg_minus_one) * g;
+    *db = (-1.0 * pow(b, fg_minus_two)) * (0.0 + a * g);
+}
+
 /* --- tanh(a): C's tanh, stable where the seed's (e^2x - 1)/(e^2x + 1) overflows */
 FG_KERNEL fg_status fg_tanh_forward(double a, double b, double k, double *out) {
     (void)b; (void)k;
@@ -213,7 +232,7 @@ FG_KERNEL void fg_exp_derivative(double g, double out, double a, double b, doubl
 FG_KERNEL fg_status fg_log_forward(double a, double b, double k, double *out) {
     (void)b; (void)k;
     if (a <= 0.0)
-        return FG_LOG_DOMAIN;
+        return FG_MATH_DOMAIN;
     *out = log(a);
     return FG_OK;
 }
@@ -264,13 +283,62 @@ FG_KERNEL void fg_softplus_derivative(double g, double out, double a, double b, 
     *da = fg_logistic(a) * g;
 }
 
+/* --- sin(a) and cos(a), with math.sin's and math.cos's error: ValueError at an infinity */
+FG_KERNEL fg_status fg_sin_forward(double a, double b, double k, double *out) {
+    (void)b; (void)k;
+    if (isinf(a))
+        return FG_MATH_DOMAIN;
+    *out = sin(a);
+    return FG_OK;
+}
+FG_KERNEL void fg_sin_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
+    (void)out; (void)b; (void)k; (void)db;
+    *da = cos(a) * g;
+}
+FG_KERNEL fg_status fg_cos_forward(double a, double b, double k, double *out) {
+    (void)b; (void)k;
+    if (isinf(a))
+        return FG_MATH_DOMAIN;
+    *out = cos(a);
+    return FG_OK;
+}
+FG_KERNEL void fg_cos_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
+    (void)out; (void)b; (void)k; (void)db;
+    *da = -sin(a) * g;
+}
+
+/* --- sqrt(a), with math.sqrt's error: ValueError below 0 (sqrt(-0.0) is -0.0) */
+FG_KERNEL fg_status fg_sqrt_forward(double a, double b, double k, double *out) {
+    (void)b; (void)k;
+    if (a < 0.0)
+        return FG_MATH_DOMAIN;
+    *out = sqrt(a);
+    return FG_OK;
+}
+FG_KERNEL void fg_sqrt_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
+    (void)a; (void)b; (void)k; (void)db;
+    *da = 0.5 / out * g;
+}
+
+/* --- abs(a): its slope is the sign of a, 0 at 0 (as in PyTorch) */
+FG_KERNEL fg_status fg_abs_forward(double a, double b, double k, double *out) {
+    (void)b; (void)k;
+    *out = fabs(a);
+    return FG_OK;
+}
+FG_KERNEL void fg_abs_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
+    (void)out; (void)b; (void)k; (void)db;
+    *da = (a > 0.0 ? 1.0 : a < 0.0 ? -1.0 : 0.0) * g;
+}
+
 
 /* --- dispatch on the op code. Every op with kernels, once: fg_forward(), fg_derivative() and the batched
    replay's lane loops (lanes.c) each make their switch from this list. */
 #define FG_KERNEL_OPS(X) \
     X(FG_ADD, fg_add) X(FG_SUB, fg_sub) X(FG_MUL, fg_mul) X(FG_DIV, fg_div) X(FG_NEG, fg_neg) \
     X(FG_POW_CONST, fg_pow_const) X(FG_POW, fg_pow) X(FG_TANH, fg_tanh) X(FG_EXP, fg_exp) X(FG_LOG, fg_log) \
-    X(FG_RELU, fg_relu) X(FG_SIGMOID, fg_sigmoid) X(FG_SOFTPLUS, fg_softplus)
+    X(FG_RELU, fg_relu) X(FG_SIGMOID, fg_sigmoid) X(FG_SOFTPLUS, fg_softplus) X(FG_SIN, fg_sin) X(FG_COS, fg_cos) \
+    X(FG_SQRT, fg_sqrt) X(FG_ABS, fg_abs)
 
 /* The op's forward; LEAF and CUSTOM have none (their data is given) and leave out as it was. */
 FG_KERNEL fg_status fg_forward(int op, double a, double b, double k, double *out) {
