@@ -50,6 +50,22 @@ def grads(nodes):
     return [float(n.grad) for n in nodes]
 
 
+def bytes_left_after(build, times):
+    """Memory still held (tracemalloc) after build() ran times times and a GC pass, build() having run once
+    before, so that caches and the slabs it fills are in place."""
+    build()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(times):
+            build()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
 # ---------------------------------------------------------------------------------------------------
 # _backward closures
 
@@ -194,17 +210,7 @@ def test_the_gc_collects_100000_closure_nodes_and_their_graphs():
         for _ in range(1000):
             v = hand_made(Value, "f", [v * 1.0001 + 0.5], math.sin, [math.cos])
         v.backward()
-    build()
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(100):                        # 100,000 closure nodes, 300,000 nodes in all
-            build()
-        gc.collect()
-        left = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    left = bytes_left_after(build, 100)              # 100,000 closure nodes, 300,000 nodes in all
     assert left < 100_000, f"{left} bytes not given back"
 
 
@@ -401,17 +407,7 @@ def test_subclass_instances_in_cycles_are_collected():
             y = v.double()
             y.me = y                                # a cycle through the instance's __dict__ too
             v = Scaled(0.25, (y * 0.5,), "half")    # over a plain Value over a Scaled
-    build()
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(50):
-            build()
-        gc.collect()
-        left = tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
+    left = bytes_left_after(build, 50)
     assert left < 100_000, f"{left} bytes not given back"
 
 
