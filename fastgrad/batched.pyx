@@ -37,6 +37,7 @@ cdef extern from "lanes.h" nogil:
         const fg_lane_instruction* code
         const int32_t* terms
         ptrdiff_t instructions
+        int32_t uniform_begin, uniform_end
     ctypedef struct fg_lane_failure:
         ptrdiff_t instruction
         int lane
@@ -273,7 +274,8 @@ cdef class BatchedGraph(Recording):
             self.root_lane = lane_of[self.root_slot()]
         finally:
             PyMem_Free(lane_of)
-        self.program = fg_lane_program(self.lane_code, self.lane_terms, computed)
+        self.program = fg_lane_program(self.lane_code, self.lane_terms, computed,
+                                       <int32_t>(computed + self.input_count), <int32_t>(self.lane_slots - 1))
         return 0
 
     # -- what Python sees
