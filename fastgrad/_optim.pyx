@@ -11,13 +11,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from libc.math cimport pow, sqrt
 
-from fastgrad.engine cimport Value
-
-
-cdef str type_name(object x):
-    """The name a user knows x's type by: `str`, `micrograd.engine.Value`, `fastgrad.engine.Value`."""
-    cls = type(x)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+from fastgrad.engine cimport Value, type_name
 
 
 @cython.final

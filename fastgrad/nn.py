@@ -6,7 +6,7 @@ import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from fastgrad.engine import Value, weighted_sum
+from fastgrad.engine import Value, type_name, weighted_sum
 
 __all__ = ["Module", "Neuron", "Layer", "MLP", "IncompatibleKeys"]
 
@@ -60,7 +60,7 @@ class Module:
         """
         if not isinstance(state, Mapping):
             raise TypeError(f"state must be a dict of name -> number, such as model.state_dict(), "
-                            f"not {type(state).__name__!r}")
+                            f"not {type_name(state)!r}")
         named = self.named_parameters()
         names = {name for name, _ in named}
         missing = [name for name, _ in named if name not in state]
@@ -173,7 +173,7 @@ def _listing(keys: list[str], most: int = 10) -> str:
 
 def _state_number(x: object, name: str) -> float:
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
-        raise TypeError(f"state[{name!r}] must be a real number, not {type(x).__name__!r}")
+        raise TypeError(f"state[{name!r}] must be a real number, not {type_name(x)!r}")
     try:
         return float(x)
     except OverflowError:

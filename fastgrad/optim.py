@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, Union, overload
 
 from fastgrad._optim import ParameterArray
-from fastgrad.engine import Value
+from fastgrad.engine import Value, type_name
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
@@ -101,7 +101,7 @@ class Optimizer:
         """
         kind = type(self).__name__
         if not isinstance(state, Mapping):
-            raise TypeError(f"state must be a dict, such as {kind}.state_dict(), not {type(state).__name__!r}")
+            raise TypeError(f"state must be a dict, such as {kind}.state_dict(), not {type_name(state)!r}")
         expected = ["optimizer", "parameters", *self.hyperparameters, *self.counters, *self.buffers]
         missing = [key for key in expected if key not in state]
         unexpected = [key for key in state if key not in expected]
@@ -253,7 +253,7 @@ def _in_state(prefix: str | None) -> str:
 def _real(x: object, name: str, prefix: str | None) -> float:
     """x as a float, or TypeError naming it."""
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
-        raise TypeError(f"{_where(name, prefix)} must be a real number, not {type(x).__name__!r}")
+        raise TypeError(f"{_where(name, prefix)} must be a real number, not {type_name(x)!r}")
     return float(x)
 
 
@@ -273,19 +273,19 @@ def _flag(x: object, name: str, prefix: str | None) -> bool:
 
 def _integer(x: object, where: str) -> int:
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
-        raise TypeError(f"{where} must be an int, not {type(x).__name__!r}")
+        raise TypeError(f"{where} must be an int, not {type_name(x)!r}")
     return int(x)
 
 
 def _float_array(values: object, where: str, count: int) -> array[float]:
     """values (a list of real numbers, one per parameter) as an array('d')."""
     if not isinstance(values, (list, tuple)):
-        raise TypeError(f"{where} must be a list of {count} numbers, not {type(values).__name__!r}")
+        raise TypeError(f"{where} must be a list of {count} numbers, not {type_name(values)!r}")
     if len(values) != count:
         raise ValueError(f"{where} has {len(values)} numbers, one per parameter is {count}")
     for i, x in enumerate(values):
         if isinstance(x, bool) or not isinstance(x, numbers.Real):
-            raise TypeError(f"{where}[{i}] must be a real number, not {type(x).__name__!r}")
+            raise TypeError(f"{where}[{i}] must be a real number, not {type_name(x)!r}")
     return array("d", map(float, values))
 
 

@@ -29,7 +29,7 @@ from libc.string cimport memset
 
 cimport fastgrad._ops as ops
 from fastgrad.engine cimport (Lagging, NodeArray, Value, catch_up, count_reach_in, free_array, reach_in_count,
-                              sort_topologically, start_lagging, stop_lagging)
+                              sort_topologically, start_lagging, stop_lagging, type_name)
 
 cdef extern from "Python.h":
     Py_ssize_t refcount "Py_REFCNT" (PyObject*)
@@ -62,7 +62,7 @@ def compile(root, *, fuse=True):
     fuse: replay each neuron's sum (start + w1*x1 + ...) as one instruction (the numbers are the same bits).
     """
     if type(root) is not Value:
-        raise TypeError(f"compile() records the graph of a Value, not of {type(root).__name__!r}")
+        raise TypeError(f"compile() records the graph of a Value, not of {type_name(root)!r}")
     graph = CompiledGraph.__new__(CompiledGraph)
     (<CompiledGraph>graph).record(<Value>root, fuse)
     return graph

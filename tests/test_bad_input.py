@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from fastgrad import MLP, Value, trace
+import fastgrad
+from fastgrad import MLP, Value, losses, optim, trace
 from fastgrad.engine import rebuild_graph
 from support import BINARY_OPS, graph_for_errors, same_float, snapshot
 
@@ -198,6 +199,49 @@ def test_grads_can_be_set_to_nan_and_inf_and_backward_adds_to_them():
     a.grad = math.nan
     out.backward()
     assert math.isnan(a.grad)
+
+
+# ---------------------------------------------------------------------------------------------------
+# micrograd's own Value, given to fastgrad: every message names it as micrograd's, not as a bare 'Value'
+# (which reads as "a Value is not a Value")
+
+def micrograd_value():
+    engine = pytest.importorskip("micrograd.engine")
+    v = engine.Value(1.0)
+    assert type(v).__module__ == "micrograd.engine" and type(v) is not Value    # the real one, not fastgrad's
+    return v
+
+
+def adam_state_with(field, item):
+    state = optim.Adam([Value(1.0)]).state_dict()
+    state[field] = [item]
+    return state
+
+
+FOREIGN_VALUE = {
+    "compile": lambda v: fastgrad.compile(v),
+    "Value(data)": lambda v: Value(v),
+    "Value(_children)": lambda v: Value(1.0, (v,), "+"),
+    "data setter": lambda v: setattr(Value(1.0), "data", v),
+    "grad setter": lambda v: setattr(Value(1.0), "grad", v),
+    "mse preds": lambda v: losses.mse([v], [1.0]),
+    "mse targets": lambda v: losses.mse([1.0], [v]),
+    "hinge scores": lambda v: losses.hinge(v, [1.0]),
+    "cross_entropy": lambda v: losses.cross_entropy([v], 0),
+    "Module.load_state_dict": lambda v: MLP(1, [1]).load_state_dict({name: v for name in MLP(1, [1]).state_dict()}),
+    "optimizer params": lambda v: optim.SGD([v], lr=0.1),
+    "optimizer lr": lambda v: optim.SGD([Value(1.0)], lr=v),
+    "optimizer state buffer": lambda v: optim.Adam([Value(1.0)]).load_state_dict(adam_state_with("exp_avg", v)),
+    "save": lambda v: fastgrad.save({"w": v}, "never-written.json"),
+}
+
+
+@pytest.mark.parametrize("call", FOREIGN_VALUE.values(), ids=FOREIGN_VALUE.keys())
+def test_a_micrograd_value_is_named_as_micrograd_s(call):
+    v = micrograd_value()
+    with pytest.raises(TypeError) as raised:
+        call(v)
+    assert "'micrograd.engine.Value'" in str(raised.value)
 
 
 # ---------------------------------------------------------------------------------------------------

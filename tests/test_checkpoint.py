@@ -173,8 +173,10 @@ def self_containing():
 
 
 @pytest.mark.parametrize("obj, error, fragment", [
-    (Value(1.0), TypeError, "can't save obj, of type 'Value' (save its .data, or the model's state_dict())"),
-    ({"model": MLP(2, [1])}, TypeError, "can't save obj['model'], of type 'MLP' (save its state_dict())"),
+    (Value(1.0), TypeError,
+     "can't save obj, of type 'fastgrad.engine.Value' (save its .data, or the model's state_dict())"),
+    ({"model": MLP(2, [1])}, TypeError,
+     "can't save obj['model'], of type 'fastgrad.micrograd.nn.MLP' (save its state_dict())"),
     ([1.0, {2, 3}], TypeError, "can't save obj[1], of type 'set': fastgrad.save takes dicts with str keys"),
     ({"w": [object()]}, TypeError, "can't save obj['w'][0], of type 'object'"),
     ({1: 2.0}, TypeError, "can't save obj: its key 1 is not a str but 'int'"),

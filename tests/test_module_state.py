@@ -165,7 +165,7 @@ def test_load_without_strict_loads_what_matches():
     ("1.0", TypeError, "state['layers.0.neurons.1.b'] must be a real number, not 'str'"),
     (None, TypeError, "not 'NoneType'"),
     (True, TypeError, "not 'bool'"),
-    (Value(1.0), TypeError, "not 'Value'"),
+    (Value(1.0), TypeError, "not 'fastgrad.engine.Value'"),
     (10 ** 400, OverflowError, "state['layers.0.neurons.1.b'] = 1000"),
 ])
 def test_a_value_that_is_not_a_real_number_changes_nothing(bad, error, message):
