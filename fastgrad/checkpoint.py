@@ -56,7 +56,10 @@ def save(obj: _Saveable, path: StrOrBytesPath) -> None:
     leave the temporary `.<name>.<random>.tmp` behind).
     """
     path = os.path.realpath(os.fsdecode(path))        # through a symlink: replace the file it points to
-    text = json.dumps({"format": FORMAT, "version": VERSION, "data": _encoded(obj)}, indent=1, allow_nan=False)
+    try:
+        text = json.dumps({"format": FORMAT, "version": VERSION, "data": _encoded(obj)}, indent=1, allow_nan=False)
+    except RecursionError:       # _encoded and json recurse once per level: load() could not read it back either
+        raise ValueError("can't save obj: it is nested too deeply") from None
     directory, name = os.path.split(path)
     temporary = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
     # 0o666 as open() uses: the new file gets the permissions the user's umask gives any new file.

@@ -172,6 +172,13 @@ def self_containing():
     return items
 
 
+def nested(depth, make):
+    obj = 1.0
+    for _ in range(depth):
+        obj = make(obj)
+    return obj
+
+
 @pytest.mark.parametrize("obj, error, fragment", [
     (Value(1.0), TypeError,
      "can't save obj, of type 'fastgrad.engine.Value' (save its .data, or the model's state_dict())"),
@@ -182,6 +189,8 @@ def self_containing():
     ({1: 2.0}, TypeError, "can't save obj: its key 1 is not a str but 'int'"),
     ([{"x": b"bytes"}], TypeError, "can't save obj[0]['x'], of type 'bytes'"),
     (self_containing(), ValueError, "can't save obj[1]: it contains itself"),
+    (nested(100_000, lambda obj: [obj]), ValueError, "can't save obj: it is nested too deeply"),
+    (nested(100_000, lambda obj: {"a": obj}), ValueError, "can't save obj: it is nested too deeply"),
 ])
 def test_what_cannot_be_saved_leaves_the_file_as_it_was(obj, error, fragment, tmp_path):
     path = tmp_path / "ck.json"
