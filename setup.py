@@ -28,13 +28,14 @@ class BuildExt(build_ext):
 extensions = [
     # The node allocator (src/) is plain C compiled into the engine: its fast paths are inline in the
     # header, so allocating a node costs no call across a module or library boundary.
-    Extension("fastgrad.engine", ["fastgrad/engine.pyx", "fastgrad/src/node_memory.c"],
-              include_dirs=["fastgrad/src"]),
+    Extension("fastgrad.engine", ["fastgrad/engine.pyx", "fastgrad/src/node_memory.c"], include_dirs=["fastgrad/src"]),
     # The compiled replay reads and writes the nodes through engine.pxd's layout, and calls the engine's
     # sort and its list of lagging graphs once per graph or per pass, never per node.
-    Extension("fastgrad.replay", ["fastgrad/replay.pyx"]),
+    # The recorder both replays share (compile's program), then the replays on the nodes' own numbers.
+    Extension("fastgrad._recording", ["fastgrad/_recording.pyx"], include_dirs=["fastgrad/src"]),
+    Extension("fastgrad.replay", ["fastgrad/replay.pyx"], include_dirs=["fastgrad/src"]),
     # The optimizers' loops over a C array of parameter nodes (engine.pxd's layout).
-    Extension("fastgrad._optim", ["fastgrad/_optim.pyx"]),
+    Extension("fastgrad._optim", ["fastgrad/_optim.pyx"], include_dirs=["fastgrad/src"]),
 ]
 
 setup(

@@ -12,6 +12,16 @@
 #define FG_HIDDEN
 #endif
 
+/* The op kernels (ops.h) and what the lane loops (lanes.h) call per lane: always inlined, also into the
+   lane loops compiled for a wider SIMD target than the kernels' own, where a call would stay scalar. */
+#if defined(_MSC_VER)
+#define FG_KERNEL static __forceinline
+#elif defined(__GNUC__)
+#define FG_KERNEL static inline __attribute__((always_inline))
+#else
+#define FG_KERNEL static inline
+#endif
+
 /* A compile-time check that works in C89 and C++ alike (a negative array size fails the build). */
 #define FG_STATIC_ASSERT(condition) ((void)sizeof(char[(condition) ? 1 : -1]))
 
