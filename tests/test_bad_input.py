@@ -105,13 +105,14 @@ EXTREME_CASES = [
     ("tanh", lambda v: v.tanh(), math.tanh, lambda x, out: 1 - out * out),
     ("exp", lambda v: v.exp(), math.exp, lambda x, out: out),
     ("log", lambda v: v.log(), math.log, lambda x, out: 1 / x),
-    ("relu", lambda v: v.relu(), lambda x: 0.0 if x < 0 else x, lambda x, out: 1.0 if out > 0 else 0.0),
+    # relu's slope is torch's mask: 0 where the output is <= 0, 1 elsewhere (a nan output too)
+    ("relu", lambda v: v.relu(), lambda x: 0.0 if x < 0 else x, lambda x, out: 0.0 if out <= 0 else 1.0),
     ("sigmoid", lambda v: v.sigmoid(), sigmoid, lambda x, out: out * (1 - out)),
     ("softplus", lambda v: v.softplus(), softplus, lambda x, out: sigmoid(x)),
     ("x ** 2", lambda v: v**2, lambda x: x**2, lambda x, out: 2 * x**1),
     ("x ** -1", lambda v: v**-1, lambda x: x**-1, lambda x, out: -1 * x**-2),
     ("x ** 0.5", lambda v: v**0.5, lambda x: x**0.5, lambda x, out: 0.5 * x**-0.5),
-    ("x ** 0", lambda v: v**0, lambda x: x**0, lambda x, out: 0 * x**-1),
+    ("x ** 0", lambda v: v**0, lambda x: x**0, lambda x, out: 0.0),     # flat everywhere, as in torch
     ("x ** Value(3)", lambda v: v ** Value(3.0), lambda x: x**3.0, lambda x, out: 3.0 * x**2.0),
     ("2 ** x", lambda v: 2 ** v, lambda x: 2.0**x, lambda x, out: out * math.log(2.0)),
     ("x + 1", lambda v: v + 1, lambda x: x + 1.0, lambda x, out: 1.0),
