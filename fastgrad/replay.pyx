@@ -29,13 +29,21 @@ cdef extern from "Python.h":
 cdef Py_ssize_t live_graphs = 0      # when there are others, a pass that writes nodes tells them
 
 
-def compile(root, *, fuse=True):
+def compile(root, *, fuse=True, inputs=None, threads=None):
     """Record root's graph as it stands into a CompiledGraph, whose forward() and backward() replay it in C.
 
     fuse: replay each neuron's sum (start + w1*x1 + ...) as one instruction (the numbers are the same bits).
+    inputs: the leaves of one sample (its features, its label, ...): root is then that sample's output, and
+    the result a BatchedGraph, which runs the graph over many samples at once (fastgrad.batched), on up to
+    `threads` threads (None: the cores this process may use).
     """
     if type(root) is not Value:
         raise TypeError(f"compile() records the graph of a Value, not of {type_name(root)!r}")
+    if inputs is not None:
+        from fastgrad.batched import _batch
+        return _batch(root, fuse, inputs, threads)
+    if threads is not None:
+        raise TypeError("threads= goes with inputs=: a CompiledGraph replays on one thread")
     graph = CompiledGraph.__new__(CompiledGraph)
     (<CompiledGraph>graph).record(<Value>root, fuse)
     (<CompiledGraph>graph).find_visible()
@@ -56,6 +64,7 @@ cdef class CompiledGraph(Recording):
     cdef Lagging lagging               # linked in the engine's list while the arrays are ahead of the nodes
     cdef unsigned long long known_reach_ins   # the engine's reach-in count when `visible` was found and the
                                               # arrays held the nodes' numbers, or newer ones
+    cdef bint running                  # a pass is on, with the GIL released: another call must wait its turn
 
     def __cinit__(self):
         global live_graphs
@@ -84,7 +93,9 @@ cdef class CompiledGraph(Recording):
         cdef Py_ssize_t failed_at
         cdef ops.Status status = ops.OK
         cdef bint repartition
+        cdef unsigned long long reach_ins
         self.check_recorded("CompiledGraph")
+        self.check_idle()
         repartition = self.known_reach_ins != reach_in_count()
         if repartition:
             self.find_visible()              # the one step that may fail (MemoryError) before anything changes
@@ -94,8 +105,10 @@ cdef class CompiledGraph(Recording):
         else:
             self.read_leaves(False)
         memset(self.grads, 0, self.inner * sizeof(double))
-        failed_at = self.run_forward(&status)
-        self.show_pass(True)
+        reach_ins = self.begin_pass()
+        with nogil:
+            failed_at = self.run_forward(&status)
+        self.end_pass(reach_ins, True)
         if status != ops.OK:
             self.raise_failure(failed_at, status)
         return self.values[self.root_slot()]
@@ -104,13 +117,17 @@ cdef class CompiledGraph(Recording):
         """root.backward(): the root's grad becomes 1.0 and d(root)/d(node) is added to every node's grad.
 
         Allocates nothing and cannot fail."""
+        cdef unsigned long long reach_ins
         self.check_recorded("CompiledGraph")
+        self.check_idle()
         self.catch_others_up()
         if self.known_reach_ins == reach_in_count():     # while a graph is ahead, the count cannot move
             self.read_leaves(True)
             self.root_grad()[0] = 1.0
-            self.run_backward()
-            self.show_pass(False)
+            reach_ins = self.begin_pass()
+            with nogil:
+                self.run_backward()
+            self.end_pass(reach_ins, False)
         else:
             # Python may have changed nodes, or taken some (whose numbers then must be written at once):
             # every number is read, and every grad written back.
@@ -130,6 +147,29 @@ cdef class CompiledGraph(Recording):
 
     def __sizeof__(self):
         return sizeof(CompiledGraph) + self.program_bytes() + self.visible_count * sizeof(int32_t)
+
+    # -- the GIL is released during a pass
+
+    cdef int check_idle(self) except -1:
+        if self.running:
+            raise RuntimeError("this CompiledGraph is replaying in another thread: one pass at a time")
+        return 0
+
+    cdef unsigned long long begin_pass(self) noexcept:
+        self.running = True
+        return reach_in_count()
+
+    cdef void end_pass(self, unsigned long long reach_ins, bint data_too) noexcept:
+        """Show the pass. If another thread reached into nodes meanwhile (it may hold inner ones now, and
+        saw the numbers from before the pass), every node gets the new numbers, and the next pass finds
+        again which ones Python holds."""
+        self.running = False
+        if reach_in_count() == reach_ins:
+            self.show_pass(data_too)
+        else:
+            self.write_all_back()
+            if live_graphs > 1:
+                count_reach_in()
 
     # -- which nodes Python can reach
 
@@ -178,7 +218,7 @@ cdef class CompiledGraph(Recording):
     cdef inline double* root_grad(self) noexcept:
         return &self.grads[self.root_slot()]
 
-    cdef Py_ssize_t run_forward(self, ops.Status* failure) noexcept:
+    cdef Py_ssize_t run_forward(self, ops.Status* failure) noexcept nogil:
         """Every inner slot from its children's; the failing instruction's index if an op fails, else -1."""
         cdef Py_ssize_t i, j, n, slot = 0
         cdef uint32_t word
@@ -205,9 +245,9 @@ cdef class CompiledGraph(Recording):
                     total = slot + 1
                     slot += 2
                 continue
-            if op == ops.CUSTOM:             # made by hand: its data is given, not computed
-                values[slot] = (<Value>self.nodes[slot]).value
-            else:                            # b is also k: the kernels ignore what they do not use
+            # A hand-made node's data is given, not computed: its slot holds it (read with every other number
+            # whenever Python may have set it, since setting an inner node's data is a reach-in).
+            if op != ops.CUSTOM:             # b is also k: the kernels ignore what they do not use
                 status = ops.forward(op, values[word >> OP_BITS], values[b], values[b], &values[slot])
                 if status != ops.OK:
                     failure[0] = status
@@ -215,7 +255,7 @@ cdef class CompiledGraph(Recording):
             slot += 1
         return -1
 
-    cdef void run_backward(self) noexcept:
+    cdef void run_backward(self) noexcept nogil:
         cdef Py_ssize_t i, j, n, slot = self.inner
         cdef uint32_t word
         cdef int op

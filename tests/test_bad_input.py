@@ -213,6 +213,11 @@ def micrograd_value():
     return v
 
 
+def batched_graph():
+    x = Value(1.0)
+    return fastgrad.compile(x * Value(2.0), inputs=[x])
+
+
 def adam_state_with(field, item):
     state = optim.Adam([Value(1.0)]).state_dict()
     state[field] = [item]
@@ -221,6 +226,9 @@ def adam_state_with(field, item):
 
 FOREIGN_VALUE = {
     "compile": lambda v: fastgrad.compile(v),
+    "compile inputs": lambda v: fastgrad.compile(Value(1.0) * Value(2.0), inputs=[v]),
+    "batched rows": lambda v: batched_graph().forward(v),
+    "batched row": lambda v: batched_graph().forward([v]),
     "Value(data)": lambda v: Value(v),
     "Value(_children)": lambda v: Value(1.0, (v,), "+"),
     "data setter": lambda v: setattr(Value(1.0), "data", v),

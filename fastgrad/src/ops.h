@@ -8,8 +8,8 @@
                                                   and then leaves out as it was;
      fg_<op>_derivative(g, out, a, b, k, &da, &db)  what the node's grad g adds to each child's grad (db only
                                                   for two-child ops), given the node's data `out`.
-   Adding an op: its code in fg_op and its row in fg_op_facts, its two kernels, a case in fg_forward() and
-   fg_derivative(), and a method on Value (engine.pyx).
+   Adding an op: its code in fg_op and its row in fg_facts' table, its two kernels, its entry in
+   FG_KERNEL_OPS (at the end), and a method on Value (engine.pyx).
 
    Derivatives divide as IEEE does (x/0 -> inf, nan): a forward never admits a zero divisor, but a user may set
    `data` to 0 afterwards, and an inf or nan grad is then the honest answer (as in PyTorch). Where a local
@@ -285,46 +285,31 @@ FG_KERNEL void fg_softplus_derivative(double g, double out, double a, double b, 
 }
 
 
-/* --- dispatch on the op code: one switch, every kernel inlined into it */
+/* --- dispatch on the op code. Every op with kernels, once: fg_forward(), fg_derivative() and the batched
+   replay's lane loops (lanes.c) each make their switch from this list. */
+#define FG_KERNEL_OPS(X) \
+    X(FG_ADD, fg_add) X(FG_SUB, fg_sub) X(FG_MUL, fg_mul) X(FG_DIV, fg_div) X(FG_NEG, fg_neg) \
+    X(FG_POW_CONST, fg_pow_const) X(FG_POW, fg_pow) X(FG_TANH, fg_tanh) X(FG_EXP, fg_exp) X(FG_LOG, fg_log) \
+    X(FG_RELU, fg_relu) X(FG_SIGMOID, fg_sigmoid) X(FG_SOFTPLUS, fg_softplus)
 
 /* The op's forward; LEAF and CUSTOM have none (their data is given) and leave out as it was. */
 FG_KERNEL fg_status fg_forward(int op, double a, double b, double k, double *out) {
+#define FG_FORWARD_CASE(code, kernel) case code: return kernel##_forward(a, b, k, out);
     switch (op) {
-    case FG_ADD:       return fg_add_forward(a, b, k, out);
-    case FG_SUB:       return fg_sub_forward(a, b, k, out);
-    case FG_MUL:       return fg_mul_forward(a, b, k, out);
-    case FG_DIV:       return fg_div_forward(a, b, k, out);
-    case FG_NEG:       return fg_neg_forward(a, b, k, out);
-    case FG_POW_CONST: return fg_pow_const_forward(a, b, k, out);
-    case FG_POW:       return fg_pow_forward(a, b, k, out);
-    case FG_TANH:      return fg_tanh_forward(a, b, k, out);
-    case FG_EXP:       return fg_exp_forward(a, b, k, out);
-    case FG_LOG:       return fg_log_forward(a, b, k, out);
-    case FG_RELU:      return fg_relu_forward(a, b, k, out);
-    case FG_SIGMOID:   return fg_sigmoid_forward(a, b, k, out);
-    case FG_SOFTPLUS:  return fg_softplus_forward(a, b, k, out);
-    default:           return FG_OK;
+    FG_KERNEL_OPS(FG_FORWARD_CASE)
+    default: return FG_OK;
     }
+#undef FG_FORWARD_CASE
 }
 
 /* The op's derivative; LEAF and CUSTOM propagate nothing (da and db are left as they were). */
 FG_KERNEL void fg_derivative(int op, double g, double out, double a, double b, double k, double *da, double *db) {
+#define FG_DERIVATIVE_CASE(code, kernel) case code: kernel##_derivative(g, out, a, b, k, da, db); break;
     switch (op) {
-    case FG_ADD:       fg_add_derivative(g, out, a, b, k, da, db); break;
-    case FG_SUB:       fg_sub_derivative(g, out, a, b, k, da, db); break;
-    case FG_MUL:       fg_mul_derivative(g, out, a, b, k, da, db); break;
-    case FG_DIV:       fg_div_derivative(g, out, a, b, k, da, db); break;
-    case FG_NEG:       fg_neg_derivative(g, out, a, b, k, da, db); break;
-    case FG_POW_CONST: fg_pow_const_derivative(g, out, a, b, k, da, db); break;
-    case FG_POW:       fg_pow_derivative(g, out, a, b, k, da, db); break;
-    case FG_TANH:      fg_tanh_derivative(g, out, a, b, k, da, db); break;
-    case FG_EXP:       fg_exp_derivative(g, out, a, b, k, da, db); break;
-    case FG_LOG:       fg_log_derivative(g, out, a, b, k, da, db); break;
-    case FG_RELU:      fg_relu_derivative(g, out, a, b, k, da, db); break;
-    case FG_SIGMOID:   fg_sigmoid_derivative(g, out, a, b, k, da, db); break;
-    case FG_SOFTPLUS:  fg_softplus_derivative(g, out, a, b, k, da, db); break;
-    default:           break;
+    FG_KERNEL_OPS(FG_DERIVATIVE_CASE)
+    default: break;
     }
+#undef FG_DERIVATIVE_CASE
 }
 
 #endif
