@@ -16,8 +16,13 @@
    derivative is 0 whatever the data (relu below 0, x ** 0), it is 0 whatever grad reaches it, as in PyTorch:
    0 * inf would make it nan.
 
-   NaN bits: when an operand of a forward is a NaN, its result is that NaN, the first operand's if both are
-   (fg_add, fg_mul below), on every path.
+   NaN bits: a NaN operand gives the same NaN on every path (eager, replay, lanes), but for one case. Where two
+   NaNs meet in `x + y` or `x * y` (an op's, a derivative's, or an addition into a grad), x86 returns the first
+   operand's, and C lets the compiler put a commutative op's operands in either order, which it does differently
+   in each inlined copy: the result is a NaN, but which of the two may differ between paths. Picking it with a
+   select after each + and * cost 8-12% of the scalar replay's forward and 37% of the batched forward (or, the
+   select written the other way, 35-40% and 2-8%; a 2-core Intel Xeon VM, GCC 12), so it is documented instead.
+   x - y and x / y keep the first operand's (no compiler swaps them), pow is one libm function everywhere.
 
    Plain C with no Python in it, so the lane loops can be compiled for several SIMD widths in one module
    (lanes.h). Build with -ffp-contract=off: `acc + w * x` contracted into one FMA would round once where
@@ -87,25 +92,10 @@ typedef enum {
 } fg_status;
 
 
-/* NaN bits. x86 and ARM return the first operand's NaN when both operands are NaNs, but C lets the compiler put
-   a commutative op's operands in either order, and it did so differently in the eager op and in the replay: so
-   x + y and x * y pick the NaN themselves. x - y and x / y need nothing (no compiler swaps their operands), and
-   pow is one libm function wherever it is called. The test is one select after the op: when no NaN is involved
-   it costs a compare and a branch that is never taken, and GCC still vectorises it in a lane loop.
-   The derivatives and the additions into grads are left as C has them: where two NaNs meet there (a NaN grad
-   times a NaN operand, a second NaN term into a NaN grad), the result is a NaN on every path but its bits may
-   differ. Pinning them too was measured to slow the replay's backward sweep by a third to two thirds. */
-FG_KERNEL double fg_first_nan(double x, double y, double result) {
-    return isnan(result) ? (isnan(x) ? x : isnan(y) ? y : result) : result;
-}
-FG_KERNEL double fg_add(double x, double y) { return fg_first_nan(x, y, x + y); }
-FG_KERNEL double fg_mul(double x, double y) { return fg_first_nan(x, y, x * y); }
-
-
 /* --- a + b */
 FG_KERNEL fg_status fg_add_forward(double a, double b, double k, double *out) {
     (void)k;
-    *out = fg_add(a, b);
+    *out = a + b;
     return FG_OK;
 }
 FG_KERNEL void fg_add_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
@@ -129,7 +119,7 @@ FG_KERNEL void fg_sub_derivative(double g, double out, double a, double b, doubl
 /* --- a * b */
 FG_KERNEL fg_status fg_mul_forward(double a, double b, double k, double *out) {
     (void)k;
-    *out = fg_mul(a, b);
+    *out = a * b;
     return FG_OK;
 }
 FG_KERNEL void fg_mul_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
