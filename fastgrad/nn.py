@@ -180,5 +180,5 @@ def _state_number(x: object, name: str) -> float:
         return Value(x).data
     except TypeError:
         raise TypeError(f"state[{name!r}] must be a real number, not {type_name(x)!r}") from None
-    except OverflowError:
-        raise OverflowError(f"state[{name!r}] = {x} is too large for a float") from None
+    except (OverflowError, ValueError) as error:     # an int beyond a float, a signaling NaN Decimal
+        raise type(error)(f"state[{name!r}] = {x!r}: {error}") from None

@@ -169,6 +169,7 @@ def test_load_without_strict_loads_what_matches():
     (True, TypeError, "not 'bool'"),
     (Value(1.0), TypeError, "not 'fastgrad.engine.Value'"),
     (10 ** 400, OverflowError, "state['layers.0.neurons.1.b'] = 1000"),
+    (Decimal("sNaN"), ValueError, "state['layers.0.neurons.1.b'] = Decimal('sNaN'): cannot convert signaling NaN"),
 ])
 def test_a_value_that_is_not_a_real_number_changes_nothing(bad, error, message):
     model, state = model_and_state()
