@@ -13,7 +13,7 @@ missing when they are written back; where backward() visits other nodes between 
 one DOT only if that changes no grad's order of additions (see joins), so the bits stay the same.
 """
 cimport cython
-from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
@@ -45,12 +45,7 @@ cdef class Recording:
     """A recorded program; the replays are its subclasses."""
 
     def __dealloc__(self):
-        PyMem_Free(self.values)
-        PyMem_Free(self.grads)
-        PyMem_Free(self.nodes)
-        PyMem_Free(self.code)
-        PyMem_Free(self.second)
-        PyMem_Free(self.terms)
+        give_back(self.block, self.block_bytes)
 
     def __len__(self):
         """The nodes recorded, leaves included."""
@@ -79,8 +74,7 @@ cdef class Recording:
         return self.inner - 1 if self.inner else 0
 
     cdef Py_ssize_t program_bytes(self) noexcept:
-        return (self.slots * 2 * sizeof(double) + self.size * sizeof(PyObject*)
-                + self.instructions * (sizeof(uint32_t) + sizeof(int32_t)) + self.term_words * sizeof(int32_t))
+        return self.block_bytes
 
     cdef int record(self, Value root, bint fuse) except -1:
         # The sort's arrays are kept from one recording to the next, as backward() keeps its own: a training
@@ -119,10 +113,22 @@ cdef class Recording:
         cdef Py_ssize_t i, side, leaves = 0, links = 0, inner_links = 0, pow_consts = 0
         cdef PyObject* node
         cdef PyObject* child
+        cdef ExponentSlots exponents = ExponentSlots(NULL, NULL, 0, 0)
         if order.length == 0:                # the root is a leaf
-            self.allocate(0, 0, 1, 0, 0)
+            self.allocate(0, 0, 1, 0, &exponents)
             self.slot_of(<PyObject*>self.root_node)
             return 0
+        try:
+            self.lay_out_nodes(order, &exponents)
+        finally:
+            PyMem_Free(exponents.table)
+            PyMem_Free(exponents.keys)
+        return 0
+
+    cdef int lay_out_nodes(self, NodeArray* order, ExponentSlots* exponents) except -1:
+        cdef Py_ssize_t i, side, leaves = 0, links = 0, inner_links = 0, pow_consts = 0
+        cdef PyObject* node
+        cdef PyObject* child
         for i in range(order.length):        # references within the graph; leaves; exponents
             node = order.items[i]
             pow_consts += (<Value>node).op == ops.POW_CONST
@@ -136,8 +142,11 @@ cdef class Recording:
                         leaves += 1
                 elif (<Value>child).visited & PARENTS != PARENTS:
                     (<Value>child).visited += ONE_PARENT
+        make_exponent_table(exponents, pow_consts)
         for i in range(order.length):
             node = order.items[i]
+            if (<Value>node).op == ops.POW_CONST:
+                exponent_index(exponents, (<Value>node).constant)
             for side in range(2):
                 child = (<Value>node).child_b if side else (<Value>node).child_a
                 if child != NULL and (<Value>child).child_a == NULL:
@@ -159,29 +168,39 @@ cdef class Recording:
         # A sum of n terms is 2n nodes, one instruction and 2n + 1 words of terms; of one term, two instructions
         # (write_program decides: room for either).
         self.allocate(order.length - 2 * links + 2 * (links - inner_links), order.length, order.length + leaves,
-                      2 * links + (links - inner_links), pow_consts)
-        self.write_program(order)
+                      2 * links + (links - inner_links), exponents)
+        self.write_program(order, exponents)
         return 0
 
     cdef int allocate(self, Py_ssize_t instructions, Py_ssize_t inner, Py_ssize_t size, Py_ssize_t term_words,
-                      Py_ssize_t exponents) except -1:
+                      ExponentSlots* exponents) except -1:
+        """The program's arrays, in one block: the numbers (the scratch slot 0, the exponents their k), the
+        nodes, the instructions, the terms."""
+        cdef Py_ssize_t i
+        cdef size_t doubles, pointers
         self.instructions, self.inner, self.size, self.term_words = instructions, inner, size, term_words
-        self.slots = size + 1 + exponents       # write_program keeps one slot a distinct exponent
-        self.values = <double*>PyMem_Malloc(self.slots * sizeof(double))
-        self.grads = <double*>PyMem_Malloc(self.slots * sizeof(double))
-        self.nodes = <PyObject**>PyMem_Malloc(size * sizeof(PyObject*))
-        self.code = <uint32_t*>PyMem_Malloc(instructions * sizeof(uint32_t) + 1)      # + 1: never NULL for 0
-        self.second = <int32_t*>PyMem_Malloc(instructions * sizeof(int32_t) + 1)
-        self.terms = <int32_t*>PyMem_Malloc(term_words * sizeof(int32_t) + 1)
-        if not (self.values and self.grads and self.nodes and self.code and self.second and self.terms):
+        self.slots = size + 1 + exponents.count
+        doubles = 2 * self.slots * sizeof(double)
+        pointers = size * sizeof(PyObject*)
+        self.block_bytes = doubles + pointers + (2 * instructions + term_words) * sizeof(int32_t)
+        self.block = take_block(self.block_bytes)
+        if self.block == NULL:
+            self.block_bytes = 0
             raise MemoryError()
+        self.values = <double*>self.block
+        self.grads = self.values + self.slots
+        self.nodes = <PyObject**>(<char*>self.block + doubles)
+        self.code = <uint32_t*>(<char*>self.block + doubles + pointers)
+        self.second = <int32_t*>(self.code + instructions)
+        self.terms = self.second + instructions
         memset(self.values + size, 0, (self.slots - size) * sizeof(double))
         memset(self.grads + size, 0, (self.slots - size) * sizeof(double))
+        for i in range(exponents.count):
+            self.values[size + 1 + i] = exponents.keys[i]
         return 0
 
-    cdef int write_program(self, NodeArray* order) except -1:
+    cdef int write_program(self, NodeArray* order, ExponentSlots* exponents) except -1:
         cdef Py_ssize_t i, n, j, slot = 0, instruction = 0, term = 0
-        cdef ExponentSlots exponents = ExponentSlots(NULL, 0, self.size + 1)
         cdef PyObject* node
         cdef PyObject* link
         cdef PyObject* product
@@ -211,17 +230,13 @@ cdef class Recording:
                 term += 2 * n + 1
             else:
                 if (<Value>node).visited & LINK:  # a sum of one term: as fast as two instructions, and smaller
-                    self.write_op((<Value>node).child_b, slot, instruction, &exponents)
+                    self.write_op((<Value>node).child_b, slot, instruction, exponents)
                     slot += 1
                     instruction += 1
-                self.write_op(node, slot, instruction, &exponents)
+                self.write_op(node, slot, instruction, exponents)
                 slot += 1
             instruction += 1
         self.instructions, self.term_words = instruction, term
-        PyMem_Free(exponents.table)
-        self.slots = exponents.next                          # the exponents' slots past the distinct ones go
-        self.values = <double*>PyMem_Realloc(self.values, self.slots * sizeof(double))   # (never NULL: shorter)
-        self.grads = <double*>PyMem_Realloc(self.grads, self.slots * sizeof(double))
         return 0
 
     cdef int write_op(self, PyObject* node, Py_ssize_t slot, Py_ssize_t instruction,
@@ -229,38 +244,13 @@ cdef class Recording:
         """The instruction computing one node by its op, into its slot."""
         self.code[instruction] = self.slot_of((<Value>node).child_a) << OP_BITS | (<Value>node).op
         if (<Value>node).op == ops.POW_CONST:
-            self.second[instruction] = self.exponent_slot(exponents, (<Value>node).constant)
+            self.second[instruction] = <int32_t>(self.size + 1 + exponent_index(exponents, (<Value>node).constant))
         elif (<Value>node).child_b != NULL:
             self.second[instruction] = self.slot_of((<Value>node).child_b)
         else:
             self.second[instruction] = self.size      # the scratch slot
         self.place(node, slot)
         return 0
-
-    cdef int32_t exponent_slot(self, ExponentSlots* exponents, double k) except -1:
-        """The slot holding k (by its bits), given at its first use: `x ** 2` a thousand times is one slot."""
-        cdef Py_ssize_t i, capacity
-        cdef uint64_t key
-        if exponents.table == NULL:          # sized for every POW_CONST node: at most half full
-            capacity = 16
-            while capacity < 2 * (self.slots - self.size - 1):
-                capacity *= 2
-            exponents.table = <int32_t*>PyMem_Malloc(capacity * sizeof(int32_t))
-            if exponents.table == NULL:
-                raise MemoryError()
-            memset(exponents.table, 0xff, capacity * sizeof(int32_t))        # -1: free
-            exponents.mask = capacity - 1
-        memcpy(&key, &k, sizeof(double))
-        key = (key ^ (key >> 32)) * <uint64_t>0x7FEB352D                  # mix the bits, then take a few
-        i = <Py_ssize_t>((key ^ (key >> 29)) >> 16) & exponents.mask
-        while exponents.table[i] >= 0:
-            if memcmp(&self.values[exponents.table[i]], &k, sizeof(double)) == 0:
-                return exponents.table[i]
-            i = (i + 1) & exponents.mask
-        exponents.table[i] = <int32_t>exponents.next
-        self.values[exponents.next] = k
-        exponents.next += 1
-        return exponents.table[i]
 
     cdef void place(self, PyObject* node, Py_ssize_t slot) noexcept:
         self.values[slot] = (<Value>node).value
@@ -377,3 +367,69 @@ cdef inline bint sum_link(PyObject* node) noexcept:
         return False
     product = (<Value>node).child_b
     return (<Value>product).op == ops.MUL and (<Value>product).visited & PARENTS == ONE_PARENT
+
+
+# Exponents: one slot a distinct k (by its bits), so that `x ** 2` a thousand times is one slot.
+
+cdef int make_exponent_table(ExponentSlots* exponents, Py_ssize_t count) except -1:
+    """Room for count exponents, in an open-addressing table at most half full."""
+    cdef Py_ssize_t capacity = 16
+    if count == 0:
+        return 0
+    while capacity < 2 * count:
+        capacity *= 2
+    exponents.table = <int32_t*>PyMem_Malloc(capacity * sizeof(int32_t))
+    exponents.keys = <double*>PyMem_Malloc(count * sizeof(double))
+    if exponents.table == NULL or exponents.keys == NULL:
+        raise MemoryError()
+    memset(exponents.table, 0xff, capacity * sizeof(int32_t))        # -1: free
+    exponents.mask = capacity - 1
+    return 0
+
+
+cdef Py_ssize_t exponent_index(ExponentSlots* exponents, double k) noexcept:
+    """k's index among the distinct exponents, given at its first sight."""
+    cdef Py_ssize_t i
+    cdef uint64_t key
+    memcpy(&key, &k, sizeof(double))
+    key = (key ^ (key >> 32)) * <uint64_t>0x7FEB352D                  # mix the bits, then take a few
+    i = <Py_ssize_t>((key ^ (key >> 29)) >> 16) & exponents.mask
+    while exponents.table[i] >= 0:
+        if memcmp(&exponents.keys[exponents.table[i]], &k, sizeof(double)) == 0:
+            return exponents.table[i]
+        i = (i + 1) & exponents.mask
+    exponents.table[i] = <int32_t>exponents.count
+    exponents.keys[exponents.count] = k
+    exponents.count += 1
+    return exponents.count - 1
+
+
+# The program's block. Freeing a large block and taking a new one for the next graph costs a page fault
+# every 4 KiB (glibc maps large blocks anew), as much as recording itself: the last one freed is kept, for a
+# graph of about its size (a script that compiles compiles graphs of one size), and given back otherwise.
+
+cdef void* spare_block = NULL
+cdef size_t spare_bytes = 0
+
+cdef enum:
+    SPARE_MIN = 1 << 16                  # smaller blocks come cheap from the allocator
+    SPARE_MAX = 1 << 28
+
+
+cdef void* take_block(size_t size) noexcept:
+    global spare_block
+    cdef void* block
+    if spare_block != NULL and size <= spare_bytes <= size + size // 4:
+        block = spare_block
+        spare_block = NULL
+        return block
+    return PyMem_Malloc(size + 1)         # + 1: never NULL for 0
+
+
+cdef void give_back(void* block, size_t size) noexcept:
+    global spare_block, spare_bytes
+    if block != NULL and SPARE_MIN <= size <= SPARE_MAX:
+        PyMem_Free(spare_block)
+        spare_block, spare_bytes = block, size
+    else:
+        PyMem_Free(block)

@@ -96,7 +96,7 @@ cdef class Value:
         children = tuple(_children)
         for child in children:
             if not isinstance(child, Value):
-                raise TypeError(f"_children must be Values, not {type(child).__name__!r}")
+                raise TypeError(f"_children must be Values, not {type_name(child)!r}")
         cdef double value = real_number(data, "Value data")
         cdef str op_name = exact_str(_op, "_op")
         cdef str label_name = exact_str(label, "label")
@@ -188,7 +188,7 @@ cdef class Value:
         children = tuple(value)
         for child in children:
             if not isinstance(child, Value):
-                raise TypeError(f"_prev must hold Values, not {type(child).__name__!r}")
+                raise TypeError(f"_prev must hold Values, not {type_name(child)!r}")
         check_can_take_state(self, "children")
         if self.op > ops.CUSTOM:
             raise TypeError(f"the children of a node made by {SPELLINGS[self.op]!r} are fixed")
@@ -362,15 +362,22 @@ cdef object array_op(op, left, right):
 cdef double real_number(object x, str what) except? -1.0:
     cdef double value
     if not as_double(x, &value):
-        raise TypeError(f"{what} must be a real number, not {type(x).__name__!r}")
+        raise TypeError(f"{what} must be a real number, not {type_name(x)!r}")
     return value
 
 
 cdef str exact_str(object s, str what):
     """s as an exact str: a str subclass could carry a __dict__, and with it a reference cycle."""
     if not isinstance(s, str):
-        raise TypeError(f"{what} must be a str, not {type(s).__name__!r}")
+        raise TypeError(f"{what} must be a str, not {type_name(s)!r}")
     return str.__str__(s)
+
+
+cpdef str type_name(object x):
+    """The name error messages give x's type: `str`, `micrograd.engine.Value`, `fastgrad.engine.Value` (a bare
+    `Value` would not tell a user that they passed micrograd's node to fastgrad). Every module's messages use it."""
+    cls = type(x)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
 cdef inline Value leaf(double value):

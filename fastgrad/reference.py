@@ -150,7 +150,7 @@ class Value:
         out = Value(_real_pow(self.data, k), (self,), f"**{other}")
 
         def _backward():
-            self.grad += k * _ieee_pow(self.data, k - 1) * out.grad
+            self.grad += 0.0 if k == 0 else k * _ieee_pow(self.data, k - 1) * out.grad    # x ** 0 is flat
         out._backward = _backward
         return out
 
@@ -165,7 +165,7 @@ class Value:
                 slope_in_exponent = 0.0        # 0 ** b is flat in b for b > 0, the only case forward allows
             else:
                 slope_in_exponent = math.nan   # b is an integer here: no real derivative in b
-            self.grad += exponent.data * _ieee_pow(base, exponent.data - 1) * out.grad
+            self.grad += 0.0 if exponent.data == 0 else exponent.data * _ieee_pow(base, exponent.data - 1) * out.grad
             exponent.grad += slope_in_exponent * out.grad
         out._backward = _backward
         return out
@@ -219,7 +219,9 @@ class Value:
         out = Value(0.0 if self.data < 0 else self.data, (self,), "ReLU")
 
         def _backward():
-            self.grad += (out.data > 0) * out.grad
+            # fastgrad's mask (src/ops.h): 0 where the output is <= 0 whatever grad comes, and a nan output
+            # (from a nan input) passes the grad on, as in PyTorch
+            self.grad += 0.0 if out.data <= 0 else out.grad
         out._backward = _backward
         return out
 

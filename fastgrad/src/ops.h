@@ -12,7 +12,17 @@
    FG_KERNEL_OPS (at the end), and a method on Value (engine.pyx).
 
    Derivatives divide as IEEE does (x/0 -> inf, nan): a forward never admits a zero divisor, but a user may set
-   `data` to 0 afterwards, and an inf or nan grad is then the honest answer (as in PyTorch).
+   `data` to 0 afterwards, and an inf or nan grad is then the honest answer (as in PyTorch). Where a local
+   derivative is 0 whatever the data (relu below 0, x ** 0), it is 0 whatever grad reaches it, as in PyTorch:
+   0 * inf would make it nan.
+
+   NaN bits: a NaN operand gives the same NaN on every path (eager, replay, lanes), but for one case. Where two
+   NaNs meet in `x + y` or `x * y` (an op's, a derivative's, or an addition into a grad), x86 returns the first
+   operand's, and C lets the compiler put a commutative op's operands in either order, which it does differently
+   in each inlined copy: the result is a NaN, but which of the two may differ between paths. Picking it with a
+   select after each + and * cost 8-12% of the scalar replay's forward and 37% of the batched forward (or, the
+   select written the other way, 35-40% and 2-8%; a 2-core Intel Xeon VM, GCC 12), so it is documented instead.
+   x - y and x / y keep the first operand's (no compiler swaps them), pow is one libm function everywhere.
 
    Plain C with no Python in it, so the lane loops can be compiled for several SIMD widths in one module
    (lanes.h). Build with -ffp-contract=off: `acc + w * x` contracted into one FMA would round once where
@@ -160,7 +170,7 @@ FG_KERNEL fg_status fg_pow_const_forward(double a, double b, double k, double *o
 FG_KERNEL void fg_pow_const_derivative(double g, double out, double a, double b, double k,
                                        double *da, double *db) {
     (void)out; (void)b; (void)db;
-    *da = k * pow(a, k - 1.0) * g;
+    *da = k == 0.0 ? 0.0 : k * pow(a, k - 1.0) * g;     /* x ** 0 is flat, at 0 too */
 }
 FG_KERNEL fg_status fg_pow_forward(double a, double b, double k, double *out) {
     (void)k;
@@ -175,7 +185,7 @@ FG_KERNEL void fg_pow_derivative(double g, double out, double a, double b, doubl
         slope_in_exponent = 0.0;       /* 0**b is flat in b for b > 0, the only zero base forward admits */
     else
         slope_in_exponent = NAN;
-    *da = b * pow(a, b - 1.0) * g;
+    *da = b == 0.0 ? 0.0 : b * pow(a, b - 1.0) * g;     /* as x ** 0 */
     *db = slope_in_exponent * g;
 }
 
@@ -185,22 +195,32 @@ FG_KERNEL void fg_pow_derivative(double g, double out, double a, double b, doubl
    receives a * g. Python takes b ** -1 from libm's pow, which is not always rounded as 1 / b is, and given
    a constant exponent the compiler would replace pow(b, -1.0) by 1.0 / b: the exponents are read as volatile. */
 static const volatile double fg_minus_one = -1.0, fg_minus_two = -2.0;
+FG_KERNEL double fg_python_pow(double x, volatile const double *k) {
+    return isnan(x) ? x : pow(x, *k);          /* Python gives a NaN base back as it is, bits and all */
+}
+/* x * y as Python's float product is on x86: the first operand's NaN where both are NaNs (C may put a
+   product's operands in either order), so that the NaN bits are the same on every path */
+FG_KERNEL double fg_python_product(double x, double y) {
+    return isnan(x) ? x : x * y;
+}
 FG_KERNEL fg_status fg_div_forward(double a, double b, double k, double *out) {
     double inverse = 0.0;
     fg_status status;
     (void)k;
     if (b == 0.0)
         return FG_DIVISION_BY_ZERO;
-    status = fg_power(b, fg_minus_one, &inverse);
+    status = fg_power(b, fg_minus_one, &inverse);     /* its range error, where b**-1 overflows */
     if (status != FG_OK)
         return status;
-    *out = a * inverse;
+    *out = fg_python_product(a, fg_python_pow(b, &fg_minus_one));
     return FG_OK;
 }
 FG_KERNEL void fg_div_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
+    double slope = fg_python_pow(b, &fg_minus_two);
     (void)out; (void)k;
-    *da = pow(b, fg_minus_one) * g;
-    *db = (-1.0 * pow(b, fg_minus_two)) * (0.0 + a * g);
+    slope = isnan(slope) ? slope : -slope;      /* -1 * slope, which keeps a NaN's sign in Python */
+    *da = fg_python_product(fg_python_pow(b, &fg_minus_one), g);
+    *db = fg_python_product(slope, 0.0 + fg_python_product(a, g));
 }
 
 /* --- tanh(a): C's tanh, stable where the seed's (e^2x - 1)/(e^2x + 1) overflows */
@@ -249,7 +269,7 @@ FG_KERNEL fg_status fg_relu_forward(double a, double b, double k, double *out) {
 }
 FG_KERNEL void fg_relu_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
     (void)a; (void)b; (void)k; (void)db;
-    *da = (out > 0.0 ? 1.0 : 0.0) * g;
+    *da = out <= 0.0 ? 0.0 : g;        /* PyTorch's mask: a nan output passes g on */
 }
 
 /* --- sigmoid(a), in the form that cannot overflow on either side */
