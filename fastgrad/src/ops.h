@@ -112,8 +112,9 @@ FG_KERNEL void fg_add_derivative(double g, double out, double a, double b, doubl
     *db = g;
 }
 
-/* --- a - b, micrograd's a + (-b): the same number (IEEE subtraction is the addition of the negation); b's
-   grad passes through the -b node, whose grad starts at 0 (0 + g turns a -0.0 into 0.0) */
+/* --- a - b: micrograd's a + b * -1 gives the same numbers (IEEE subtraction is the addition of the negation;
+   through the hidden b * -1 node b gets -1 * (0 + g), which differs from -g only for g = -0.0, and adding either
+   zero into a grad that started at 0.0 gives the same bits) */
 FG_KERNEL fg_status fg_sub_forward(double a, double b, double k, double *out) {
     (void)k;
     *out = a - b;
@@ -122,7 +123,7 @@ FG_KERNEL fg_status fg_sub_forward(double a, double b, double k, double *out) {
 FG_KERNEL void fg_sub_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
     (void)out; (void)a; (void)b; (void)k;
     *da = g;
-    *db = -1.0 * (0.0 + g);
+    *db = -g;
 }
 
 /* --- a * b */
