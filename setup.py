@@ -35,6 +35,8 @@ extensions = [
     Extension("fastgrad.replay", ["fastgrad/replay.pyx"]),
     # The optimizers' loops over a C array of parameter nodes (engine.pxd's layout).
     Extension("fastgrad._optim", ["fastgrad/_optim.pyx"]),
+    # grad(): its sweeps, and the derivative graphs it builds out of nodes (engine.pxd's layout and makers).
+    Extension("fastgrad._grad", ["fastgrad/_grad.pyx"]),
 ]
 
 setup(

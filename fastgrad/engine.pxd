@@ -1,7 +1,8 @@
-# The engine's C interface for fastgrad's other compiled modules (the replay, the optimizers): the node's
-# layout, the node array and the topological sort. For in-tree modules only: it is not shipped in the wheel,
+# The engine's C interface for fastgrad's other compiled modules (the replay, the optimizers, grad): the
+# node's layout, how nodes are made, the node array and the topological sort. For in-tree modules only: it is not shipped in the wheel,
 # so nothing outside this repository can cimport it. The op codes and kernels are in _ops.pxd.
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
 
 
 cdef class Value:
@@ -20,6 +21,27 @@ cdef class Value:
     cdef unsigned char constant_is_int  # spell `**2` (not `**2.0`) when the exponent was given as int
     cdef unsigned char visited      # set during a topological sort, cleared by whoever ran it
     cdef unsigned int slab          # which slab of node memory holds the node (src/node_memory.h)
+
+
+# How nodes are made, data given (computed and checked by the op's kernel first). Inline here, so that
+# grad (_grad.pyx), which builds a node per derivative term, calls no function across modules per node.
+cdef inline Value leaf(double value):
+    cdef Value n = Value.__new__(Value)       # fields start zeroed: op LEAF, no children, grad 0.0
+    n.value = value
+    return n
+
+cdef inline Value unary_node(unsigned char op, double value, Value a):
+    cdef Value n = leaf(value)
+    n.op = op
+    Py_INCREF(a)
+    n.child_a = <PyObject*>a
+    return n
+
+cdef inline Value binary_node(unsigned char op, double value, Value a, Value b):
+    cdef Value n = unary_node(op, value, a)
+    Py_INCREF(b)
+    n.child_b = <PyObject*>b
+    return n
 
 
 # A growable C array of borrowed node pointers.

@@ -1,0 +1,343 @@
+"""fastgrad.grad: the gradients of some outputs with respect to some inputs, without touching any node's .grad;
+with create_graph=True, as Values whose graphs express them in terms of the original leaves, so that they can
+be differentiated again (Newton steps, Hessian-vector products, losses that hold u'(x)).
+
+Two phases.
+
+plan(): the engine's C topological sort over every output's graph, then one pass that gives each node a
+place (inner nodes in the sort's order, then the leaves as they are met) and records each inner node's
+children's places. A node's place is kept in its `gradient` for the length of that pass (the grads saved
+beside it, and put back), as the replay's recorder does; every mark and grad is restored before plan()
+returns, on every path. What follows works on arrays indexed by place, and may run Python code freely.
+
+The sweep, in backward()'s order and with its order of additions (each node's grad into its first child,
+then into its second), into a side array instead of the nodes' grads:
+- floats: the kernels' derivatives (_ops.pxd), the very code backward() runs, so the same bits;
+- Values: each op's derivative written as Values (derivative_values below), the same formulas as the kernels
+  and built with the same kernels' forwards, so that the first derivatives are backward()'s bits as well.
+"""
+cimport cython
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.object cimport PyObject
+from libc.math cimport NAN, pow, signbit
+from libc.string cimport memset
+
+cimport fastgrad._ops as ops
+from fastgrad.engine cimport (NodeArray, Value, binary_node, catch_up, count_reach_in, free_array, leaf,
+                              sort_topologically, unary_node)
+
+
+def grad(outputs, inputs, *, grad_outputs=None, bint create_graph=False):
+    """The gradients of outputs (a Value or a sequence of Values, weighted by grad_outputs: one number or
+    Value each, default 1.0) with respect to each of inputs, as a list in the order of inputs.
+
+    No node's .grad changes. create_graph=False: floats, the numbers backward() would add into the inputs'
+    grads. create_graph=True: Values built from the original nodes, to use in further expressions, to
+    backward() or grad() again (higher orders), or to compile(). An input outside the outputs' graphs gets
+    0.0 (a new zero Value with create_graph).
+    """
+    cdef tuple outs = as_values(outputs, "outputs")
+    cdef tuple ins = as_values(inputs, "inputs")
+    cdef list seeds = seed_list(grad_outputs, len(outs), create_graph)
+    cdef Plan plan
+    cdef Py_ssize_t* out_places = NULL
+    cdef Py_ssize_t* in_places = NULL
+    plan.nodes = NodeArray(NULL, 0, 0)
+    plan.children = NULL
+    try:
+        out_places = <Py_ssize_t*>PyMem_Malloc((len(outs) + len(ins) + 1) * sizeof(Py_ssize_t))
+        if out_places == NULL:
+            raise MemoryError()
+        in_places = out_places + len(outs)
+        # Compiled graphs write their numbers back into the nodes read here; and with create_graph, Python
+        # gets hold of inner nodes through the new graph (see engine.pyx, "Graphs ahead of their nodes").
+        catch_up()
+        count_reach_in()
+        make_plan(&plan, outs, ins, out_places, in_places)
+        if create_graph:
+            return sweep_values(&plan, seeds, out_places, in_places, len(ins))
+        return sweep_floats(&plan, seeds, out_places, in_places, len(ins))
+    finally:
+        free_array(&plan.nodes)
+        PyMem_Free(plan.children)
+        PyMem_Free(out_places)
+
+
+cdef tuple as_values(object values, str what):
+    """values as a tuple of Values (one Value: a tuple of one). The tuple keeps the graphs alive."""
+    cdef tuple result = (values,) if type(values) is Value else tuple(values)
+    for v in result:
+        if type(v) is not Value:
+            raise TypeError(f"grad's {what} must be Values, not {type(v).__name__!r}")
+    return result
+
+
+cdef list seed_list(object grad_outputs, Py_ssize_t count, bint create_graph):
+    """grad_outputs, one per output, as floats, or with create_graph as Values (a number becomes a leaf)."""
+    cdef list seeds
+    if grad_outputs is None or type(grad_outputs) is Value or not hasattr(grad_outputs, "__len__"):
+        seeds = [grad_outputs] * count if count == 1 or grad_outputs is None else None
+        if seeds is None:
+            raise TypeError(f"grad_outputs must be a sequence of {count}, one per output")
+    else:
+        seeds = list(grad_outputs)
+        if len(seeds) != count:
+            raise ValueError(f"grad_outputs has {len(seeds)} entries for {count} outputs")
+    for i, seed in enumerate(seeds):
+        if seed is None:
+            seed = 1.0
+        if type(seed) is Value:
+            seeds[i] = seed if create_graph else (<Value>seed).value
+        elif isinstance(seed, (int, float)) or hasattr(type(seed), "__float__"):
+            seeds[i] = leaf(float(seed)) if create_graph else float(seed)
+        else:
+            raise TypeError(f"grad_outputs must be numbers or Values, not {type(seed).__name__!r}")
+    return seeds
+
+
+# ---------------------------------------------------------------------------------------------------
+# The plan
+
+cdef struct Plan:
+    NodeArray nodes          # borrowed (the outputs hold them): inner nodes children first, then the leaves
+    Py_ssize_t inner         # how many of nodes are inner
+    Py_ssize_t* children     # inner node i's children's places: 2 * i and 2 * i + 1 (-1: no second child)
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef int make_plan(Plan* plan, tuple outs, tuple ins, Py_ssize_t* out_places,
+                   Py_ssize_t* in_places) except -1:
+    cdef NodeArray stack = NodeArray(NULL, 0, 0)
+    cdef double* saved = NULL            # each placed node's grad, while its `gradient` holds its place
+    cdef Py_ssize_t i, j, count, capacity
+    cdef PyObject** items
+    cdef PyObject* node
+    cdef PyObject* child
+    cdef NodeArray* nodes = &plan.nodes
+    try:
+        for root in outs:       # the union of the graphs, children first: a valid order for all outputs
+            sort_topologically(<Value>root, nodes, &stack)
+    finally:
+        free_array(&stack)
+    plan.inner = nodes.length
+    # Every leaf is a child of an inner node or an output: room for all of them, so nothing fails below.
+    capacity = 3 * nodes.length + len(outs) + 1
+    saved = <double*>PyMem_Malloc(capacity * sizeof(double))
+    plan.children = <Py_ssize_t*>PyMem_Malloc((2 * nodes.length + 1) * sizeof(Py_ssize_t))
+    items = <PyObject**>PyMem_Realloc(nodes.items, capacity * sizeof(PyObject*))
+    if items != NULL:
+        nodes.items = items
+        nodes.capacity = capacity
+    if saved == NULL or plan.children == NULL or items == NULL:
+        for i in range(nodes.length):
+            (<Value>nodes.items[i]).visited = False
+        PyMem_Free(saved)
+        raise MemoryError()
+    # No Python code and no failure from here to the end: the marks are all cleared below.
+    count = nodes.length
+    for i in range(plan.inner):
+        node = nodes.items[i]
+        saved[i] = (<Value>node).gradient
+        (<Value>node).gradient = <double>i
+        for j in range(2):
+            child = (<Value>node).child_a if j == 0 else (<Value>node).child_b
+            if child == NULL:
+                plan.children[2 * i + j] = -1
+                continue
+            if not (<Value>child).visited:        # a leaf met for the first time (the sort placed inner nodes)
+                place_leaf(nodes, saved, &count, child)
+            plan.children[2 * i + j] = <Py_ssize_t>(<Value>child).gradient
+    for j in range(len(outs)):
+        node = <PyObject*>outs[j]
+        if not (<Value>node).visited:             # an output that is a leaf
+            place_leaf(nodes, saved, &count, node)
+        out_places[j] = <Py_ssize_t>(<Value>node).gradient
+    for j in range(len(ins)):
+        node = <PyObject*>ins[j]
+        in_places[j] = <Py_ssize_t>(<Value>node).gradient if (<Value>node).visited else -1
+    nodes.length = count
+    for i in range(count):
+        (<Value>nodes.items[i]).gradient = saved[i]
+        (<Value>nodes.items[i]).visited = False
+    PyMem_Free(saved)
+    return 0
+
+
+cdef inline void place_leaf(NodeArray* nodes, double* saved, Py_ssize_t* count, PyObject* node) noexcept:
+    saved[count[0]] = (<Value>node).gradient
+    (<Value>node).gradient = <double>count[0]
+    (<Value>node).visited = True
+    nodes.items[count[0]] = node
+    count[0] += 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# The sweep into floats: backward()'s, into an array
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef list sweep_floats(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_t* in_places,
+                       Py_ssize_t count):
+    cdef double* grads = <double*>PyMem_Malloc((plan.nodes.length + 1) * sizeof(double))
+    cdef Py_ssize_t i, j
+    cdef PyObject* node
+    cdef PyObject* a
+    cdef PyObject* b
+    cdef unsigned char op
+    cdef double da, db
+    if grads == NULL:
+        raise MemoryError()
+    try:
+        memset(grads, 0, plan.nodes.length * sizeof(double))
+        for j in range(len(seeds)):
+            grads[out_places[j]] += <double>seeds[j]
+        for i in range(plan.inner - 1, -1, -1):
+            node = plan.nodes.items[i]
+            op = (<Value>node).op
+            if op <= ops.CUSTOM:       # a hand-made node: nothing flows through it, as in backward()
+                continue
+            a = (<Value>node).child_a
+            b = (<Value>node).child_b
+            da = db = 0.0
+            ops.derivative(op, grads[i], (<Value>node).value, (<Value>a).value,
+                           0.0 if b == NULL else (<Value>b).value, (<Value>node).constant, &da, &db)
+            grads[plan.children[2 * i]] += da
+            if b != NULL:
+                grads[plan.children[2 * i + 1]] += db
+        return [grads[in_places[j]] if in_places[j] >= 0 else 0.0 for j in range(count)]
+    finally:
+        PyMem_Free(grads)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The sweep into Values
+
+@cython.final
+cdef class Sweep:
+    """The gradient built so far for each place (None: nothing has flowed into it), and the constants."""
+    cdef list grads
+    cdef Value one
+    cdef Value zero
+
+    cdef int add_to(self, Py_ssize_t place, Value term) except -1:
+        """Add term into the gradient at place, as backward() adds into a grad that starts at 0.0."""
+        cdef object total = self.grads[place]
+        if total is not None:
+            self.grads[place] = apply2(ops.ADD, <Value>total, term)
+        elif term.value == 0.0 and signbit(term.value):
+            self.grads[place] = apply2(ops.ADD, self.zero, term)    # 0.0 + -0.0 is 0.0, as backward() has it
+        else:
+            self.grads[place] = term
+        return 0
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef list sweep_values(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_t* in_places,
+                       Py_ssize_t count):
+    cdef Sweep sweep = Sweep.__new__(Sweep)
+    cdef Py_ssize_t i, j, place_b
+    cdef Value node
+    cdef object g
+    sweep.grads = [None] * plan.nodes.length
+    sweep.one = leaf(1.0)
+    sweep.zero = leaf(0.0)
+    for j in range(len(seeds)):
+        sweep.add_to(out_places[j], <Value>seeds[j])
+    for i in range(plan.inner - 1, -1, -1):
+        node = <Value>plan.nodes.items[i]
+        g = sweep.grads[i]
+        if node.op <= ops.CUSTOM or g is None:    # nothing flows through a hand-made node, nor into it
+            continue
+        derivative_values(sweep, <Value>g, node, <Value>node.child_a,
+                          None if node.child_b == NULL else <Value>node.child_b,
+                          plan.children[2 * i], plan.children[2 * i + 1])
+    result = []
+    for j in range(count):
+        g = sweep.grads[in_places[j]] if in_places[j] >= 0 else None
+        result.append(leaf(0.0) if g is None else g)
+    return result
+
+
+# Each op's derivative as Values, beside the others rather than beside its kernel: a Value cannot appear in
+# _ops.pxd (the kernels sit below the engine, on doubles), and a table of steps there that a builder here
+# interprets would need its own conditionals for the cases that branch on the node (x ** k at k = 0 and 1,
+# the slope of a ** b in b by a's sign). So this is the third place an op is added, after its kernels and
+# its eager method; each case reads as its kernel in _ops.pxd does, in the same order of operations, and
+# builds every node with that op's own kernel, so the numbers are the kernels' bits.
+cdef int derivative_values(Sweep s, Value g, Value out, Value a, Value b,
+                           Py_ssize_t place_a, Py_ssize_t place_b) except -1:
+    cdef int op = out.op
+    cdef double k = out.constant
+    cdef double slope
+    if op == ops.ADD:
+        s.add_to(place_a, g)
+        s.add_to(place_b, g)
+    elif op == ops.SUB:
+        s.add_to(place_a, g)
+        s.add_to(place_b, apply1(ops.NEG, g))
+    elif op == ops.MUL:
+        s.add_to(place_a, apply2(ops.MUL, b, g))
+        s.add_to(place_b, apply2(ops.MUL, a, g))
+    elif op == ops.DIV:
+        s.add_to(place_a, apply2(ops.DIV, g, b))
+        s.add_to(place_b, apply1(ops.NEG, apply2(ops.DIV, apply2(ops.MUL, g, out), b)))
+    elif op == ops.NEG:
+        s.add_to(place_a, apply1(ops.NEG, g))
+    elif op == ops.POW_CONST:
+        if k == 1.0:       # k * a ** 0.0 * g is g whatever a is: no a ** 0.0 node, whose derivative fails at 0
+            s.add_to(place_a, g)
+        elif k == 0.0:     # 0.0 * a ** -1.0 is a constant (nan at 0, as backward() has it), flat in a
+            s.add_to(place_a, apply2(ops.MUL, leaf(k * pow(a.value, k - 1.0)), g))
+        else:
+            s.add_to(place_a, apply2(ops.MUL, apply2(ops.MUL, leaf(k), pow_const(a, k - 1.0, out)), g))
+    elif op == ops.POW:
+        s.add_to(place_a, apply2(ops.MUL, apply2(ops.MUL, b, apply2(ops.POW, a, apply2(ops.SUB, b, s.one))), g))
+        if a.value > 0.0:
+            s.add_to(place_b, apply2(ops.MUL, apply2(ops.MUL, out, apply1(ops.LOG, a)), g))
+        else:              # the kernel's constant slope at a == 0 (0.0) and below (nan): flat in a and b
+            slope = 0.0 if a.value == 0.0 else NAN
+            s.add_to(place_b, apply2(ops.MUL, leaf(slope), g))
+    elif op == ops.TANH:
+        s.add_to(place_a, apply2(ops.MUL, apply2(ops.SUB, s.one, apply2(ops.MUL, out, out)), g))
+    elif op == ops.EXP:
+        s.add_to(place_a, apply2(ops.MUL, out, g))
+    elif op == ops.LOG:
+        s.add_to(place_a, apply2(ops.DIV, g, a))
+    elif op == ops.SIGMOID:
+        s.add_to(place_a, apply2(ops.MUL, apply2(ops.MUL, out, apply2(ops.SUB, s.one, out)), g))
+    elif op == ops.SOFTPLUS:
+        s.add_to(place_a, apply2(ops.MUL, apply1(ops.SIGMOID, a), g))
+    else:
+        raise NotImplementedError(f"grad(create_graph=True) cannot differentiate {out._op!r} yet")
+    return 0
+
+
+cdef inline Value apply2(int op, Value x, Value y):
+    """The node op(x, y), its data from the op's kernel, or the eager op's exception."""
+    cdef double value = 0.0
+    cdef ops.Status status = ops.forward(op, x.value, y.value, 0.0, &value)
+    if status != ops.OK:
+        raise ops.op_error(status)
+    return binary_node(op, value, x, y)
+
+
+cdef inline Value apply1(int op, Value x):
+    cdef double value = 0.0
+    cdef ops.Status status = ops.forward(op, x.value, 0.0, 0.0, &value)
+    if status != ops.OK:
+        raise ops.op_error(status)
+    return unary_node(op, value, x)
+
+
+cdef Value pow_const(Value x, double k, Value spelled_like):
+    """x ** k, spelled `**2` rather than `**2.0` if the exponent it comes from was given as an int."""
+    cdef double value = 0.0
+    cdef ops.Status status = ops.pow_const_forward(x.value, 0.0, k, &value)
+    if status != ops.OK:
+        raise ops.op_error(status)
+    cdef Value n = unary_node(ops.POW_CONST, value, x)
+    n.constant = k
+    n.constant_is_int = spelled_like.constant_is_int
+    return n
