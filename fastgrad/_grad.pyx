@@ -11,7 +11,8 @@ beside it, and put back), as the replay's recorder does; every mark and grad is 
 returns, on every path. What follows works on arrays indexed by place, and may run Python code freely.
 
 The sweep, in backward()'s order and with its order of additions (each node's grad into its first child,
-then into its second), into a side array instead of the nodes' grads:
+then into its second), into a side array instead of the nodes' grads, only along paths that reach an input
+(as PyTorch does: a derivative nobody asked for is not built, and cannot fail):
 - floats: the kernels' derivatives (_ops.pxd), the very code backward() runs, so the same bits;
 - Values: each op's derivative written as Values (derivative_values below), the same formulas as the kernels
   and built with the same kernels' forwards, so that the first derivatives are backward()'s bits as well.
@@ -98,10 +99,17 @@ cdef list seed_list(object grad_outputs, Py_ssize_t count, bint create_graph):
 # ---------------------------------------------------------------------------------------------------
 # The plan
 
+cdef enum:
+    PLACED = 1               # sort_topologically's mark, and place_leaf's: the node's place is in `gradient`
+    INPUT = 2                # an input lies at or below the node
+
+
 cdef struct Plan:
     NodeArray nodes          # borrowed (the outputs hold them): inner nodes children first, then the leaves
     Py_ssize_t inner         # how many of nodes are inner
-    Py_ssize_t* children     # inner node i's children's places: 2 * i and 2 * i + 1 (-1: no second child)
+    Py_ssize_t* children     # inner node i's children's places: 2 * i and 2 * i + 1; `spare`: no such
+                             # child, or none of the inputs lies at or below it
+    Py_ssize_t spare         # a place after the nodes', which nothing reads
 
 
 @cython.boundscheck(False)
@@ -114,6 +122,7 @@ cdef int make_plan(Plan* plan, tuple outs, tuple ins, Py_ssize_t* out_places,
     cdef PyObject** items
     cdef PyObject* node
     cdef PyObject* child
+    cdef Py_ssize_t child_place
     cdef NodeArray* nodes = &plan.nodes
     try:
         for root in outs:       # the union of the graphs, children first: a valid order for all outputs
@@ -143,7 +152,7 @@ cdef int make_plan(Plan* plan, tuple outs, tuple ins, Py_ssize_t* out_places,
         for j in range(2):
             child = (<Value>node).child_a if j == 0 else (<Value>node).child_b
             if child == NULL:
-                plan.children[2 * i + j] = -1
+                plan.children[2 * i + j] = -1       # the spare place, once it is known
                 continue
             if not (<Value>child).visited:        # a leaf met for the first time (the sort placed inner nodes)
                 place_leaf(nodes, saved, &count, child)
@@ -153,10 +162,20 @@ cdef int make_plan(Plan* plan, tuple outs, tuple ins, Py_ssize_t* out_places,
         if not (<Value>node).visited:             # an output that is a leaf
             place_leaf(nodes, saved, &count, node)
         out_places[j] = <Py_ssize_t>(<Value>node).gradient
+    # An input's node keeps the mark INPUT; an inner node gets it if a child of it has it (children first).
     for j in range(len(ins)):
         node = <PyObject*>ins[j]
         in_places[j] = <Py_ssize_t>(<Value>node).gradient if (<Value>node).visited else -1
-    nodes.length = count
+        if (<Value>node).visited:
+            (<Value>node).visited = INPUT
+    for i in range(plan.inner):
+        for j in range(2):
+            child_place = plan.children[2 * i + j]
+            if child_place < 0 or (<Value>nodes.items[child_place]).visited != INPUT:
+                plan.children[2 * i + j] = count
+            else:
+                (<Value>nodes.items[i]).visited = INPUT
+    nodes.length = plan.spare = count
     for i in range(count):
         (<Value>nodes.items[i]).gradient = saved[i]
         (<Value>nodes.items[i]).visited = False
@@ -179,7 +198,7 @@ cdef inline void place_leaf(NodeArray* nodes, double* saved, Py_ssize_t* count, 
 @cython.wraparound(False)
 cdef list sweep_floats(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_t* in_places,
                        Py_ssize_t count):
-    cdef double* grads = <double*>PyMem_Malloc((plan.nodes.length + 1) * sizeof(double))
+    cdef double* grads = <double*>PyMem_Malloc((plan.spare + 1) * sizeof(double))
     cdef Py_ssize_t i, j
     cdef PyObject* node
     cdef PyObject* a
@@ -189,7 +208,7 @@ cdef list sweep_floats(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
     if grads == NULL:
         raise MemoryError()
     try:
-        memset(grads, 0, plan.nodes.length * sizeof(double))
+        memset(grads, 0, (plan.spare + 1) * sizeof(double))
         for j in range(len(seeds)):
             grads[out_places[j]] += <double>seeds[j]
         for i in range(plan.inner - 1, -1, -1):
@@ -202,9 +221,8 @@ cdef list sweep_floats(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
             da = db = 0.0
             ops.derivative(op, grads[i], (<Value>node).value, (<Value>a).value,
                            0.0 if b == NULL else (<Value>b).value, (<Value>node).constant, &da, &db)
-            grads[plan.children[2 * i]] += da
-            if b != NULL:
-                grads[plan.children[2 * i + 1]] += db
+            grads[plan.children[2 * i]] += da       # into the spare place for a pruned child
+            grads[plan.children[2 * i + 1]] += db
         return [grads[in_places[j]] if in_places[j] >= 0 else 0.0 for j in range(count)]
     finally:
         PyMem_Free(grads)
@@ -217,6 +235,7 @@ cdef list sweep_floats(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
 cdef class Sweep:
     """The gradient built so far for each place (None: nothing has flowed into it), and the constants."""
     cdef list grads
+    cdef Py_ssize_t spare
     cdef Value one
     cdef Value zero
 
@@ -237,10 +256,11 @@ cdef class Sweep:
 cdef list sweep_values(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_t* in_places,
                        Py_ssize_t count):
     cdef Sweep sweep = Sweep.__new__(Sweep)
-    cdef Py_ssize_t i, j, place_b
+    cdef Py_ssize_t i, j
     cdef Value node
     cdef object g
-    sweep.grads = [None] * plan.nodes.length
+    sweep.grads = [None] * (plan.spare + 1)
+    sweep.spare = plan.spare
     sweep.one = leaf(1.0)
     sweep.zero = leaf(0.0)
     for j in range(len(seeds)):
@@ -266,49 +286,53 @@ cdef list sweep_values(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
 # the slope of a ** b in b by a's sign). So this is the third place an op is added, after its kernels and
 # its eager method; each case reads as its kernel in _ops.pxd does, in the same order of operations, and
 # builds every node with that op's own kernel, so the numbers are the kernels' bits.
-cdef int derivative_values(Sweep s, Value g, Value out, Value a, Value b,
-                           Py_ssize_t place_a, Py_ssize_t place_b) except -1:
+cdef int derivative_values(Sweep s, Value g, Value out, Value a, Value b, Py_ssize_t pa,
+                           Py_ssize_t pb) except -1:
+    """Add what out's gradient g gives its children into their gradients at places pa and pb (s.spare:
+    a child no input lies below, whose term is not built)."""
     cdef int op = out.op
     cdef double k = out.constant
-    cdef double slope
+    cdef bint to_a = pa != s.spare
+    cdef bint to_b = pb != s.spare
     if op == ops.ADD:
-        s.add_to(place_a, g)
-        s.add_to(place_b, g)
+        if to_a: s.add_to(pa, g)
+        if to_b: s.add_to(pb, g)
     elif op == ops.SUB:
-        s.add_to(place_a, g)
-        s.add_to(place_b, apply1(ops.NEG, g))
+        if to_a: s.add_to(pa, g)
+        if to_b: s.add_to(pb, apply1(ops.NEG, g))
     elif op == ops.MUL:
-        s.add_to(place_a, apply2(ops.MUL, b, g))
-        s.add_to(place_b, apply2(ops.MUL, a, g))
+        if to_a: s.add_to(pa, apply2(ops.MUL, b, g))
+        if to_b: s.add_to(pb, apply2(ops.MUL, a, g))
     elif op == ops.DIV:
-        s.add_to(place_a, apply2(ops.DIV, g, b))
-        s.add_to(place_b, apply1(ops.NEG, apply2(ops.DIV, apply2(ops.MUL, g, out), b)))
+        if to_a: s.add_to(pa, apply2(ops.DIV, g, b))
+        if to_b: s.add_to(pb, apply1(ops.NEG, apply2(ops.DIV, apply2(ops.MUL, g, out), b)))
     elif op == ops.NEG:
-        s.add_to(place_a, apply1(ops.NEG, g))
+        if to_a: s.add_to(pa, apply1(ops.NEG, g))
     elif op == ops.POW_CONST:
-        if k == 1.0:       # k * a ** 0.0 * g is g whatever a is: no a ** 0.0 node, whose derivative fails at 0
-            s.add_to(place_a, g)
+        if not to_a:
+            pass
+        elif k == 1.0:     # k * a ** 0.0 * g is g whatever a is: no a ** 0.0 node, whose derivative fails at 0
+            s.add_to(pa, g)
         elif k == 0.0:     # 0.0 * a ** -1.0 is a constant (nan at 0, as backward() has it), flat in a
-            s.add_to(place_a, apply2(ops.MUL, leaf(k * pow(a.value, k - 1.0)), g))
+            s.add_to(pa, apply2(ops.MUL, leaf(k * pow(a.value, k - 1.0)), g))
         else:
-            s.add_to(place_a, apply2(ops.MUL, apply2(ops.MUL, leaf(k), pow_const(a, k - 1.0, out)), g))
+            s.add_to(pa, apply2(ops.MUL, apply2(ops.MUL, leaf(k), pow_const(a, k - 1.0, out)), g))
     elif op == ops.POW:
-        s.add_to(place_a, apply2(ops.MUL, apply2(ops.MUL, b, apply2(ops.POW, a, apply2(ops.SUB, b, s.one))), g))
-        if a.value > 0.0:
-            s.add_to(place_b, apply2(ops.MUL, apply2(ops.MUL, out, apply1(ops.LOG, a)), g))
-        else:              # the kernel's constant slope at a == 0 (0.0) and below (nan): flat in a and b
-            slope = 0.0 if a.value == 0.0 else NAN
-            s.add_to(place_b, apply2(ops.MUL, leaf(slope), g))
+        if to_a: s.add_to(pa, apply2(ops.MUL, apply2(ops.MUL, b, apply2(ops.POW, a, apply2(ops.SUB, b, s.one))), g))
+        if to_b and a.value > 0.0:
+            s.add_to(pb, apply2(ops.MUL, apply2(ops.MUL, out, apply1(ops.LOG, a)), g))
+        elif to_b:         # the kernel's constant slope at a == 0 (0.0) and below (nan): flat in a and b
+            s.add_to(pb, apply2(ops.MUL, leaf(0.0 if a.value == 0.0 else NAN), g))
     elif op == ops.TANH:
-        s.add_to(place_a, apply2(ops.MUL, apply2(ops.SUB, s.one, apply2(ops.MUL, out, out)), g))
+        if to_a: s.add_to(pa, apply2(ops.MUL, apply2(ops.SUB, s.one, apply2(ops.MUL, out, out)), g))
     elif op == ops.EXP:
-        s.add_to(place_a, apply2(ops.MUL, out, g))
+        if to_a: s.add_to(pa, apply2(ops.MUL, out, g))
     elif op == ops.LOG:
-        s.add_to(place_a, apply2(ops.DIV, g, a))
+        if to_a: s.add_to(pa, apply2(ops.DIV, g, a))
     elif op == ops.SIGMOID:
-        s.add_to(place_a, apply2(ops.MUL, apply2(ops.MUL, out, apply2(ops.SUB, s.one, out)), g))
+        if to_a: s.add_to(pa, apply2(ops.MUL, apply2(ops.MUL, out, apply2(ops.SUB, s.one, out)), g))
     elif op == ops.SOFTPLUS:
-        s.add_to(place_a, apply2(ops.MUL, apply1(ops.SIGMOID, a), g))
+        if to_a: s.add_to(pa, apply2(ops.MUL, apply1(ops.SIGMOID, a), g))
     else:
         raise NotImplementedError(f"grad(create_graph=True) cannot differentiate {out._op!r} yet")
     return 0
