@@ -66,7 +66,11 @@ def grad(outputs, inputs, *, grad_outputs=None, bint create_graph=False):
 
 cdef tuple as_values(object values, str what):
     """values as a tuple of Values (one Value: a tuple of one). The tuple keeps the graphs alive."""
-    cdef tuple result = (values,) if type(values) is Value else tuple(values)
+    cdef tuple result
+    try:
+        result = (values,) if type(values) is Value else tuple(values)
+    except TypeError:
+        raise TypeError(f"grad's {what} must be a Value or a sequence of Values, not {type(values).__name__!r}")
     for v in result:
         if type(v) is not Value:
             raise TypeError(f"grad's {what} must be Values, not {type(v).__name__!r}")
