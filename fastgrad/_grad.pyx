@@ -236,7 +236,7 @@ cdef list sweep_floats(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
 # The sweep into Values
 
 @cython.final
-cdef class Sweep:
+cdef class _Sweep:
     """The gradient built so far for each place (None: nothing has flowed into it), and the constants."""
     cdef list grads
     cdef Py_ssize_t spare
@@ -259,7 +259,7 @@ cdef class Sweep:
 @cython.wraparound(False)
 cdef list sweep_values(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_t* in_places,
                        Py_ssize_t count):
-    cdef Sweep sweep = Sweep.__new__(Sweep)
+    cdef _Sweep sweep = _Sweep.__new__(_Sweep)
     cdef Py_ssize_t i, j
     cdef Value node
     cdef object g
@@ -290,7 +290,7 @@ cdef list sweep_values(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
 # the slope of a ** b in b by a's sign). So this is the third place an op is added, after its kernels and
 # its eager method; each case reads as its kernel in _ops.pxd does, in the same order of operations, and
 # builds every node with that op's own kernel, so the numbers are the kernels' bits.
-cdef int derivative_values(Sweep s, Value g, Value out, Value a, Value b, Py_ssize_t pa,
+cdef int derivative_values(_Sweep s, Value g, Value out, Value a, Value b, Py_ssize_t pa,
                            Py_ssize_t pb) except -1:
     """Add what out's gradient g gives its children into their gradients at places pa and pb (s.spare:
     a child no input lies below, whose term is not built)."""
