@@ -20,6 +20,7 @@ then into its second), into a side array instead of the nodes' grads, only along
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
 from libc.math cimport NAN, pow, signbit
 from libc.string cimport memset
 
@@ -40,11 +41,15 @@ def grad(outputs, inputs, *, grad_outputs=None, bint create_graph=False):
     cdef tuple outs = as_values(outputs, "outputs")
     cdef tuple ins = as_values(inputs, "inputs")
     cdef list seeds = seed_list(grad_outputs, len(outs), create_graph)
-    cdef Plan plan
+    cdef Plan own
+    cdef Plan* plan = &kept
     cdef Py_ssize_t* out_places = NULL
     cdef Py_ssize_t* in_places = NULL
-    plan.nodes = NodeArray(NULL, 0, 0)
-    plan.children = NULL
+    global kept_busy
+    if kept_busy:              # grad called from a finalizer that ran during grad: it gets its own arrays
+        own = Plan(NodeArray(NULL, 0, 0), NodeArray(NULL, 0, 0), 0, 0, NULL, 0, NULL, 0)
+        plan = &own
+    kept_busy |= plan == &kept
     try:
         out_places = <Py_ssize_t*>PyMem_Malloc((len(outs) + len(ins) + 1) * sizeof(Py_ssize_t))
         if out_places == NULL:
@@ -54,14 +59,15 @@ def grad(outputs, inputs, *, grad_outputs=None, bint create_graph=False):
         # gets hold of inner nodes through the new graph (see engine.pyx, "Graphs ahead of their nodes").
         catch_up()
         count_reach_in()
-        make_plan(&plan, outs, ins, out_places, in_places)
+        make_plan(plan, outs, ins, out_places, in_places)
         if create_graph:
-            return sweep_values(&plan, seeds, out_places, in_places, len(ins))
-        return sweep_floats(&plan, seeds, out_places, in_places, len(ins))
+            return sweep_values(plan, seeds, out_places, in_places, len(ins))
+        return sweep_floats(plan, seeds, out_places, in_places, len(ins))
     finally:
-        free_array(&plan.nodes)
-        PyMem_Free(plan.children)
         PyMem_Free(out_places)
+        release(plan, plan != &kept)
+        if plan == &kept:
+            kept_busy = False
 
 
 cdef tuple as_values(object values, str what):
@@ -104,50 +110,86 @@ cdef list seed_list(object grad_outputs, Py_ssize_t count, bint create_graph):
 # The plan
 
 cdef enum:
-    PLACED = 1               # sort_topologically's mark, and place_leaf's: the node's place is in `gradient`
+    PLACED = 1               # sort_topologically's mark (True), and place_leaf's: its place is in `gradient`
     INPUT = 2                # an input lies at or below the node
 
 
 cdef struct Plan:
     NodeArray nodes          # borrowed (the outputs hold them): inner nodes children first, then the leaves
+    NodeArray stack          # the sort's
     Py_ssize_t inner         # how many of nodes are inner
+    Py_ssize_t spare         # a place after the nodes' (the last of numbers), which nothing reads
     Py_ssize_t* children     # inner node i's children's places: 2 * i and 2 * i + 1; `spare`: no such
-                             # child, or none of the inputs lies at or below it
-    Py_ssize_t spare         # a place after the nodes', which nothing reads
+    Py_ssize_t children_capacity     # child, or none of the inputs lies at or below it
+    double* numbers          # while planning, each placed node's grad (its `gradient` holds its place);
+    Py_ssize_t numbers_capacity      # then the sweep's gradients by place, floats or Value pointers
+
+
+# The arrays are kept from one call to the next, as backward()'s are: a training loop (a physics-informed
+# loss, a gradient penalty) calls grad on a graph of about the same size every step, and fresh arrays of
+# that size come from the system each time, page fault after page fault.
+cdef Plan kept = Plan(NodeArray(NULL, 0, 0), NodeArray(NULL, 0, 0), 0, 0, NULL, 0, NULL, 0)
+cdef bint kept_busy = False
+cdef enum:
+    KEPT_CAPACITY = 1 << 20       # entries; a bigger array is returned after the call
+
+
+cdef void release(Plan* plan, bint everything) noexcept:
+    if everything or plan.nodes.capacity > KEPT_CAPACITY:
+        free_array(&plan.nodes)
+    if everything or plan.stack.capacity > KEPT_CAPACITY:
+        free_array(&plan.stack)
+    if everything or plan.children_capacity > 2 * KEPT_CAPACITY:
+        PyMem_Free(plan.children)
+        plan.children = NULL
+        plan.children_capacity = 0
+    if everything or plan.numbers_capacity > KEPT_CAPACITY:
+        PyMem_Free(plan.numbers)
+        plan.numbers = NULL
+        plan.numbers_capacity = 0
+
+
+cdef int reserve(void** array, Py_ssize_t* capacity, Py_ssize_t needed, size_t item_size) noexcept:
+    """Make room for needed items in *array (its contents are not kept); 0, or -1 if memory ran out."""
+    cdef void* grown
+    if needed <= capacity[0]:
+        return 0
+    grown = PyMem_Realloc(array[0], needed * item_size)
+    if grown == NULL:
+        return -1
+    array[0] = grown
+    capacity[0] = needed
+    return 0
 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
 cdef int make_plan(Plan* plan, tuple outs, tuple ins, Py_ssize_t* out_places,
                    Py_ssize_t* in_places) except -1:
-    cdef NodeArray stack = NodeArray(NULL, 0, 0)
-    cdef double* saved = NULL            # each placed node's grad, while its `gradient` holds its place
+    cdef double* saved                   # each placed node's grad, while its `gradient` holds its place
     cdef Py_ssize_t i, j, count, capacity
-    cdef PyObject** items
     cdef PyObject* node
     cdef PyObject* child
-    cdef Py_ssize_t child_place
     cdef NodeArray* nodes = &plan.nodes
-    try:
-        for root in outs:       # the union of the graphs, children first: a valid order for all outputs
-            sort_topologically(<Value>root, nodes, &stack)
-    finally:
-        free_array(&stack)
+    nodes.length = 0
+    for root in outs:           # the union of the graphs, children first: a valid order for all outputs
+        sort_topologically(<Value>root, nodes, &plan.stack)
     plan.inner = nodes.length
     # Every leaf is a child of an inner node or an output: room for all of them, so nothing fails below.
     capacity = 3 * nodes.length + len(outs) + 1
-    saved = <double*>PyMem_Malloc(capacity * sizeof(double))
-    plan.children = <Py_ssize_t*>PyMem_Malloc((2 * nodes.length + 1) * sizeof(Py_ssize_t))
-    items = <PyObject**>PyMem_Realloc(nodes.items, capacity * sizeof(PyObject*))
-    if items != NULL:
-        nodes.items = items
-        nodes.capacity = capacity
-    if saved == NULL or plan.children == NULL or items == NULL:
+    if (reserve(<void**>&nodes.items, &nodes.capacity, capacity, sizeof(PyObject*)) < 0
+            or reserve(<void**>&plan.numbers, &plan.numbers_capacity, capacity, sizeof(double)) < 0
+            or reserve(<void**>&plan.children, &plan.children_capacity, 2 * nodes.length + 1,
+                       sizeof(Py_ssize_t)) < 0):
         for i in range(nodes.length):
             (<Value>nodes.items[i]).visited = False
-        PyMem_Free(saved)
         raise MemoryError()
-    # No Python code and no failure from here to the end: the marks are all cleared below.
+    saved = plan.numbers
+    # No Python code and no failure from here to the end: the marks are all cleared below. An input is marked
+    # INPUT first; an inner node gets the mark when a child has it (children come first).
+    for j in range(len(ins)):
+        (<Value>ins[j]).visited |= INPUT
+    plan.spare = capacity - 1
     count = nodes.length
     for i in range(plan.inner):
         node = nodes.items[i]
@@ -155,42 +197,34 @@ cdef int make_plan(Plan* plan, tuple outs, tuple ins, Py_ssize_t* out_places,
         (<Value>node).gradient = <double>i
         for j in range(2):
             child = (<Value>node).child_a if j == 0 else (<Value>node).child_b
+            plan.children[2 * i + j] = plan.spare
             if child == NULL:
-                plan.children[2 * i + j] = -1       # the spare place, once it is known
                 continue
-            if not (<Value>child).visited:        # a leaf met for the first time (the sort placed inner nodes)
+            if not (<Value>child).visited & PLACED:     # a leaf met for the first time (the sort placed the rest)
                 place_leaf(nodes, saved, &count, child)
-            plan.children[2 * i + j] = <Py_ssize_t>(<Value>child).gradient
+            if (<Value>child).visited & INPUT:
+                plan.children[2 * i + j] = <Py_ssize_t>(<Value>child).gradient
+                (<Value>node).visited |= INPUT
     for j in range(len(outs)):
         node = <PyObject*>outs[j]
-        if not (<Value>node).visited:             # an output that is a leaf
+        if not (<Value>node).visited & PLACED:          # an output that is a leaf
             place_leaf(nodes, saved, &count, node)
         out_places[j] = <Py_ssize_t>(<Value>node).gradient
-    # An input's node keeps the mark INPUT; an inner node gets it if a child of it has it (children first).
     for j in range(len(ins)):
         node = <PyObject*>ins[j]
-        in_places[j] = <Py_ssize_t>(<Value>node).gradient if (<Value>node).visited else -1
-        if (<Value>node).visited:
-            (<Value>node).visited = INPUT
-    for i in range(plan.inner):
-        for j in range(2):
-            child_place = plan.children[2 * i + j]
-            if child_place < 0 or (<Value>nodes.items[child_place]).visited != INPUT:
-                plan.children[2 * i + j] = count
-            else:
-                (<Value>nodes.items[i]).visited = INPUT
-    nodes.length = plan.spare = count
+        in_places[j] = <Py_ssize_t>(<Value>node).gradient if (<Value>node).visited & PLACED else -1
+        (<Value>node).visited = 0                        # an input outside the graphs was marked too
+    nodes.length = count
     for i in range(count):
         (<Value>nodes.items[i]).gradient = saved[i]
-        (<Value>nodes.items[i]).visited = False
-    PyMem_Free(saved)
+        (<Value>nodes.items[i]).visited = 0
     return 0
 
 
 cdef inline void place_leaf(NodeArray* nodes, double* saved, Py_ssize_t* count, PyObject* node) noexcept:
     saved[count[0]] = (<Value>node).gradient
     (<Value>node).gradient = <double>count[0]
-    (<Value>node).visited = True
+    (<Value>node).visited |= PLACED
     nodes.items[count[0]] = node
     count[0] += 1
 
@@ -202,34 +236,29 @@ cdef inline void place_leaf(NodeArray* nodes, double* saved, Py_ssize_t* count, 
 @cython.wraparound(False)
 cdef list sweep_floats(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_t* in_places,
                        Py_ssize_t count):
-    cdef double* grads = <double*>PyMem_Malloc((plan.spare + 1) * sizeof(double))
+    cdef double* grads = plan.numbers         # the spare place is added into, never read: not zeroed
     cdef Py_ssize_t i, j
     cdef PyObject* node
     cdef PyObject* a
     cdef PyObject* b
     cdef unsigned char op
     cdef double da, db
-    if grads == NULL:
-        raise MemoryError()
-    try:
-        memset(grads, 0, (plan.spare + 1) * sizeof(double))
-        for j in range(len(seeds)):
-            grads[out_places[j]] += <double>seeds[j]
-        for i in range(plan.inner - 1, -1, -1):
-            node = plan.nodes.items[i]
-            op = (<Value>node).op
-            if op <= ops.CUSTOM:       # a hand-made node: nothing flows through it, as in backward()
-                continue
-            a = (<Value>node).child_a
-            b = (<Value>node).child_b
-            da = db = 0.0
-            ops.derivative(op, grads[i], (<Value>node).value, (<Value>a).value,
-                           0.0 if b == NULL else (<Value>b).value, (<Value>node).constant, &da, &db)
-            grads[plan.children[2 * i]] += da       # into the spare place for a pruned child
-            grads[plan.children[2 * i + 1]] += db
-        return [grads[in_places[j]] if in_places[j] >= 0 else 0.0 for j in range(count)]
-    finally:
-        PyMem_Free(grads)
+    memset(grads, 0, plan.nodes.length * sizeof(double))
+    for j in range(len(seeds)):
+        grads[out_places[j]] += <double>seeds[j]
+    for i in range(plan.inner - 1, -1, -1):
+        node = plan.nodes.items[i]
+        op = (<Value>node).op
+        if op <= ops.CUSTOM:       # a hand-made node: nothing flows through it, as in backward()
+            continue
+        a = (<Value>node).child_a
+        b = (<Value>node).child_b
+        da = db = 0.0
+        ops.derivative(op, grads[i], (<Value>node).value, (<Value>a).value,
+                       0.0 if b == NULL else (<Value>b).value, (<Value>node).constant, &da, &db)
+        grads[plan.children[2 * i]] += da       # into the spare place for a pruned child
+        grads[plan.children[2 * i + 1]] += db
+    return [grads[in_places[j]] if in_places[j] >= 0 else 0.0 for j in range(count)]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -237,21 +266,24 @@ cdef list sweep_floats(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
 
 @cython.final
 cdef class _Sweep:
-    """The gradient built so far for each place (None: nothing has flowed into it), and the constants."""
-    cdef list grads
+    """The gradient built so far for each place (NULL: nothing has flowed into it), and the constants."""
+    cdef PyObject** grads          # owned references, in the plan's numbers (a pointer is as big as a double)
     cdef Py_ssize_t spare
     cdef Value one
     cdef Value zero
 
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
     cdef int add_to(self, Py_ssize_t place, Value term) except -1:
         """Add term into the gradient at place, as backward() adds into a grad that starts at 0.0."""
-        cdef object total = self.grads[place]
-        if total is not None:
-            self.grads[place] = apply2(ops.ADD, <Value>total, term)
+        cdef PyObject* total = self.grads[place]
+        if total != NULL:
+            term = apply2(ops.ADD, <Value>total, term)        # it holds total now
+            Py_DECREF(<object>total)
         elif term.value == 0.0 and signbit(term.value):
-            self.grads[place] = apply2(ops.ADD, self.zero, term)    # 0.0 + -0.0 is 0.0, as backward() has it
-        else:
-            self.grads[place] = term
+            term = apply2(ops.ADD, self.zero, term)    # 0.0 + -0.0 is 0.0, as backward() has it
+        Py_INCREF(term)
+        self.grads[place] = <PyObject*>term
         return 0
 
 
@@ -262,26 +294,31 @@ cdef list sweep_values(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
     cdef _Sweep sweep = _Sweep.__new__(_Sweep)
     cdef Py_ssize_t i, j
     cdef Value node
-    cdef object g
-    sweep.grads = [None] * (plan.spare + 1)
+    cdef PyObject* g
+    sweep.grads = <PyObject**>plan.numbers
+    memset(sweep.grads, 0, plan.nodes.length * sizeof(PyObject*))   # derivative_values never adds to spare
     sweep.spare = plan.spare
     sweep.one = leaf(1.0)
     sweep.zero = leaf(0.0)
-    for j in range(len(seeds)):
-        sweep.add_to(out_places[j], <Value>seeds[j])
-    for i in range(plan.inner - 1, -1, -1):
-        node = <Value>plan.nodes.items[i]
-        g = sweep.grads[i]
-        if node.op <= ops.CUSTOM or g is None:    # nothing flows through a hand-made node, nor into it
-            continue
-        derivative_values(sweep, <Value>g, node, <Value>node.child_a,
-                          None if node.child_b == NULL else <Value>node.child_b,
-                          plan.children[2 * i], plan.children[2 * i + 1])
-    result = []
-    for j in range(count):
-        g = sweep.grads[in_places[j]] if in_places[j] >= 0 else None
-        result.append(leaf(0.0) if g is None else g)
-    return result
+    try:
+        for j in range(len(seeds)):
+            sweep.add_to(out_places[j], <Value>seeds[j])
+        for i in range(plan.inner - 1, -1, -1):
+            node = <Value>plan.nodes.items[i]
+            g = sweep.grads[i]
+            if node.op <= ops.CUSTOM or g == NULL:    # nothing flows through a hand-made node, nor into it
+                continue
+            derivative_values(sweep, <Value>g, node, <Value>node.child_a,
+                              None if node.child_b == NULL else <Value>node.child_b,
+                              plan.children[2 * i], plan.children[2 * i + 1])
+        result = []
+        for j in range(count):
+            g = sweep.grads[in_places[j]] if in_places[j] >= 0 else NULL
+            result.append(leaf(0.0) if g == NULL else <Value>g)
+        return result
+    finally:
+        for i in range(plan.nodes.length):
+            Py_XDECREF(sweep.grads[i])
 
 
 # Each op's derivative as Values, beside the others rather than beside its kernel: a Value cannot appear in
