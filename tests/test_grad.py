@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import fastgrad
 from fastgrad import Value, grad, trace
-from support import UNARY_OPS, apply_step, pick, recipe_strategy, recipes, same_float
+from support import UNARY_OPS, apply_step, pick, readme_code, recipe_strategy, recipes, same_float
 
 torch = pytest.importorskip("torch")
 
@@ -378,3 +378,23 @@ def test_the_gradient_graph_is_freed_with_its_values():
         hvp[0].backward()
         del first, hvp
     assert [sys.getrefcount(n) for n in (x, y, f)] == counts
+
+
+# ---------------------------------------------------------------------------------------------------
+# The README's examples, run as written
+
+def test_the_readmes_newton_step_finds_the_minimum(capsys):
+    namespace = {}
+    exec(readme_code("Higher-order gradients"), namespace)
+    assert abs(namespace["x"].data - 1.0) < 1e-12 and abs(namespace["y"].data - 1.0) < 1e-12
+    assert capsys.readouterr().out.split() == ["0.9999999999999999", "0.9999999999999757"]
+
+
+@pytest.mark.xfail(raises=NotImplementedError, strict=True, reason="relu needs the STEP op")
+def test_the_readmes_hessian_vector_product_is_the_finite_difference_of_the_gradient():
+    namespace = {}
+    exec(readme_code("Higher-order gradients", 1), namespace)
+    hvp, difference = namespace["hvp"], namespace["finite_difference"]
+    assert len(hvp) == 337 and max(map(abs, hvp)) > 0.1
+    assert max(abs(a - b) for a, b in zip(hvp, difference)) <= 1e-6 * max(map(abs, hvp))
+    assert all(p.grad == 0.0 for p in namespace["params"])       # grad touched no .grad
