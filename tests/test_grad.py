@@ -256,6 +256,7 @@ def test_second_derivatives_are_the_finite_differences_of_the_first(recipe):
         hessian = [grad(g, leaves) for g in grad(pool[-1], leaves, create_graph=True)]
     except (ArithmeticError, ValueError):
         return
+    assume(all(math.isfinite(h) for row in hessian for h in row))    # (x - y) ** y at x = y: 0 * 0 ** -1
 
     def gradient_at(point):
         moved_leaves, moved_pool, moved_kept = build((point, steps))
