@@ -399,3 +399,40 @@ def test_the_readmes_hessian_vector_product_is_the_finite_difference_of_the_grad
     assert len(hvp) == 337 and max(map(abs, hvp)) > 0.1
     assert max(abs(a - b) for a, b in zip(hvp, difference)) <= 1e-6 * max(map(abs, hvp))
     assert all(p.grad == 0.0 for p in namespace["params"])       # grad touched no .grad
+
+
+def test_the_readmes_physics_informed_fit_is_sin_and_writes_its_picture(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    namespace = {}
+    exec(readme_code("Higher-order gradients", 2), namespace)
+    model, losses = namespace["model"], namespace["losses"]
+    assert losses[-1] < 1e-3 < losses[0]
+    assert max(abs(model([Value(t)]).data - math.sin(t)) for t in [i * math.pi / 50 for i in range(51)]) < 0.06
+    assert (tmp_path / "physics_informed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_batched_gradient_graph_is_eager_grad_of_grad_per_sample_bit_for_bit():
+    random.seed(3)
+    model = fastgrad.MLP(1, [8, 8, 1])
+
+    def residual_at(t):
+        x = Value(t)
+        u = model([x])
+        (du,) = grad(u, [x], create_graph=True)
+        (d2u,) = grad(du, [x], create_graph=True)
+        return x, (d2u + u * du) ** 2
+
+    x, residual = residual_at(0.0)
+    batch = fastgrad.compile(residual, inputs=[x])
+    points = [-1.5, -0.2, 0.0, 0.4, 1.1, 2.9]
+    outputs = batch.forward([[t] for t in points])
+    assert all(same_float(o, residual_at(t)[1].data) for o, t in zip(outputs, points))
+
+    params = model.parameters()
+    batch.forward([[0.4]])
+    batch.backward()
+    batched = [p.grad for p in params]
+    model.zero_grad()
+    residual_at(0.4)[1].backward()
+    assert all(same_float(a, p.grad) for a, p in zip(batched, params))
