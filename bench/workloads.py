@@ -535,16 +535,70 @@ class ProgramBytes(Workload):
                               "bytes, unfused": sys.getsizeof(unfused) / len(unfused)}
 
 
+class GradCost(Workload):
+    """fastgrad.grad(loss, params, create_graph=True) on micrograd's moons loss graph, beside grad's floats and
+    one eager backward() on it; the title says how many nodes the gradient graph adds per node of the loss's."""
+
+    name = "grad"
+    title = "grad by the parameters, moons loss graph"
+    phases = ("create_graph", "floats", "one eager backward")
+
+    def __init__(self):
+        self.nodes = None
+
+    def units(self):
+        return self.nodes or 1
+
+    def sampler(self, engine):
+        if engine.name != "fastgrad":
+            raise Unsupported("no higher-order gradients")
+        import fastgrad
+
+        loss, params = moons_loss_and_parameters()
+        old = {id(n) for n in fastgrad.trace(loss)[0]}
+        built = fastgrad.grad(loss, params, create_graph=True)
+        new = {id(n) for g in built for n in fastgrad.trace(g)[0]} - old
+        self.nodes = len(old)
+        self.title = f"grad by the parameters, moons loss graph ({len(new) / len(old):.2f} new nodes per node)"
+        del built
+
+        def sampler(inner):
+            times = {phase: 0.0 for phase in self.phases}
+            for _ in range(inner):       # the gradient graph is freed outside the timed part
+                start = clock()
+                built = fastgrad.grad(loss, params, create_graph=True)
+                times["create_graph"] += clock() - start
+                del built
+            start = clock()
+            for _ in range(inner):
+                fastgrad.grad(loss, params)
+            middle = clock()
+            for _ in range(inner):
+                loss.backward()
+            times["floats"], times["one eager backward"] = middle - start, clock() - middle
+            return times
+        return sampler
+
+
 def moons_loss_graph():
     """micrograd's demo loss on fastgrad (65,818 nodes) and its compiled graph."""
+    import fastgrad
+
+    loss, _ = moons_loss_and_parameters()
+    return loss, fastgrad.compile(loss)
+
+
+def moons_loss_and_parameters():
+    """micrograd's demo loss on fastgrad and its model's parameters."""
     import fastgrad
     import fastgrad.micrograd.nn
     from fastgrad import moons
 
     X, y = moons.make_moons(100, noise=0.1, seed=0)
     random.seed(1)
-    loss, _ = moons.svm_graph(fastgrad.micrograd.nn.MLP(2, MoonsStep.SIZES), fastgrad.Value, X, y)
-    return loss, fastgrad.compile(loss)
+    model = fastgrad.micrograd.nn.MLP(2, MoonsStep.SIZES)
+    loss, _ = moons.svm_graph(model, fastgrad.Value, X, y)
+    return loss, model.parameters()
 
 
 # --- the optimizer's loops -------------------------------------------------------------------------------
