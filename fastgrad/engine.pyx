@@ -292,6 +292,12 @@ cdef str exact_str(object s, str what):
     return str.__str__(s)
 
 
+cdef inline Value leaf(double value):
+    cdef Value n = Value.__new__(Value)       # fields start zeroed: op LEAF, no children, grad 0.0
+    n.value = value
+    return n
+
+
 cdef inline Value as_value(object x):
     """x itself if it is a Value, a new leaf if it is a number, None otherwise (-> NotImplemented)."""
     cdef double value
@@ -300,6 +306,21 @@ cdef inline Value as_value(object x):
     if as_double(x, &value):
         return leaf(value)
     return None
+
+
+cdef inline Value unary_node(unsigned char op, double value, Value a):
+    cdef Value n = leaf(value)
+    n.op = op
+    incref(<PyObject*>a)
+    n.child_a = <PyObject*>a
+    return n
+
+
+cdef inline Value binary_node(unsigned char op, double value, Value a, Value b):
+    cdef Value n = unary_node(op, value, a)
+    incref(<PyObject*>b)
+    n.child_b = <PyObject*>b
+    return n
 
 
 # ---------------------------------------------------------------------------------------------------
