@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 import fastgrad
 from fastgrad import Value, grad, trace
-from support import UNARY_OPS, apply_step, pick, readme_code, recipe_strategy, recipes, same_float
+from support import (UNARY_OPS, apply_step, pick, readme_code, recipe_strategy, recipes, run_python,
+                     same_float)
 
 torch = pytest.importorskip("torch")
 
@@ -367,6 +368,28 @@ def test_x_to_an_integer_power_has_every_derivative_at_zero():
         (g,) = grad(g, [x], create_graph=True)
         derivatives.append(g.data)
     assert derivatives == [3.0, 0.0, 0.0, 24.0, 0.0]
+
+
+def test_a_thousand_rounds_of_grad_of_grad_leave_no_block_behind(tmp_path):
+    # Under the debug allocator every node is one of Python's blocks, so a node leaked is a block counted.
+    printed = run_python("""
+        import sys
+        from fastgrad import Value, grad
+        x, y = Value(0.3), Value(1.7)
+        counts = []
+        for round in range(1000):
+            f = (x * y).tanh() * x.exp() + (x / y).log() ** 2 + (x ** y).softplus() - y.sigmoid() * x
+            first = grad(f, [x, y], create_graph=True)
+            hvp = grad(first[0] * 2.0 + first[1], [x, y], create_graph=True, grad_outputs=0.5)
+            grad(hvp, [x, y])
+            del f, first, hvp
+            if round in (99, 999):
+                counts.append(sys.getallocatedblocks())
+        print(*counts, file=sys.stderr)
+        print("ok")
+    """, tmp_path, PYTHONMALLOC="debug")
+    early, late = map(int, printed.split()[-2:])
+    assert late - early < 50, (early, late)
 
 
 def test_the_gradient_graph_is_freed_with_its_values():
