@@ -173,7 +173,8 @@ cdef int make_plan(Plan* plan, tuple outs, tuple ins, Py_ssize_t* out_places,
     cdef NodeArray* nodes = &plan.nodes
     nodes.length = 0
     for root in outs:           # the union of the graphs, children first: a valid order for all outputs
-        sort_topologically(<Value>root, nodes, &plan.stack)
+        if not (<Value>root).visited:          # an output below another, or given twice, is placed once
+            sort_topologically(<Value>root, nodes, &plan.stack)
     plan.inner = nodes.length
     # Every leaf is a child of an inner node or an output: room for all of them, so nothing fails below.
     capacity = 3 * nodes.length + len(outs) + 1

@@ -113,6 +113,9 @@ def test_several_outputs_weighted_by_grad_outputs_as_pytorch():
     # w, a seed given as a Value, is in the gradient graph: the derivative by w is the plain gradient of v
     assert grad(result[0], [w]) == pytest.approx(grad(v, [a]), rel=1e-15)
     assert grad([u, v], leaves, grad_outputs=[-1.5, 0.7]) == [r.data for r in result]
+    before = all_grads(v)
+    assert grad([v, u, v], leaves, grad_outputs=[0.7, -1.5, 0.0]) == [r.data for r in result]   # u placed once
+    assert all_grads(v) == before
 
 
 # ---------------------------------------------------------------------------------------------------
