@@ -44,7 +44,8 @@ def make_workloads(settings):
     rest = [wl.Chain(), wl.TanhLayer(), wl.MoonsStep("micrograd")]
     if not settings["quick"]:
         rest.append(wl.MoonsStep("seed"))   # the seed's model on the seed's Value: seconds per step
-    compiled = [wl.CompiledMoonsStep(), wl.CompiledLayer(), wl.CompileCost(), wl.ProgramBytes(), wl.GradCost()]
+    compiled = [wl.CompiledMoonsStep(), wl.CompiledLayer(), wl.CompileCost(), wl.ProgramBytes(), wl.GradCost(),
+                wl.MoonsHessianVectorProduct()]
     optim = [wl.OptimizerStep(kind) for kind in wl.OptimizerStep.KINDS]
     return (ops + rest + compiled + optim + [wl.Sweep(size) for size in settings["sweep"]]
             + [wl.BytesPerNode()])

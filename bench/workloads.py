@@ -580,6 +580,71 @@ class GradCost(Workload):
         return sampler
 
 
+class MoonsHessianVectorProduct(Workload):
+    """H v for micrograd's moons loss by its 337 parameters, v fixed. fastgrad: the gradient as Values (grad with
+    create_graph=True) dotted with v and compiled once; each product is a forward and backward of that graph.
+    PyTorch: double backward (autograd.grad with create_graph=True, then again) through the model as its users
+    write it (nn.Linear in float64 over the whole batch, one thread)."""
+
+    name = "hvp"
+    title = "Hessian-vector product, moons loss"
+    unit = "step"
+    whole_models = True
+
+    def sampler(self, engine):
+        if engine.name == "fastgrad":
+            return self.fastgrad_sampler()
+        if engine.name == "torch-tensor":
+            return self.torch_sampler(engine)
+        raise Unsupported("no higher-order gradients")
+
+    @staticmethod
+    def fastgrad_sampler():
+        import fastgrad
+        import fastgrad.optim
+
+        loss, params = moons_loss_and_parameters()
+        rng = random.Random(2)
+        v = [rng.uniform(-1, 1) for _ in params]
+        gradient = fastgrad.grad(loss, params, create_graph=True)
+        graph = fastgrad.compile(sum(g * vi for g, vi in zip(gradient, v)))
+        zero = fastgrad.optim.SGD(params, lr=0.0)
+
+        def sampler(inner):
+            start = clock()
+            for _ in range(inner):
+                graph.forward()
+                zero.zero_grad()
+                graph.backward()          # H v is in the parameters' grads
+            return {"total": clock() - start}
+        return sampler
+
+    @staticmethod
+    def torch_sampler(engine):
+        import torch
+
+        from baselines import ALPHA
+        from fastgrad import moons
+
+        X, y = moons.make_moons(100, noise=0.1, seed=0)
+        random.seed(1)
+        model = engine.moons_model(X, y, MoonsStep.SIZES)
+        params = list(model.model.parameters())
+        rng = random.Random(2)
+        v = [torch.tensor([rng.uniform(-1, 1) for _ in range(p.numel())], dtype=torch.float64).reshape(p.shape)
+             for p in params]
+
+        def sampler(inner):
+            start = clock()
+            for _ in range(inner):
+                scores = model.model(model.X).squeeze(1)
+                loss = torch.relu(1 - model.y * scores).mean() + ALPHA * sum((p * p).sum() for p in params)
+                gradient = torch.autograd.grad(loss, params, create_graph=True)
+                torch.autograd.grad(sum((g * vi).sum() for g, vi in zip(gradient, v)), params)
+            return {"total": clock() - start}
+        return sampler
+
+
 def moons_loss_graph():
     """micrograd's demo loss on fastgrad (65,818 nodes) and its compiled graph."""
     import fastgrad
