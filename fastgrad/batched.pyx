@@ -90,7 +90,7 @@ def usable_cores():
         return os.cpu_count() or 1
 
 
-def batch(Value root, bint fuse, inputs, threads):
+def _batch(Value root, bint fuse, inputs, threads):
     """compile(root, inputs=..., threads=...) (replay.pyx): record root's graph, lay it out for lanes."""
     graph = BatchedGraph.__new__(BatchedGraph)
     (<BatchedGraph>graph).record(root, fuse)
@@ -433,15 +433,15 @@ cdef class BatchedGraph(Recording):
                 if pool is None or pool._max_workers < workers - 1:
                     pool = ThreadPoolExecutor(max_workers=max(workers - 1, usable_cores() - 1),
                                               thread_name_prefix="fastgrad")
-            running = [pool.submit(self.work, worker, workers, with_backward) for worker in range(1, workers)]
+            running = [pool.submit(self._work, worker, workers, with_backward) for worker in range(1, workers)]
         try:
-            self.work(0, workers, with_backward)
+            self._work(0, workers, with_backward)
         finally:
             for future in running:           # after a Ctrl-C too: they stop at their next chunk
                 future.result()
         return self.raise_failure(workers)
 
-    def work(self, Py_ssize_t worker, Py_ssize_t workers, bint with_backward):
+    def _work(self, Py_ssize_t worker, Py_ssize_t workers, bint with_backward):
         """One worker's chunks: worker, worker + workers, ... (a method, for the pool's threads). The GIL is
         released for each chunk; between chunks the main thread looks for Ctrl-C."""
         cdef Py_ssize_t chunk = worker

@@ -39,8 +39,8 @@ def compile(root, *, fuse=True, inputs=None, threads=None):
     if type(root) is not Value:
         raise TypeError(f"compile() records the graph of a Value, not of {type(root).__name__!r}")
     if inputs is not None:
-        from fastgrad.batched import batch
-        return batch(root, fuse, inputs, threads)
+        from fastgrad.batched import _batch
+        return _batch(root, fuse, inputs, threads)
     if threads is not None:
         raise TypeError("threads= goes with inputs=: a CompiledGraph replays on one thread")
     graph = CompiledGraph.__new__(CompiledGraph)

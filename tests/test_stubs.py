@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-COMPILED = ["fastgrad.engine", "fastgrad.replay", "fastgrad._optim", "fastgrad._grad"]
+COMPILED = ["fastgrad.engine", "fastgrad.replay", "fastgrad.batched", "fastgrad._optim", "fastgrad._grad"]
 
 
 def stub_tree(module):
