@@ -22,5 +22,4 @@ from fastgrad.replay import CompiledGraph, compile
 from fastgrad.viz import draw_dot, trace
 
 __all__ = ["Value", "grad", "compile", "CompiledGraph", "BatchedGraph", "Module", "Neuron", "Layer", "MLP", "trace",
-           "draw_dot",
-           "install_as_micrograd", "optim", "losses", "save", "load", "__version__"]
+           "draw_dot", "install_as_micrograd", "optim", "losses", "save", "load", "__version__"]
