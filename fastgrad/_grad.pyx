@@ -14,14 +14,15 @@ The sweep, in backward()'s order and with its order of additions (each node's gr
 then into its second), into a side array instead of the nodes' grads, only along paths that reach an input
 (as PyTorch does: a derivative nobody asked for is not built, and cannot fail):
 - floats: the kernels' derivatives (_ops.pxd), the very code backward() runs, so the same bits;
-- Values: each op's derivative written as Values (derivative_values below), the same formulas as the kernels
-  and built with the same kernels' forwards, so that the first derivatives are backward()'s bits as well.
+- Values: each op's derivative as ops (ops.h, beside its kernels), the same formula as its derivative kernel,
+  each op made into a node with that op's own kernels, so that the first derivatives are backward()'s bits
+  as well.
 """
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
-from libc.math cimport NAN, pow, signbit
+from libc.math cimport signbit
 from libc.string cimport memset
 
 cimport fastgrad._ops as ops
@@ -267,11 +268,13 @@ cdef list sweep_floats(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
 
 @cython.final
 cdef class _Sweep:
-    """The gradient built so far for each place (NULL: nothing has flowed into it), and the constants."""
+    """The gradient built so far for each place (NULL: nothing has flowed into it), the constants, and the
+    registers of the derivative being built."""
     cdef PyObject** grads          # owned references, in the plan's numbers (a pointer is as big as a double)
     cdef Py_ssize_t spare
     cdef Value one
     cdef Value zero
+    cdef Value t0, t1, t2, t3      # the results of its steps so far (ops.h: FG_R_T0 ...)
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -286,6 +289,54 @@ cdef class _Sweep:
         Py_INCREF(term)
         self.grads[place] = <PyObject*>term
         return 0
+
+    cdef Value build(self, const ops.DerivativeSteps* steps, Value g, Value out, Value a, Value b):
+        """The node a derivative's steps (ops.h) make, one node a step, each with its op's own kernels."""
+        cdef int i
+        cdef ops.Step step
+        cdef Value made
+        for i in range(steps.steps):
+            step = steps.step[i]
+            if step.op == ops.POW_CONST:
+                made = pow_const(self.operand(step.x, g, out, a, b), out.constant - 1.0, out)
+            elif ops.op_facts(step.op).arity == 1:
+                made = apply1(step.op, self.operand(step.x, g, out, a, b))
+            else:
+                made = apply2(step.op, self.operand(step.x, g, out, a, b), self.operand(step.y, g, out, a, b))
+            if i == 0:
+                self.t0 = made
+            elif i == 1:
+                self.t1 = made
+            elif i == 2:
+                self.t2 = made
+            else:
+                self.t3 = made
+        return self.operand(steps.result, g, out, a, b)
+
+    cdef Value operand(self, int register, Value g, Value out, Value a, Value b):
+        cdef double da = 0.0, db = 0.0
+        if register == ops.R_G:
+            return g
+        if register == ops.R_OUT:
+            return out
+        if register == ops.R_A:
+            return a
+        if register == ops.R_B:
+            return b
+        if register == ops.R_ONE:
+            return self.one
+        if register == ops.R_K:
+            return leaf(out.constant)
+        if register == ops.R_DA1 or register == ops.R_DB1:
+            ops.derivative(out.op, 1.0, out.value, a.value, 0.0 if b is None else b.value, out.constant, &da, &db)
+            return leaf(da if register == ops.R_DA1 else db)
+        if register == ops.R_T0:
+            return self.t0
+        if register == ops.R_T0 + 1:
+            return self.t1
+        if register == ops.R_T0 + 2:
+            return self.t2
+        return self.t3
 
 
 @cython.boundscheck(False)
@@ -322,61 +373,21 @@ cdef list sweep_values(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
             Py_XDECREF(sweep.grads[i])
 
 
-# Each op's derivative as Values, beside the others rather than beside its kernel: a Value cannot appear in
-# _ops.pxd (the kernels sit below the engine, on doubles), and a table of steps there that a builder here
-# interprets would need its own conditionals for the cases that branch on the node (x ** k at k = 0 and 1,
-# the slope of a ** b in b by a's sign). So this is the third place an op is added, after its kernels and
-# its eager method; each case reads as its kernel in _ops.pxd does, in the same order of operations, and
-# builds every node with that op's own kernel, so the numbers are the kernels' bits.
+# Each op's derivative as Values is a table beside its kernels in ops.h ("Derivatives as ops"), which build()
+# interprets: the alternative, a Cython function per op building nodes, could not sit beside the kernel (a
+# Value cannot appear in C, and the kernels sit below the engine), so an op's derivative would be written in
+# two places in two languages; as steps of ops it is written once more, next to the kernel it must match.
 cdef int derivative_values(_Sweep s, Value g, Value out, Value a, Value b, Py_ssize_t pa,
                            Py_ssize_t pb) except -1:
     """Add what out's gradient g gives its children into their gradients at places pa and pb (s.spare:
     a child no input lies below, whose term is not built)."""
-    cdef int op = out.op
-    cdef double k = out.constant
-    cdef bint to_a = pa != s.spare
-    cdef bint to_b = pb != s.spare
-    if op == ops.ADD:
-        if to_a: s.add_to(pa, g)
-        if to_b: s.add_to(pb, g)
-    elif op == ops.SUB:
-        if to_a: s.add_to(pa, g)
-        if to_b: s.add_to(pb, apply1(ops.NEG, g))
-    elif op == ops.MUL:
-        if to_a: s.add_to(pa, apply2(ops.MUL, b, g))
-        if to_b: s.add_to(pb, apply2(ops.MUL, a, g))
-    elif op == ops.DIV:
-        if to_a: s.add_to(pa, apply2(ops.DIV, g, b))
-        if to_b: s.add_to(pb, apply1(ops.NEG, apply2(ops.DIV, apply2(ops.MUL, g, out), b)))
-    elif op == ops.NEG:
-        if to_a: s.add_to(pa, apply1(ops.NEG, g))
-    elif op == ops.POW_CONST:
-        if not to_a:
-            pass
-        elif k == 1.0:     # k * a ** 0.0 * g is g whatever a is: no a ** 0.0 node, whose derivative fails at 0
-            s.add_to(pa, g)
-        elif k == 0.0:     # 0.0 * a ** -1.0 is a constant (nan at 0, as backward() has it), flat in a
-            s.add_to(pa, apply2(ops.MUL, leaf(k * pow(a.value, k - 1.0)), g))
-        else:
-            s.add_to(pa, apply2(ops.MUL, apply2(ops.MUL, leaf(k), pow_const(a, k - 1.0, out)), g))
-    elif op == ops.POW:
-        if to_a: s.add_to(pa, apply2(ops.MUL, apply2(ops.MUL, b, apply2(ops.POW, a, apply2(ops.SUB, b, s.one))), g))
-        if to_b and a.value > 0.0:
-            s.add_to(pb, apply2(ops.MUL, apply2(ops.MUL, out, apply1(ops.LOG, a)), g))
-        elif to_b:         # the kernel's constant slope at a == 0 (0.0) and below (nan): flat in a and b
-            s.add_to(pb, apply2(ops.MUL, leaf(0.0 if a.value == 0.0 else NAN), g))
-    elif op == ops.TANH:
-        if to_a: s.add_to(pa, apply2(ops.MUL, apply2(ops.SUB, s.one, apply2(ops.MUL, out, out)), g))
-    elif op == ops.EXP:
-        if to_a: s.add_to(pa, apply2(ops.MUL, out, g))
-    elif op == ops.LOG:
-        if to_a: s.add_to(pa, apply2(ops.DIV, g, a))
-    elif op == ops.SIGMOID:
-        if to_a: s.add_to(pa, apply2(ops.MUL, apply2(ops.MUL, out, apply2(ops.SUB, s.one, out)), g))
-    elif op == ops.SOFTPLUS:
-        if to_a: s.add_to(pa, apply2(ops.MUL, apply1(ops.SIGMOID, a), g))
-    else:
-        raise NotImplementedError(f"grad(create_graph=True) cannot differentiate {out._op!r} yet")
+    cdef const ops.DerivativeSteps* da
+    cdef const ops.DerivativeSteps* db
+    ops.derivative_ops(out.op, a.value, out.constant, &da, &db)
+    if pa != s.spare and da.result != ops.R_NONE:
+        s.add_to(pa, s.build(da, g, out, a, b))
+    if pb != s.spare and db.result != ops.R_NONE:
+        s.add_to(pb, s.build(db, g, out, a, b))
     return 0
 
 

@@ -25,8 +25,6 @@ def build(recipe):
     pool = list(leaves)
     kept = []
     for step in steps:
-        if step[1] == "relu":     # its derivative as Values needs the STEP op, which comes with ops.h
-            continue
         try:
             pool.append(apply_step(step, pool))
         except (ArithmeticError, ValueError):
@@ -218,7 +216,6 @@ def test_x_to_the_x_has_its_third_derivative_at_1_where_pytorch_has_not():
     assert [d.data for d in derivatives] == [1.0, 1.0, 2.0, 3.0]
 
 
-@pytest.mark.xfail(raises=NotImplementedError, strict=True, reason="relu needs the STEP op")
 def test_the_hessian_of_a_function_of_every_op_is_pytorchs():
     def f(x, y, z, tanh, exp, log, relu, sigmoid, softplus):
         return (tanh(x * y) * z + exp(x / z) - y ** 3 + log(z) * sigmoid(y) + softplus(x ** z)
@@ -283,8 +280,8 @@ def test_second_derivatives_are_the_finite_differences_of_the_first(recipe):
 def hvp_root(x_value=0.8, y_value=-0.4):
     """The Hessian-vector product of a small smooth function as one Value, and its leaves."""
     x, y = Value(x_value, label="x"), Value(y_value, label="y")
-    f = (x * y).tanh() + x ** 3 * y.sigmoid() + (x - y).softplus() + (y * y + 1.0).log() / x
-    gx, gy = grad(f, [x, y], create_graph=True)
+    f = (x * y).tanh() + x ** 3 * y.sigmoid() + (x - y).softplus() + (y * y + 1.0).log() / x + (x - y).relu() * x
+    gx, gy = grad(f, [x, y], create_graph=True)            # relu's derivative holds a step node
     return gx * 0.3 + gy * -1.1, [x, y]
 
 
@@ -381,7 +378,7 @@ def test_a_thousand_rounds_of_grad_of_grad_leave_no_block_behind(tmp_path):
         x, y = Value(0.3), Value(1.7)
         counts = []
         for round in range(1000):
-            f = (x * y).tanh() * x.exp() + (x / y).log() ** 2 + (x ** y).softplus() - y.sigmoid() * x
+            f = (x * y).tanh() * x.exp() + (x / y).log() ** 2 + (x ** y).softplus() - y.sigmoid() * x.relu()
             first = grad(f, [x, y], create_graph=True)
             hvp = grad(first[0] * 2.0 + first[1], [x, y], create_graph=True, grad_outputs=0.5)
             grad(hvp, [x, y])
@@ -417,7 +414,6 @@ def test_the_readmes_newton_step_finds_the_minimum(capsys):
     assert capsys.readouterr().out.split() == ["0.9999999999999999", "0.9999999999999757"]
 
 
-@pytest.mark.xfail(raises=NotImplementedError, strict=True, reason="relu needs the STEP op")
 def test_the_readmes_hessian_vector_product_is_the_finite_difference_of_the_gradient():
     namespace = {}
     exec(readme_code("Higher-order gradients", 1), namespace)
@@ -444,13 +440,14 @@ def test_a_batched_gradient_graph_is_eager_grad_of_grad_per_sample_bit_for_bit()
 
     def residual_at(t):
         x = Value(t)
-        u = model([x])
+        u = model([x]) + x.relu() * x                    # relu: a step node in each derivative
         (du,) = grad(u, [x], create_graph=True)
         (d2u,) = grad(du, [x], create_graph=True)
         return x, (d2u + u * du) ** 2
 
     x, residual = residual_at(0.0)
     batch = fastgrad.compile(residual, inputs=[x])
+    assert "step" in {n._op for n in trace(residual)[0]}
     points = [-1.5, -0.2, 0.0, 0.4, 1.1, 2.9]
     outputs = batch.forward([[t] for t in points])
     assert all(same_float(o, residual_at(t)[1].data) for o, t in zip(outputs, points))
