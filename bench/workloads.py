@@ -535,19 +535,13 @@ class ProgramBytes(Workload):
                               "bytes, unfused": sys.getsizeof(unfused) / len(unfused)}
 
 
-class GradCost(Workload):
+class GradCost(CompileCost):
     """fastgrad.grad(loss, params, create_graph=True) on micrograd's moons loss graph, beside grad's floats and
     one eager backward() on it; the title says how many nodes the gradient graph adds per node of the loss's."""
 
     name = "grad"
     title = "grad by the parameters, moons loss graph"
     phases = ("create_graph", "floats", "one eager backward")
-
-    def __init__(self):
-        self.nodes = None
-
-    def units(self):
-        return self.nodes or 1
 
     def sampler(self, engine):
         if engine.name != "fastgrad":
