@@ -71,6 +71,28 @@ def test_the_dispatched_kernels_are_the_eager_ops(name, a, b, k, g):
         assert leaf_b.grad == 0.0
 
 
+@pytest.mark.parametrize("name", sorted(EAGER))
+@settings(max_examples=300, deadline=None)
+@given(a=numbers, b=numbers, k=st.one_of(numbers, st.integers(-4, 4).map(float)), g=numbers)
+def test_each_derivative_as_ops_is_its_derivative_kernel(name, a, b, k, g):
+    # grad(create_graph=True) builds each op's derivative from its steps in ops.h: node by node, the same bits
+    # as the derivative kernel, or, where a step leaves its op's domain, the eager op's exception.
+    code = CODE[name]
+    leaf_a, leaf_b = Value(a), Value(b)
+    try:
+        node = EAGER[name](leaf_a, leaf_b, k)
+    except (ArithmeticError, ValueError):
+        return
+    da, db = kernel_derivative(code, g, node.data, a, b, k)
+    try:
+        got_a, got_b = grad(node, [leaf_a, leaf_b], grad_outputs=Value(g), create_graph=True)
+    except (ArithmeticError, ValueError):
+        assert not (math.isfinite(da) and math.isfinite(db))     # backward() has inf or nan there
+        return
+    assert same_float(got_a.data, 0.0 + da)
+    assert same_float(got_b.data, 0.0 + db if OPS[code].arity == 2 else 0.0)
+
+
 def test_leaves_and_hand_made_nodes_have_no_kernels():
     for name in ("LEAF", "CUSTOM"):
         with pytest.raises(ValueError):
