@@ -1,5 +1,5 @@
-# The engine's C interface for fastgrad's other compiled modules (the replay, the optimizers, grad): the
-# node's layout, how nodes are made, the node array and the topological sort. For in-tree modules only: it is not shipped in the wheel,
+# The engine's C interface for fastgrad's other compiled modules (the replay, the optimizers): the node's
+# layout, the node array and the topological sort. For in-tree modules only: it is not shipped in the wheel,
 # so nothing outside this repository can cimport it. The op codes and kernels are in _ops.pxd.
 from cpython.object cimport PyObject
 

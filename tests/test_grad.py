@@ -207,8 +207,9 @@ def test_second_and_third_derivatives_of_random_programs_match_pytorch(recipe):
 
 
 def test_x_to_the_x_has_its_third_derivative_at_1_where_pytorch_has_not():
-    # The third derivative of x^x is x^x ((log x + 1)^3 + 3 (log x + 1) / x - 1 / x^2), 3 at 1. PyTorch gives 2: its derivative of
-    # a ** b zeroes the term in a where b is 0, here b = x - 1, a Value whose derivative is not 0.
+    # The third derivative of x^x is x^x ((log x + 1)^3 + 3 (log x + 1) / x - 1 / x^2), 3 at 1. PyTorch gives
+    # 2: its derivative of a ** b zeroes the term in a where b is 0, here b = x - 1, a Value whose derivative
+    # is not 0.
     x = Value(1.0)
     derivatives = [x ** x]
     for _ in range(3):

@@ -30,7 +30,7 @@ EAGER = {
     "SOFTPLUS": lambda a, b, k: a.softplus(),
     # No method makes it: grad builds relu's derivative as step(relu(a)) * g, and step(relu(a)) is step(a). Its
     # derivative is 0, so what its _backward() adds into its child, relu(a), leaves a's grad at 0.0 + 0.0.
-    "STEP": lambda a, b, k: next(n for n in trace(grad(a.relu(), [a], create_graph=True)[0])[0] if n._op == "step"),
+    "STEP": lambda a, b, k: next(n for n in trace(grad(a.relu(), a, create_graph=True)[0])[0] if n._op == "step"),
 }
 numbers = st.one_of(st.floats(), st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5, -2.0, 710.0, -745.0]))
 
