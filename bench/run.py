@@ -45,7 +45,7 @@ def make_workloads(settings):
     if not settings["quick"]:
         rest.append(wl.MoonsStep("seed"))   # the seed's model on the seed's Value: seconds per step
     compiled = [wl.CompiledMoonsStep(), wl.CompiledLayer(), wl.CompileCost(), wl.ProgramBytes(), wl.GradCost(),
-                wl.MoonsHessianVectorProduct()]
+                wl.MoonsHessianVectorProduct(), wl.PhysicsInformedStep()]
     optim = [wl.OptimizerStep(kind) for kind in wl.OptimizerStep.KINDS]
     return (ops + rest + compiled + optim + [wl.Sweep(size) for size in settings["sweep"]]
             + [wl.BytesPerNode()])

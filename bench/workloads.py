@@ -639,6 +639,86 @@ class MoonsHessianVectorProduct(Workload):
         return sampler
 
 
+class PhysicsInformedStep(Workload):
+    """A training step of the README's physics-informed fit (u'' + u = 0, u(0) = 0, u'(0) = 1) on 1,000
+    collocation points, the notebook's tanh MLP(1, [16, 16, 1]), Adam, one thread. fastgrad: (u'' + u)^2 as a
+    gradient graph, batched over the points (compile(..., inputs=[x], threads=1)), the initial conditions
+    compiled. PyTorch: the same network as nn.Linear + Tanh in float64 over all points at once, u' and u'' by
+    autograd.grad(create_graph=True)."""
+
+    name = "pinn"
+    title = "physics-informed step, 1,000 points"
+    unit = "step"
+    whole_models = True
+    POINTS = 1000
+
+    def sampler(self, engine):
+        points = [[math.pi * (i + 0.5) / self.POINTS] for i in range(self.POINTS)]
+        if engine.name == "fastgrad":
+            return self.fastgrad_sampler(points)
+        if engine.name == "torch-tensor":
+            return self.torch_sampler(points)
+        raise Unsupported("no higher-order gradients")
+
+    @staticmethod
+    def fastgrad_sampler(points):
+        import fastgrad
+        from fastgrad import MLP, Value, grad, optim
+
+        random.seed(0)
+        model = MLP(1, [16, 16, 1])
+        x = Value(0.0)
+        u = model([x])
+        (du,) = grad(u, [x], create_graph=True)
+        (d2u,) = grad(du, [x], create_graph=True)
+        equation = fastgrad.compile((d2u + u) ** 2, inputs=[x], threads=1)
+        x0 = Value(0.0)
+        u0 = model([x0])
+        (du0,) = grad(u0, [x0], create_graph=True)
+        initial = fastgrad.compile(u0 ** 2 + (du0 - 1.0) ** 2)
+        adam = optim.Adam(model.parameters(), lr=1e-3)
+
+        def sampler(inner):
+            start = clock()
+            for _ in range(inner):
+                adam.zero_grad()
+                equation.forward(points)
+                equation.backward(1.0 / len(points))
+                initial.forward()
+                initial.backward()
+                adam.step()
+            return {"total": clock() - start}
+        return sampler
+
+    @staticmethod
+    def torch_sampler(points):
+        import torch
+
+        torch.set_num_threads(1)
+        layers = []
+        for nin, nout in ((1, 16), (16, 16), (16, 1)):
+            layers += [torch.nn.Linear(nin, nout, dtype=torch.float64), torch.nn.Tanh()]
+        model = torch.nn.Sequential(*layers)
+        x = torch.tensor(points, dtype=torch.float64, requires_grad=True)
+        x0 = torch.zeros((1, 1), dtype=torch.float64, requires_grad=True)
+        adam = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def sampler(inner):
+            start = clock()
+            for _ in range(inner):
+                u = model(x)
+                (du,) = torch.autograd.grad(u.sum(), x, create_graph=True)
+                (d2u,) = torch.autograd.grad(du.sum(), x, create_graph=True)
+                u0 = model(x0)
+                (du0,) = torch.autograd.grad(u0.sum(), x0, create_graph=True)
+                loss = ((d2u + u) ** 2).mean() + (u0 ** 2 + (du0 - 1.0) ** 2).sum()
+                adam.zero_grad()
+                loss.backward()
+                adam.step()
+            return {"total": clock() - start}
+        return sampler
+
+
 def moons_loss_graph():
     """micrograd's demo loss on fastgrad (65,818 nodes) and its compiled graph."""
     import fastgrad
