@@ -93,6 +93,14 @@ def test_an_input_outside_the_graph_gets_zero_and_an_output_gets_its_seed():
     assert grad(f, []) == []
 
 
+def test_a_hand_made_node_passes_nothing_on_as_in_backward():
+    x = Value(3.0)
+    made = Value(9.0, (x,), "square")          # the seed's hand-made node: its _backward does nothing
+    f = made * x
+    assert grad(f, [x, made]) == backward_grads(f, [x, made]) == [9.0, 3.0]
+    assert [v.data for v in grad(f, [x, made], create_graph=True)] == [9.0, 3.0]
+
+
 def test_several_outputs_weighted_by_grad_outputs_as_pytorch():
     leaves = [Value(0.3), Value(-1.2), Value(2.0)]
     a, b, c = leaves
