@@ -4,10 +4,10 @@ be differentiated again (Newton steps, Hessian-vector products, losses that hold
 
 Two phases.
 
-plan(): the engine's C topological sort over every output's graph, then one pass that gives each node a
+make_plan(): the engine's C topological sort over every output's graph, then one pass that gives each node a
 place (inner nodes in the sort's order, then the leaves as they are met) and records each inner node's
 children's places. A node's place is kept in its `gradient` for the length of that pass (the grads saved
-beside it, and put back), as the replay's recorder does; every mark and grad is restored before plan()
+beside it, and put back), as the replay's recorder does; every mark and grad is restored before make_plan()
 returns, on every path. What follows works on arrays indexed by place, and may run Python code freely.
 
 The sweep, in backward()'s order and with its order of additions (each node's grad into its first child,
@@ -151,7 +151,7 @@ cdef void release(Plan* plan, bint everything) noexcept:
 
 
 cdef int reserve(void** array, Py_ssize_t* capacity, Py_ssize_t needed, size_t item_size) noexcept:
-    """Make room for needed items in *array (its contents are not kept); 0, or -1 if memory ran out."""
+    """Make room for needed items in *array, keeping what it holds; 0, or -1 if memory ran out."""
     cdef void* grown
     if needed <= capacity[0]:
         return 0
