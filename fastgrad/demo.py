@@ -1,5 +1,6 @@
-"""`python -m fastgrad demo`: micrograd's moons classifier trained on fastgrad, timed against micrograd's algorithm
-in plain Python on this machine, with a picture of what it learned and the graph of one of its neurons.
+"""`python -m fastgrad demo`: micrograd's moons classifier trained on fastgrad (batched by default: one point's graph
+run over all the points), timed against micrograd's algorithm in plain Python on this machine, with a picture of
+what it learned and the graph of one of its neurons.
 
 Everything past training is optional: without matplotlib there is no picture, without graphviz's `dot` no
 graph, and the demo says what to install instead.
@@ -19,11 +20,19 @@ from fastgrad.micrograd.nn import MLP
 from fastgrad.replay import compile
 from fastgrad.viz import draw_dot
 
-__all__ = ["DemoError", "run"]
+__all__ = ["DemoError", "run", "PATHS"]
 
 SIZES = [16, 16, 1]
 POINTS = 100
 REFERENCE_STEPS = 3          # micrograd's algorithm takes a second or two a step: a few steps give a median
+REFERENCE_POINTS = 100       # ... on 100 points: on more, it is timed on the first 100, and compared a point
+PATHS = {
+    "batched": "batched (one point's graph recorded by fastgrad.compile(loss, inputs=...) and run over all the "
+               "points at once in C, SIMD lanes and threads; fastgrad.optim.SGD stepping in C)",
+    "compiled": "compiled (the whole loss's graph, a copy of the model a point, recorded once by fastgrad.compile "
+                "and replayed in C; fastgrad.optim.SGD stepping in C)",
+    "eager": "eager, the exact graph (a node per op, built anew each step)",
+}
 PICTURE = "moons_decision_boundary.png"
 NEURON = "neuron.svg"
 
@@ -32,36 +41,52 @@ class DemoError(Exception):
     """A problem the user has to fix (an output folder that cannot be written), reported without a traceback."""
 
 
-def run(steps=100, out=".", seed=1337, compiled=True):
+def run(steps=100, out=".", seed=1337, path="batched", points=POINTS):
     """Train, report, time the reference, write the files; returns the final (loss, accuracy)."""
     out = prepare_output(out)
-    X, y = moons.make_moons(POINTS, noise=0.1, seed=seed)
+    X, y = moons.make_moons(points, noise=0.1, seed=seed)
     random.seed(seed)
     model = MLP(2, SIZES)
     print(f"fastgrad {__version__}: micrograd's moons demo, MLP(2, {SIZES}) ({len(model.parameters())} parameters) "
-          f"on {POINTS} points, {plural(steps, 'step')} of SGD on hinge loss + L2 (seed {seed})")
-    if compiled:
-        print("path: compiled (the loss's graph recorded once by fastgrad.compile and replayed in C, "
-              "fastgrad.optim.SGD stepping in C)")
-    else:
-        print("path: eager, the exact graph (a node per op, built anew each step)")
-    history, step_seconds = train(make_step(model, X, y, steps, compiled), steps, progress_for(sys.stdout, steps))
+          f"on {points:,} points, {plural(steps, 'step')} of SGD on hinge loss + L2 (seed {seed})")
+    print(f"path: {PATHS[path]}")
+    history, step_seconds = train(make_step(model, X, y, steps, path), steps, progress_for(sys.stdout, steps))
     loss, accuracy = history[-1]
     here = statistics.median(step_seconds)
     print(f"done: loss {loss:.4f}, accuracy {accuracy:.0%}, {here * 1e3:.2f} ms a step "
           f"(median of {plural(steps, 'step')}, time.perf_counter)")
 
     compared = min(REFERENCE_STEPS, steps)
+    sample = min(points, REFERENCE_POINTS)
     print(f"timing micrograd's algorithm in plain Python on {plural(compared, 'step')} ...", flush=True)
-    _, reference_seconds = time_reference(X, y, seed, steps, compared)
+    _, reference_seconds = time_reference(X[:sample], y[:sample], seed, steps, compared)
     there = statistics.median(reference_seconds)
+    # The reference's steps cost in proportion to the points: compared a point when it ran on fewer.
+    ratio, low, high = speedup([s / points for s in step_seconds], [s / sample for s in reference_seconds])
     print(f"micrograd's algorithm in plain Python (fastgrad.reference: a node per op, a closure per node, a "
           f"recursive sort): {there:.2f} s a step, the median of {plural(compared, 'step')} of the same model, "
-          f"data and schedule; fastgrad is {there / here:,.0f}x faster on this machine, now")
+          f"{'data' if sample == points else f'first {sample} points'} and schedule"
+          f"{'' if sample == points else ', compared a point'}; fastgrad is {ratio} faster on this machine, now "
+          f"({low} to {high} step to step: "
+          f"both timings move with what else the machine is doing)")
 
     write_picture(model, X, y, os.path.join(out, PICTURE), f"after {plural(steps, 'step')}: accuracy {accuracy:.0%}")
     write_neuron(model.layers[0].neurons[0], X, os.path.join(out, NEURON))
     return loss, accuracy
+
+
+def speedup(fast_seconds, slow_seconds):
+    """How many times faster the fast steps are, as text: the ratio of the medians, and its spread from the slow
+    steps' fastest over the fast steps' upper quartile to the slow steps' slowest over their lower quartile. A
+    few reference steps and a sub-millisecond step on a shared machine give ratios that differ twofold from run
+    to run: the spread says so, and 2 significant digits claim no more."""
+    if len(fast_seconds) > 1:
+        lower, _, upper = statistics.quantiles(fast_seconds, n=4, method="inclusive")
+    else:
+        lower = upper = fast_seconds[0]
+    median = statistics.median(slow_seconds) / statistics.median(fast_seconds)
+    return tuple(f"{float(f'{ratio:.2g}'):,.0f}x" for ratio in
+                 (median, min(slow_seconds) / upper, max(slow_seconds) / lower))
 
 
 def plural(count, word):
@@ -70,6 +95,13 @@ def plural(count, word):
 
 def prepare_output(out):
     """Create the output folder if needed and check that a file can be written in it, before any training."""
+    existing = out
+    while existing and not os.path.exists(existing):      # the part of the path that exists already
+        existing = os.path.dirname(existing)
+    if existing == out and not os.path.isdir(out):
+        raise DemoError(f"the output folder {out!r} is a file, not a folder")
+    if existing and not os.path.isdir(existing):
+        raise DemoError(f"cannot write to the output folder {out!r}: {existing!r} is a file, not a folder")
     try:
         os.makedirs(out, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
@@ -79,23 +111,44 @@ def prepare_output(out):
     return out
 
 
-def make_step(model, X, y, steps, compiled):
-    """step(k) -> (loss, accuracy): training step k of `steps`, replayed by a compiled graph, or on the exact
-    graph built anew each step. Both take micrograd's steps: the same loss, grads and update."""
-    if not compiled:
+def make_step(model, X, y, steps, path):
+    """step(k) -> (loss, accuracy): training step k of `steps`, on the path PATHS names. Each takes micrograd's
+    steps: the same loss and update, the grads within rounding (the batched path sums the points' grads in
+    another order; the compiled and eager paths are the same bits)."""
+    if path == "eager":
         return lambda k: moons.train_step(model, Value, X, y, k, steps)
-    loss, scores = moons.svm_graph(model, Value, X, y)
-    graph = compile(loss)
     sgd = optim.SGD(model.parameters(), lr=moons.learning_rate(0, steps))
+    if path == "compiled":
+        loss, scores = moons.svm_graph(model, Value, X, y)
+        graph = compile(loss)
 
-    def step(k):
-        graph.forward()
+        def step(k):
+            graph.forward()
+            sgd.zero_grad()
+            graph.backward()
+            sgd.lr = moons.learning_rate(k, steps)
+            sgd.step()
+            return loss.data, moons.accuracy(scores, y)
+        return step
+    x0, x1, label = Value(0.0), Value(0.0), Value(0.0)
+    score = model([x0, x1])
+    losses = compile((1 + -label * score).relu(), inputs=[x0, x1, label])
+    scores = compile(score, inputs=[x0, x1])
+    regulariser = compile(1e-4 * sum(p * p for p in model.parameters()))
+    rows = [[a, b, t] for (a, b), t in zip(X, y)]
+    points = [row[:2] for row in rows]
+
+    def batched_step(k):
         sgd.zero_grad()
-        graph.backward()
+        point_losses = losses.forward(rows)
+        losses.backward(1.0 / len(rows))
+        loss = sum(point_losses) * (1.0 / len(rows)) + regulariser.forward()
+        regulariser.backward()
+        accuracy = sum((t > 0) == (s > 0) for t, s in zip(y, scores.forward(points))) / len(y)
         sgd.lr = moons.learning_rate(k, steps)
         sgd.step()
-        return loss.data, moons.accuracy(scores, y)
-    return step
+        return loss, accuracy
+    return batched_step
 
 
 def train(step, steps, progress):
@@ -210,17 +263,27 @@ class LineProgress:
 
 
 class BarProgress:
-    """One line redrawn in place with a carriage return, for a terminal without tqdm."""
+    """One line redrawn in place with a carriage return, for a terminal without tqdm. It fits the terminal's
+    width, read at each redraw (a terminal can be resized), less one column: a line that reaches the last column
+    wraps on some terminals, and every redraw would then leave a line behind. Where the text does not fit, the
+    rate goes first, then loss and accuracy, then the bar shrinks."""
 
-    WIDTH = 30
+    LONGEST_BAR = 40
+    SHORTEST_BAR = 10
 
     def __init__(self, stream, total):
         self.stream, self.total = stream, total
 
     def update(self, done, loss, accuracy, rate):
-        filled = self.WIDTH * done // self.total
-        bar = "#" * filled + "-" * (self.WIDTH - filled)
-        self.stream.write(f"\r[{bar}] {done}/{self.total}  {_status(loss, accuracy)}  {rate:.1f} steps/s ")
+        columns = shutil.get_terminal_size().columns - 1
+        parts = [f" {done}/{self.total}", f"  {_status(loss, accuracy)}", f"  {rate:.1f} steps/s"]
+        while len(parts) > 1 and len("".join(parts)) + 2 + self.SHORTEST_BAR > columns:
+            parts.pop()
+        text = "".join(parts)
+        width = max(1, min(self.LONGEST_BAR, columns - 2 - len(text)))
+        filled = width * done // self.total
+        line = f"[{'#' * filled}{'-' * (width - filled)}]{text}"[:columns]
+        self.stream.write("\r" + line.ljust(columns))     # the padding covers a longer line drawn before
         self.stream.flush()
 
     def close(self):
