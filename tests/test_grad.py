@@ -437,8 +437,8 @@ def test_the_readmes_physics_informed_fit_is_sin_and_writes_its_picture(tmp_path
     monkeypatch.setenv("MPLBACKEND", "Agg")
     namespace = {}
     exec(readme_code("Higher-order gradients", 2), namespace)
-    model, losses = namespace["model"], namespace["losses"]
-    assert losses[-1] < 1e-3 < losses[0]
+    model, curve = namespace["model"], namespace["curve"]
+    assert curve[-1] < 1e-3 < curve[0]
     assert max(abs(model([Value(t)]).data - math.sin(t)) for t in [i * math.pi / 50 for i in range(51)]) < 0.06
     assert (tmp_path / "physics_informed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
