@@ -52,10 +52,11 @@ def grad(outputs, inputs, *, grad_outputs=None, bint create_graph=False):
         plan = &own
     kept_busy |= plan == &kept
     try:
-        out_places = <Py_ssize_t*>PyMem_Malloc((len(outs) + len(ins) + 1) * sizeof(Py_ssize_t))
+        # per output its place, then per output whether it is the first at its place; per input its place
+        out_places = <Py_ssize_t*>PyMem_Malloc((2 * len(outs) + len(ins) + 1) * sizeof(Py_ssize_t))
         if out_places == NULL:
             raise MemoryError()
-        in_places = out_places + len(outs)
+        in_places = out_places + 2 * len(outs)
         # Compiled graphs write their numbers back into the nodes read here; and with create_graph, Python
         # gets hold of inner nodes through the new graph (see engine.pyx, "Graphs ahead of their nodes").
         catch_up()
@@ -113,6 +114,7 @@ cdef list seed_list(object grad_outputs, Py_ssize_t count, bint create_graph):
 cdef enum:
     PLACED = 1               # sort_topologically's mark (True), and place_leaf's: its place is in `gradient`
     INPUT = 2                # an input lies at or below the node
+    SEEDED = 4               # an output, given a weight already
 
 
 cdef struct Plan:
@@ -207,11 +209,15 @@ cdef int make_plan(Plan* plan, tuple outs, tuple ins, Py_ssize_t* out_places,
             if (<Value>child).visited & INPUT:
                 plan.children[2 * i + j] = <Py_ssize_t>(<Value>child).gradient
                 (<Value>node).visited |= INPUT
+    # An output's weight is its gradient, as backward() sets the root's grad (-0.0 stays -0.0); an output given
+    # again, or below another, adds its weight: the first at its place is told by a mark, SEEDED.
     for j in range(len(outs)):
         node = <PyObject*>outs[j]
         if not (<Value>node).visited & PLACED:          # an output that is a leaf
             place_leaf(nodes, saved, &count, node)
         out_places[j] = <Py_ssize_t>(<Value>node).gradient
+        out_places[len(outs) + j] = not (<Value>node).visited & SEEDED
+        (<Value>node).visited |= SEEDED
     for j in range(len(ins)):
         node = <PyObject*>ins[j]
         in_places[j] = <Py_ssize_t>(<Value>node).gradient if (<Value>node).visited & PLACED else -1
@@ -247,7 +253,10 @@ cdef list sweep_floats(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
     cdef double da, db
     memset(grads, 0, plan.nodes.length * sizeof(double))
     for j in range(len(seeds)):
-        grads[out_places[j]] += <double>seeds[j]
+        if out_places[len(seeds) + j]:          # the first output at its place: see make_plan
+            grads[out_places[j]] = <double>seeds[j]
+        else:
+            grads[out_places[j]] += <double>seeds[j]
     for i in range(plan.inner - 1, -1, -1):
         node = plan.nodes.items[i]
         op = (<Value>node).op
@@ -279,8 +288,16 @@ cdef class _Sweep:
     @cython.boundscheck(False)
     @cython.wraparound(False)
     cdef int add_to(self, Py_ssize_t place, Value term) except -1:
-        """Add term into the gradient at place, as backward() adds into a grad that starts at 0.0."""
+        """Add term into the gradient at place, as backward() adds into a grad that starts at 0.0. None: the
+        kernel adds 0.0, which changes a grad only if it is -0.0; nothing has flowed into the place yet
+        stays nothing (where backward() goes on with a grad of 0.0, which stays 0 below unless a local
+        derivative there is inf or nan)."""
         cdef PyObject* total = self.grads[place]
+        if term is None:
+            if total != NULL and (<Value>total).value == 0.0 and signbit((<Value>total).value):
+                term = self.zero                      # -0.0 + 0.0 is 0.0
+            else:
+                return 0
         if total != NULL:
             term = apply2(ops.ADD, <Value>total, term)        # it holds total now
             Py_DECREF(<object>total)
@@ -291,7 +308,8 @@ cdef class _Sweep:
         return 0
 
     cdef Value build(self, const ops.DerivativeSteps* steps, Value g, Value out, Value a, Value b):
-        """The node a derivative's steps (ops.h) make, one node a step, each with its op's own kernels."""
+        """The node a derivative's steps (ops.h) make, one node a step, each with its op's own kernels; None
+        where the kernel adds 0.0."""
         cdef int i
         cdef ops.Step step
         cdef Value made
@@ -315,6 +333,8 @@ cdef class _Sweep:
 
     cdef Value operand(self, int register, Value g, Value out, Value a, Value b):
         cdef double da = 0.0, db = 0.0
+        if register == ops.R_NONE:
+            return None
         if register == ops.R_G:
             return g
         if register == ops.R_OUT:
@@ -327,9 +347,9 @@ cdef class _Sweep:
             return self.one
         if register == ops.R_K:
             return leaf(out.constant)
-        if register == ops.R_DA1 or register == ops.R_DB1:
-            ops.derivative(out.op, 1.0, out.value, a.value, 0.0 if b is None else b.value, out.constant, &da, &db)
-            return leaf(da if register == ops.R_DA1 else db)
+        if register == ops.R_DB1:
+            ops.derivative(out.op, 1.0, out.value, a.value, b.value, out.constant, &da, &db)
+            return leaf(db)
         if register == ops.R_T0:
             return self.t0
         if register == ops.R_T0 + 1:
@@ -354,7 +374,11 @@ cdef list sweep_values(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
     sweep.zero = leaf(0.0)
     try:
         for j in range(len(seeds)):
-            sweep.add_to(out_places[j], <Value>seeds[j])
+            if out_places[len(seeds) + j]:
+                Py_INCREF(seeds[j])
+                sweep.grads[out_places[j]] = <PyObject*>seeds[j]
+            else:
+                sweep.add_to(out_places[j], <Value>seeds[j])
         for i in range(plan.inner - 1, -1, -1):
             node = <Value>plan.nodes.items[i]
             g = sweep.grads[i]
@@ -383,10 +407,10 @@ cdef int derivative_values(_Sweep s, Value g, Value out, Value a, Value b, Py_ss
     a child no input lies below, whose term is not built)."""
     cdef const ops.DerivativeSteps* da
     cdef const ops.DerivativeSteps* db
-    ops.derivative_ops(out.op, a.value, out.constant, &da, &db)
-    if pa != s.spare and da.result != ops.R_NONE:
+    ops.derivative_ops(out.op, a.value, 0.0 if b is None else b.value, out.constant, &da, &db)
+    if pa != s.spare:
         s.add_to(pa, s.build(da, g, out, a, b))
-    if pb != s.spare and db.result != ops.R_NONE:
+    if pb != s.spare:
         s.add_to(pb, s.build(db, g, out, a, b))
     return 0
 

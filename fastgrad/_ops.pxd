@@ -20,7 +20,7 @@ cdef extern from "ops.h" nogil:
         RELU "FG_RELU"
         SIGMOID "FG_SIGMOID"
         SOFTPLUS "FG_SOFTPLUS"
-        STEP "FG_STEP"
+        GATE "FG_GATE"
         OP_COUNT "FG_OP_COUNT"
 
     ctypedef struct OpFacts "fg_op_facts":
@@ -78,8 +78,8 @@ cdef extern from "ops.h" nogil:
     Status softplus_forward "fg_softplus_forward" (double a, double b, double k, double* out) noexcept
     void softplus_derivative "fg_softplus_derivative" (double g, double out, double a, double b, double k,
         double* da, double* db) noexcept
-    Status step_forward "fg_step_forward" (double a, double b, double k, double* out) noexcept
-    void step_derivative "fg_step_derivative" (double g, double out, double a, double b, double k,
+    Status gate_forward "fg_gate_forward" (double a, double b, double k, double* out) noexcept
+    void gate_derivative "fg_gate_derivative" (double g, double out, double a, double b, double k,
         double* da, double* db) noexcept
     double logistic "fg_logistic" (double x) noexcept
     Status forward "fg_forward" (int op, double a, double b, double k, double* out) noexcept
@@ -95,7 +95,6 @@ cdef extern from "ops.h" nogil:
         R_B "FG_R_B"
         R_ONE "FG_R_ONE"
         R_K "FG_R_K"
-        R_DA1 "FG_R_DA1"
         R_DB1 "FG_R_DB1"
         R_T0 "FG_R_T0"
     ctypedef struct Step "fg_step":
@@ -104,7 +103,7 @@ cdef extern from "ops.h" nogil:
         int steps
         Step step[4]
         unsigned char result
-    void derivative_ops "fg_derivative_ops" (int op, double a, double k, const DerivativeSteps** da,
+    void derivative_ops "fg_derivative_ops" (int op, double a, double b, double k, const DerivativeSteps** da,
                                              const DerivativeSteps** db) noexcept
 
 

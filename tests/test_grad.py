@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 
 import fastgrad
 from fastgrad import Value, grad, trace
-from support import (UNARY_OPS, apply_step, pick, readme_code, recipe_strategy, recipes, run_python,
-                     same_float)
+from support import UNARY_OPS, apply_step, readme_code, recipe_strategy, recipes, run_python, same_float
 
 torch = pytest.importorskip("torch")
 
@@ -172,13 +171,15 @@ def error_scale(value):
 
 
 def assert_close(fg, expected, what):
+    """fg's data is PyTorch's number within 1e-12 of its rounding scale; False if either is not finite."""
     e = expected.item()
     if not (math.isfinite(fg.data) and math.isfinite(e)):
         event("a non-finite derivative: not compared")
-        return
+        return False
     scale = error_scale(fg)
     assume(math.isfinite(scale))
     assert abs(fg.data - e) <= 1e-12 * max(scale, abs(e)) + 1e-300, (what, fg.data, e, scale)
+    return True
 
 
 moderate_recipes = recipe_strategy(
@@ -191,11 +192,6 @@ moderate_recipes = recipe_strategy(
 @given(recipe=moderate_recipes)
 def test_second_and_third_derivatives_of_random_programs_match_pytorch(recipe):
     leaves, pool, kept = build(recipe)
-    exponents = [pick(pool[:len(leaves) + i], step[-1]).data for i, step in enumerate(kept)
-                 if step[0] in ("values", "number_left") and step[1] == "**"]
-    if any(float(b).is_integer() for b in exponents):
-        event("an integer Value exponent: not compared (PyTorch zeroes b * a ** (b-1) where b is 0, see x ** x)")
-        return
     t_leaves, t_root = torch_program(recipe[0], kept)
     try:
         first = grad(pool[-1], leaves, create_graph=True)
@@ -204,25 +200,27 @@ def test_second_and_third_derivatives_of_random_programs_match_pytorch(recipe):
     except (ArithmeticError, ValueError) as error:
         event(f"grad raised {type(error).__name__}: a derivative outside its domain")
         return
+    # A derivative of a nan is compared only as far as it is finite: beyond a nan the engines' choices differ
+    # (PyTorch gives d/da (a ** b * log(a)) at a = -1, b = 0 as -1, though the first derivative is nan).
     t_first = torch_grads(t_root, t_leaves, True)
     for i, (g, t_g) in enumerate(zip(first, t_first)):
-        assert_close(g, t_g, ("first", i))
-        t_second = torch_grads(t_g, t_leaves, True)
-        for j, (h, t_h) in enumerate(zip(second[i], t_second)):
-            assert_close(h, t_h, ("second", i, j))
-            for k, (d3, t_d3) in enumerate(zip(third[i][j], torch_grads(t_h, t_leaves, False))):
-                assert_close(d3, t_d3, ("third", i, j, k))
+        if assert_close(g, t_g, ("first", i)):
+            t_second = torch_grads(t_g, t_leaves, True)
+            for j, (h, t_h) in enumerate(zip(second[i], t_second)):
+                if assert_close(h, t_h, ("second", i, j)):
+                    for k, (d3, t_d3) in enumerate(zip(third[i][j], torch_grads(t_h, t_leaves, False))):
+                        assert_close(d3, t_d3, ("third", i, j, k))
 
 
-def test_x_to_the_x_has_its_third_derivative_at_1_where_pytorch_has_not():
-    # The third derivative of x^x is x^x ((log x + 1)^3 + 3 (log x + 1) / x - 1 / x^2), 3 at 1. PyTorch gives
-    # 2: its derivative of a ** b zeroes the term in a where b is 0, here b = x - 1, a Value whose derivative
-    # is not 0.
-    x = Value(1.0)
-    derivatives = [x ** x]
-    for _ in range(3):
-        derivatives += grad(derivatives[-1], [x], create_graph=True)
-    assert [d.data for d in derivatives] == [1.0, 1.0, 2.0, 3.0]
+def test_x_to_the_x_has_its_closed_form_third_derivative():
+    # The third derivative of x^x is x^x ((log x + 1)^3 + 3 (log x + 1) / x - 1 / x^2).
+    for t in (0.5, 1.5, 2.0):
+        x = Value(t)
+        derivatives = [x ** x]
+        for _ in range(3):
+            derivatives += grad(derivatives[-1], [x], create_graph=True)
+        closed = t ** t * ((math.log(t) + 1) ** 3 + 3 * (math.log(t) + 1) / t - 1 / t ** 2)
+        assert derivatives[3].data == pytest.approx(closed, rel=1e-13)
 
 
 def test_the_hessian_of_a_function_of_every_op_is_pytorchs():
@@ -290,7 +288,7 @@ def hvp_root(x_value=0.8, y_value=-0.4):
     """The Hessian-vector product of a small smooth function as one Value, and its leaves."""
     x, y = Value(x_value, label="x"), Value(y_value, label="y")
     f = (x * y).tanh() + x ** 3 * y.sigmoid() + (x - y).softplus() + (y * y + 1.0).log() / x + (x - y).relu() * x
-    gx, gy = grad(f, [x, y], create_graph=True)            # relu's derivative holds a step node
+    gx, gy = grad(f, [x, y], create_graph=True)            # relu's derivative holds a gate node
     return gx * 0.3 + gy * -1.1, [x, y]
 
 
@@ -449,14 +447,14 @@ def test_a_batched_gradient_graph_is_eager_grad_of_grad_per_sample_bit_for_bit()
 
     def residual_at(t):
         x = Value(t)
-        u = model([x]) + x.relu() * x                    # relu: a step node in each derivative
+        u = model([x]) + x.relu() * x                    # relu: a gate node in each derivative
         (du,) = grad(u, [x], create_graph=True)
         (d2u,) = grad(du, [x], create_graph=True)
         return x, (d2u + u * du) ** 2
 
     x, residual = residual_at(0.0)
     batch = fastgrad.compile(residual, inputs=[x])
-    assert "step" in {n._op for n in trace(residual)[0]}
+    assert "gate" in {n._op for n in trace(residual)[0]}
     points = [-1.5, -0.2, 0.0, 0.4, 1.1, 2.9]
     outputs = batch.forward([[t] for t in points])
     assert all(same_float(o, residual_at(t)[1].data) for o, t in zip(outputs, points))

@@ -28,9 +28,10 @@ EAGER = {
     "RELU": lambda a, b, k: a.relu(),
     "SIGMOID": lambda a, b, k: a.sigmoid(),
     "SOFTPLUS": lambda a, b, k: a.softplus(),
-    # No method makes it: grad builds relu's derivative as step(relu(a)) * g, and step(relu(a)) is step(a). Its
-    # derivative is 0, so what its _backward() adds into its child, relu(a), leaves a's grad at 0.0 + 0.0.
-    "STEP": lambda a, b, k: next(n for n in trace(grad(a.relu(), a, create_graph=True)[0])[0] if n._op == "step"),
+    # No method makes it: grad builds relu's derivative as gate(relu(a), g), which is gate(a, g); with g = b.
+    # Its derivative in its first child is 0: what its _backward() adds into relu(a) leaves a's grad at 0.0 + 0.0.
+    "GATE": lambda a, b, k: next(n for n in trace(grad(a.relu(), a, grad_outputs=b, create_graph=True)[0])[0]
+                                 if n._op == "gate"),
 }
 numbers = st.one_of(st.floats(), st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5, -2.0, 710.0, -745.0]))
 
