@@ -289,9 +289,8 @@ cdef class _Sweep:
     @cython.wraparound(False)
     cdef int add_to(self, Py_ssize_t place, Value term) except -1:
         """Add term into the gradient at place, as backward() adds into a grad that starts at 0.0. None: the
-        kernel adds 0.0, which changes a grad only if it is -0.0; nothing has flowed into the place yet
-        stays nothing (where backward() goes on with a grad of 0.0, which stays 0 below unless a local
-        derivative there is inf or nan)."""
+        kernel adds 0.0, which changes a grad only if it is -0.0 (a place nothing flowed into yet stays
+        empty, which the sweep reads as 0.0)."""
         cdef PyObject* total = self.grads[place]
         if term is None:
             if total != NULL and (<Value>total).value == 0.0 and signbit((<Value>total).value):
@@ -382,9 +381,11 @@ cdef list sweep_values(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
         for i in range(plan.inner - 1, -1, -1):
             node = <Value>plan.nodes.items[i]
             g = sweep.grads[i]
-            if node.op <= ops.CUSTOM or g == NULL:    # nothing flows through a hand-made node, nor into it
+            if node.op <= ops.CUSTOM:    # nothing flows through a hand-made node, as in backward()
                 continue
-            derivative_values(sweep, <Value>g, node, <Value>node.child_a,
+            # A node nothing but 0.0 flowed into (under x ** 0, or a hand-made node) still sends its children
+            # 0 times its local derivative, as backward() does: nan where that derivative is inf or nan.
+            derivative_values(sweep, sweep.zero if g == NULL else <Value>g, node, <Value>node.child_a,
                               None if node.child_b == NULL else <Value>node.child_b,
                               plan.children[2 * i], plan.children[2 * i + 1])
         result = []
