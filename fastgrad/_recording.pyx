@@ -92,7 +92,7 @@ cdef class Recording:
         order.length = 0
         try:
             sort_topologically(root, order, stack)
-            check_replayable(order)          # a `_backward` closure cannot be replayed: TypeError
+            check_replayable(order, "compile")        # a `_backward` closure cannot be replayed: TypeError
             self.lay_out(order)
         finally:
             self.clear_marks(order)

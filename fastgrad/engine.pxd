@@ -32,6 +32,15 @@ cdef enum NodeFlags:
     BUNDLE = 8            # a hidden node holding a hand-made node's second child and the rest (engine.pyx)
 
 
+# How the engine makes nodes, data given (computed and checked by the op's kernel first): grad (_grad.pyx)
+# builds its gradient graphs with them, so that every node is made in one place, with a GC header where a
+# child has one. A call per node across modules (~1 ns, against ~20 for making the node), where inlining
+# them here would copy how nodes are made.
+cdef Value leaf(double value)
+cdef Value unary_node(unsigned char op, double value, Value a)
+cdef Value binary_node(unsigned char op, double value, Value a, Value b)
+
+
 # A growable C array of borrowed node pointers.
 cdef struct NodeArray:
     PyObject** items
@@ -44,10 +53,11 @@ cdef void free_array(NodeArray* array) noexcept
 # every node in order is left marked visited, for the caller to clear before any Python code runs.
 cdef int sort_topologically(Value root, NodeArray* order, NodeArray* stack) except -1
 
-# compile() cannot recompute a node whose derivative is a `_backward` closure. The recorder calls this on
-# sort_topologically's order, before anything else: if a node in it has a closure, it clears the marks of
-# every node in order and raises TypeError naming the node and what to use instead.
-cdef int check_replayable(NodeArray* order) except -1
+# compile() cannot recompute a node whose derivative is a `_backward` closure, nor can grad() build or
+# skip that derivative. The recorder and grad call this on sort_topologically's order, before anything else
+# (user: "compile" or "grad"): if a node in it has a closure, it clears the marks of every node in order and
+# raises TypeError naming the node and what to use instead.
+cdef int check_replayable(NodeArray* order, str user) except -1
 
 
 # A compiled graph whose arrays are ahead of its nodes (replay.pyx) is linked into the engine's list of

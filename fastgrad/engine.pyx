@@ -1069,7 +1069,7 @@ cdef int sweep_calling_python(NodeArray* order, Py_ssize_t last) except -1:
     return 0
 
 
-cdef int check_replayable(NodeArray* order) except -1:
+cdef int check_replayable(NodeArray* order, str user) except -1:
     cdef Py_ssize_t i
     cdef PyObject* found = NULL
     for i in range(order.length):
@@ -1080,6 +1080,11 @@ cdef int check_replayable(NodeArray* order) except -1:
     for i in range(order.length):           # before any Python code runs (the message, a GC pass)
         (<Value>order.items[i]).visited = False
     node = <Value>found
+    if user == "grad":
+        raise TypeError(
+            f"grad cannot differentiate through {node!r} (_op {node._op!r}, label {node.label!r}): its "
+            f"derivative is a _backward closure, which only backward() calls; build it from fastgrad's ops, "
+            f"or use backward()")
     raise TypeError(
         f"compile cannot replay {node!r} (_op {node._op!r}, label {node.label!r}): its derivative is a "
         f"_backward closure, which cannot recompute the node from new leaf values; build it from fastgrad's "

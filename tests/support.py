@@ -62,6 +62,10 @@ UNARY_OPS = {
     "sigmoid": lambda v: v.sigmoid(),
     "softplus": lambda v: v.softplus(),
 }
+# fastgrad's ops beyond micrograd's, which the reference has not: for recipes that are only built in fastgrad
+# (and PyTorch), given as recipe_strategy's `unary`
+MATH_OPS = {"sin": lambda v: v.sin(), "cos": lambda v: v.cos(), "sqrt": lambda v: v.sqrt(), "abs": abs}
+ALL_UNARY_OPS = {**UNARY_OPS, **MATH_OPS}
 
 # Mostly moderate numbers, some exact edge values (zeros of either sign make the error paths run),
 # and now and then anything at all, inf and nan included.
@@ -75,7 +79,7 @@ leaf_numbers = st.one_of(
 operand_numbers = st.one_of(st.integers(-3, 3), st.sampled_from([0.5, -0.5, 1.5, 2.0, -1.0, 0.0]), st.floats(-4, 4))
 
 
-def step_strategy(operands):
+def step_strategy(operands, unary=UNARY_OPS):
     """One recipe step: an op on nodes of the pool, or on a node and a number drawn from operands.
 
     A node is picked by its distance from the newest one, so that shrinking goes towards deep graphs;
@@ -85,14 +89,15 @@ def step_strategy(operands):
         st.tuples(st.just("values"), st.sampled_from(sorted(BINARY_OPS)), node_index, node_index),
         st.tuples(st.just("number_right"), st.sampled_from(sorted(BINARY_OPS)), node_index, operands),
         st.tuples(st.just("number_left"), st.sampled_from(sorted(BINARY_OPS)), operands, node_index),
-        st.tuples(st.just("unary"), st.sampled_from(sorted(UNARY_OPS)), node_index),
+        st.tuples(st.just("unary"), st.sampled_from(sorted(unary)), node_index),
     )
 
 
-def recipe_strategy(leaves, operands, max_leaves=5, max_steps=14):
-    """(leaf numbers, steps): what build a graph in fastgrad and in the reference alike."""
+def recipe_strategy(leaves, operands, max_leaves=5, max_steps=14, unary=UNARY_OPS):
+    """(leaf numbers, steps): what build a graph in fastgrad and in the reference alike (with unary=ALL_UNARY_OPS,
+    in fastgrad only)."""
     return st.tuples(st.lists(leaves, min_size=1, max_size=max_leaves),
-                     st.lists(step_strategy(operands), min_size=1, max_size=max_steps))
+                     st.lists(step_strategy(operands, unary), min_size=1, max_size=max_steps))
 
 
 steps = step_strategy(operand_numbers)
@@ -112,7 +117,7 @@ def apply_step(step, pool):
         return BINARY_OPS[op](pick(pool, step[2]), step[3])
     if kind == "number_left":
         return BINARY_OPS[op](step[2], pick(pool, step[3]))
-    return UNARY_OPS[op](pick(pool, step[2]))
+    return ALL_UNARY_OPS[op](pick(pool, step[2]))
 
 
 def same_float(x, y):
