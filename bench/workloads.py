@@ -10,8 +10,11 @@ the whole life of a graph (build, backward, free).
 """
 import gc
 import math
+import os
 import random
+import subprocess
 import sys
+import time
 
 from timing import clock
 
@@ -334,6 +337,7 @@ class MoonsStep(Workload):
     unit = "step"
     phases = ("step",)
     SIZES = [16, 16, 1]
+    points = 100
 
     def __init__(self, family):
         self.family = family
@@ -350,13 +354,13 @@ class MoonsStep(Workload):
 
         from fastgrad import moons
 
-        X, y = moons.make_moons(100, noise=0.1, seed=0)
+        X, y = moons_data(self.points)
         random.seed(1)
         if engine.moons_model:
             model = engine.moons_model(X, y, self.SIZES)
             if hasattr(model, "build_seconds"):
                 self.build_seconds[engine.name] = model.build_seconds
-            step = model.train_step
+            step = self.whole_model_step(model)
         elif not engine.is_graph:
             if self.family != "micrograd":
                 raise Unsupported("no hand-written version of the tanh model")
@@ -373,6 +377,11 @@ class MoonsStep(Workload):
         first = step(X, y, 0)
         self.first_loss[engine.name] = float(first[0])
         return self.timed_steps(step, X, y)
+
+    @staticmethod
+    def whole_model_step(model):
+        """The step an engine that computes whole models runs in this row: step(X, y, k) -> (loss, ...)."""
+        return model.train_step
 
     @staticmethod
     def timed_steps(step, X, y, phase="step"):
@@ -404,39 +413,249 @@ class CompiledMoonsStep(MoonsStep):
     def sampler(self, engine):
         if engine.name != "fastgrad":
             return super().sampler(engine)
-        import fastgrad
-        import fastgrad.optim
-        from fastgrad import moons
-
-        X, y = moons.make_moons(100, noise=0.1, seed=0)
-        random.seed(1)
-        model = engine.mlp(2, self.SIZES)
-        loss, _ = moons.svm_graph(model, engine.leaf, X, y)
-        graph = fastgrad.compile(loss)
-        params = model.parameters()
-        sgd = fastgrad.optim.SGD(params, lr=moons.learning_rate(0))
-
-        def with_optimizer(X, y, k):
-            graph.forward()
-            sgd.zero_grad()
-            graph.backward()
-            sgd.lr = moons.learning_rate(k)
-            sgd.step()
-            return loss.data
-
-        def with_python_loop(X, y, k):
-            graph.forward()
-            model.zero_grad()
-            graph.backward()
-            rate = moons.learning_rate(k)
-            for p in params:
-                p.data -= rate * p.grad
-            return loss.data
-
-        self.first_loss[engine.name] = with_optimizer(X, y, 0)
+        X, y = moons_data(self.points)
+        first, with_optimizer, with_python_loop = compiled_moons_steps(engine, X, y)
+        self.first_loss[engine.name] = first
         optimizer, loop = (self.timed_steps(step, X, y, phase) for step, phase in zip(
             (with_optimizer, with_python_loop), self.phases))
         return lambda inner: {**optimizer(inner), **loop(inner)}
+
+
+def moons_data(points):
+    """micrograd's moons points (X, y), the same for every engine; the last size asked is kept for the next."""
+    if moons_data.cached[0] != points:
+        from fastgrad import moons
+        moons_data.cached = (points, moons.make_moons(points, noise=0.1, seed=0))
+    return moons_data.cached[1]
+
+
+moons_data.cached = (None, None)
+
+
+def compiled_moons_steps(engine, X, y):
+    """micrograd's demo loss over X, y on fastgrad, built once from input leaves and compiled (fastgrad.compile).
+
+    Returns (the loss of step 0, step with fastgrad.optim.SGD, step with the Python loop a micrograd user writes):
+    step(X, y, k) runs forward, zero_grad, backward and the update on the one graph, and returns the loss.
+    """
+    import fastgrad
+    import fastgrad.optim
+    from fastgrad import moons
+
+    random.seed(1)
+    model = engine.mlp(2, MoonsStep.SIZES)
+    loss, _ = moons.svm_graph(model, engine.leaf, X, y)
+    graph = fastgrad.compile(loss)
+    params = model.parameters()
+    sgd = fastgrad.optim.SGD(params, lr=moons.learning_rate(0))
+
+    def with_optimizer(X, y, k):
+        graph.forward()
+        sgd.zero_grad()
+        graph.backward()
+        sgd.lr = moons.learning_rate(k)
+        sgd.step()
+        return loss.data
+
+    def with_python_loop(X, y, k):
+        graph.forward()
+        model.zero_grad()
+        graph.backward()
+        rate = moons.learning_rate(k)
+        for p in params:
+            p.data -= rate * p.grad
+        return loss.data
+
+    return with_optimizer(X, y, 0), with_optimizer, with_python_loop
+
+
+# --- the batched replay: one point's graph over N points --------------------------------------------------
+
+class BatchedMoonsStep(MoonsStep):
+    """The demo's step over N moons points, as each engine does it best once the model is fixed.
+
+    fastgrad: one point's loss, (1 + -y*score).relu(), compiled with its inputs (fastgrad.compile(loss,
+    inputs=[x1, x2, y]) makes a BatchedGraph), forward over the N rows, backward with weights 1/N (the mean), the
+    L2 term compiled on its own, fastgrad.optim.SGD; one thread ("step", CPU time as in every row), and every
+    core the process may use ("all threads, wall clock": CPU time would add the threads' times up; "1 thread,
+    wall clock", not shown, is the one-thread step on the same clock, for the ratio of the two). Beside it
+    ("compiled graph") the plain compiled graph of all N points, as in the compiled row. PyTorch tensors and JAX
+    run their whole-batch steps without the accuracy; micrograd its own step. Each way trains its own model
+    from the same weights.
+    """
+
+    phases = ("step", "all threads, wall clock", "compiled graph", "1 thread, wall clock")
+    shown_phases = phases[:3]
+    COMPILED_MAX = 10_000   # the compiled graph holds N copies of the model: 674 MB at 10,000 points
+    MICROGRAD_MAX = 100     # micrograd's step builds the N copies in Python: a second at 100 points
+
+    def __init__(self, points):
+        super().__init__("micrograd")
+        self.points = points
+        self.name = f"moons-batched-{points:.0e}".replace("+0", "")
+        self.title = f"moons step, batched, N={points:,}"
+        self.notes = []
+
+    @staticmethod
+    def threads():
+        """How many threads threads=None means: the cores this process may use."""
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+    def sampler(self, engine):
+        if engine.name == "fastgrad":
+            return self.fastgrad_sampler(engine)
+        if engine.name == "micrograd" and self.points > self.MICROGRAD_MAX:
+            raise Unsupported(f"a step builds the graph of every point: run up to {self.MICROGRAD_MAX} points")
+        if engine.name not in ("micrograd", "torch-tensor", "jax"):
+            raise Unsupported("the batched rows run fastgrad, PyTorch tensors, JAX and micrograd")
+        return super().sampler(engine)
+
+    @staticmethod
+    def whole_model_step(model):
+        return lambda X, y, k: model.update(k)
+
+    def fastgrad_sampler(self, engine):
+        import fastgrad
+
+        X, y = moons_data(self.points)
+        one = every = compiled = None
+        if hasattr(fastgrad, "BatchedGraph"):
+            import numpy
+            rows = numpy.array([[x1, x2, label] for (x1, x2), label in zip(X, y)], dtype=numpy.float64)
+            one, first = batched_moons_step(engine, rows, threads=1)
+            every, _ = batched_moons_step(engine, rows, threads=None)
+            self.first_loss[engine.name] = first
+        else:
+            self.notes.append("fastgrad batched: n/a (needs fastgrad.BatchedGraph)")
+        if self.points <= self.COMPILED_MAX:
+            first, compiled, _ = compiled_moons_steps(engine, X, y)
+            self.first_loss.setdefault(engine.name, first)
+        else:
+            self.notes.append(f"fastgrad compiled graph: up to {self.COMPILED_MAX:,} points (it holds a copy of the "
+                              "model per point)")
+        counter = [1]
+
+        def sampler(inner):
+            k = counter[0]
+            counter[0] = k + inner
+            times = {}
+            if one:
+                start, wall = clock(), time.perf_counter()
+                for i in range(k, k + inner):
+                    one(i % 100)
+                times["step"], times["1 thread, wall clock"] = clock() - start, time.perf_counter() - wall
+                wall = time.perf_counter()
+                for i in range(k, k + inner):
+                    every(i % 100)
+                times["all threads, wall clock"] = time.perf_counter() - wall
+            if compiled:
+                start = clock()
+                for i in range(k, k + inner):
+                    compiled(X, y, i % 100)
+                times["compiled graph"] = clock() - start
+            return times
+        return sampler
+
+
+def batched_moons_step(engine, rows, threads):
+    """micrograd's demo step over rows (N x [x1, x2, label]) on a fastgrad BatchedGraph of one point's loss.
+
+    Returns (step(k), the loss of step 0). The data loss is the mean of the points' losses (backward's weights
+    1/N), the L2 term a compiled graph of its own, as in fastgrad.moons.svm_loss; the update fastgrad.optim.SGD.
+    """
+    import fastgrad
+    import fastgrad.optim
+    from baselines import ALPHA
+
+    from fastgrad import moons
+
+    random.seed(1)
+    model = engine.mlp(2, MoonsStep.SIZES)
+    x1, x2, label = (engine.leaf(0.0) for _ in range(3))
+    graph = fastgrad.compile((1 + -label * model([x1, x2])).relu(), inputs=[x1, x2, label], threads=threads)
+    params = model.parameters()
+    regulariser = fastgrad.compile(ALPHA * sum(p * p for p in params))
+    sgd = fastgrad.optim.SGD(params, lr=moons.learning_rate(0))
+    weight = 1.0 / len(rows)
+
+    def step(k):
+        losses = graph.forward(rows)
+        penalty = regulariser.forward()
+        sgd.zero_grad()
+        graph.backward(weights=weight)
+        regulariser.backward()
+        sgd.lr = moons.learning_rate(k)
+        sgd.step()
+        return losses, penalty
+
+    losses, penalty = step(0)
+    return step, math.fsum(memoryview(losses).cast("B").cast("d")) / len(rows) + penalty
+
+
+class BatchedMemory(Workload):
+    """What training batched costs in memory beyond the data: in a fresh interpreter, the growth of the resident
+    set (its peak after, over its size before) from making ROWS moons rows, compiling one point's loss of the demo
+    model and running forward and backward over them once, less the rows' own bytes."""
+
+    name = "moons-batched-memory"
+    unit = "MB"
+    exact = True
+    phases = shown_phases = ("RSS growth",)
+    ROWS = 10**6
+
+    def __init__(self):
+        self.title = f"batched moons over {self.ROWS:,} rows, RSS beyond the rows"
+
+    def sampler(self, engine):
+        import fastgrad
+
+        if engine.name != "fastgrad":
+            raise Unsupported("fastgrad's batched replay only")
+        if not hasattr(fastgrad, "BatchedGraph"):
+            raise Unsupported("n/a (needs fastgrad.BatchedGraph)")
+        if not os.path.exists("/proc/self/status"):
+            raise Unsupported("reads the resident set from /proc (Linux)")
+        return lambda inner: {"RSS growth": float(run_here(f"batched_rss_growth({self.ROWS})"))}
+
+
+def run_here(call):
+    """What a call of this module prints, run in a fresh interpreter (for figures of a whole process)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return subprocess.run([sys.executable, "-c", f"import workloads; print(workloads.{call})"], cwd=here,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def batched_rss_growth(count):
+    """BatchedMemory's figure, in bytes, for count rows, measured in this process (see BatchedMemory)."""
+    import numpy
+
+    import fastgrad
+    import fastgrad.micrograd.nn
+    from fastgrad import moons
+
+    random.seed(1)
+    model = fastgrad.micrograd.nn.MLP(2, MoonsStep.SIZES)
+    x1, x2, label = (fastgrad.Value(0.0) for _ in range(3))
+    loss = (1 + -label * model([x1, x2])).relu()
+    gc.collect()
+    before = resident_bytes("VmRSS")
+    rows = numpy.empty((count, 3))
+    chunk = 10_000            # the moons made a chunk at a time, so that their Python lists stay small
+    for start in range(0, count, chunk):
+        X, y = moons.make_moons(min(chunk, count - start), noise=0.1, seed=start)
+        rows[start:start + len(X), :2] = X
+        rows[start:start + len(X), 2] = y
+    graph = fastgrad.compile(loss, inputs=[x1, x2, label])
+    graph.forward(rows)
+    graph.backward(weights=1.0 / count)
+    return resident_bytes("VmHWM") - before - rows.nbytes
+
+
+def resident_bytes(field):
+    """VmRSS (the resident set now) or VmHWM (its peak), from /proc/self/status."""
+    with open("/proc/self/status") as f:
+        kib = next(line.split()[1] for line in f if line.startswith(field + ":"))
+    return int(kib) * 1024
 
 
 # --- the compiled replay on its own ---------------------------------------------------------------------
