@@ -8,6 +8,7 @@ Graph engines all run the same workload body; plain floats run the same arithmet
 backward and no graph. Graphs are dropped outside the timed phases, except in the scaling sweep, which times
 the whole life of a graph (build, backward, free).
 """
+import functools
 import gc
 import math
 import os
@@ -421,15 +422,11 @@ class CompiledMoonsStep(MoonsStep):
         return lambda inner: {**optimizer(inner), **loop(inner)}
 
 
+@functools.lru_cache(maxsize=1)      # the engines of a row take turns on the same points
 def moons_data(points):
-    """micrograd's moons points (X, y), the same for every engine; the last size asked is kept for the next."""
-    if moons_data.cached[0] != points:
-        from fastgrad import moons
-        moons_data.cached = (points, moons.make_moons(points, noise=0.1, seed=0))
-    return moons_data.cached[1]
-
-
-moons_data.cached = (None, None)
+    """micrograd's moons points (X, y), the same for every engine (which only read them)."""
+    from fastgrad import moons
+    return moons.make_moons(points, noise=0.1, seed=0)
 
 
 def compiled_moons_steps(engine, X, y):
@@ -571,8 +568,8 @@ def batched_moons_step(engine, rows, threads):
 
     random.seed(1)
     model = engine.mlp(2, MoonsStep.SIZES)
-    x1, x2, label = (engine.leaf(0.0) for _ in range(3))
-    graph = fastgrad.compile((1 + -label * model([x1, x2])).relu(), inputs=[x1, x2, label], threads=threads)
+    loss, inputs = moons_point_loss(model, engine.leaf)
+    graph = fastgrad.compile(loss, inputs=inputs, threads=threads)
     params = model.parameters()
     regulariser = fastgrad.compile(ALPHA * sum(p * p for p in params))
     sgd = fastgrad.optim.SGD(params, lr=moons.learning_rate(0))
@@ -590,6 +587,13 @@ def batched_moons_step(engine, rows, threads):
 
     losses, penalty = step(0)
     return step, math.fsum(memoryview(losses).cast("B").cast("d")) / len(rows) + penalty
+
+
+def moons_point_loss(model, leaf):
+    """One point's loss in the demo, (1 + -y*score).relu() as fastgrad.moons writes it, and its inputs [x1, x2, y]."""
+    inputs = [leaf(0.0) for _ in range(3)]
+    x1, x2, label = inputs
+    return (1 + -label * model([x1, x2])).relu(), inputs
 
 
 class BatchedMemory(Workload):
@@ -634,9 +638,7 @@ def batched_rss_growth(count):
     from fastgrad import moons
 
     random.seed(1)
-    model = fastgrad.micrograd.nn.MLP(2, MoonsStep.SIZES)
-    x1, x2, label = (fastgrad.Value(0.0) for _ in range(3))
-    loss = (1 + -label * model([x1, x2])).relu()
+    loss, inputs = moons_point_loss(fastgrad.micrograd.nn.MLP(2, MoonsStep.SIZES), fastgrad.Value)
     gc.collect()
     before = resident_bytes("VmRSS")
     rows = numpy.empty((count, 3))
@@ -645,7 +647,7 @@ def batched_rss_growth(count):
         X, y = moons.make_moons(min(chunk, count - start), noise=0.1, seed=start)
         rows[start:start + len(X), :2] = X
         rows[start:start + len(X), 2] = y
-    graph = fastgrad.compile(loss, inputs=[x1, x2, label])
+    graph = fastgrad.compile(loss, inputs=inputs)
     graph.forward(rows)
     graph.backward(weights=1.0 / count)
     return resident_bytes("VmHWM") - before - rows.nbytes
