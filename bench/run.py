@@ -208,7 +208,7 @@ def batched_targets(median):
     r = one / every if one and every else None
     add(f"batched moons step at N=10,000, all {wl.BatchedMoonsStep.threads()} threads vs 1 (wall clock)",
         ">= 1.7x faster", r, r and r >= 1.7, f"{r:.2f}x faster" if r else "")
-    growth = median("moons-batched-memory", "RSS growth", "fastgrad")
+    growth = median("moons-batched-memory", "RSS growth beyond the rows", "fastgrad")
     add(f"RSS growth training batched over {wl.BatchedMemory.ROWS:,} rows, beyond the rows", "< 100 MB", growth,
         growth is not None and growth < 100e6, f"{growth / 1e6:.1f} MB" if growth is not None else "")
     return out

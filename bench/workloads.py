@@ -522,6 +522,7 @@ class BatchedMoonsStep(MoonsStep):
             one, first = batched_moons_step(engine, rows, threads=1)
             every, _ = batched_moons_step(engine, rows, threads=None)
             self.first_loss[engine.name] = first
+            self.notes.append(f"fastgrad batched: all threads are {self.threads()} here")
         else:
             self.notes.append("fastgrad batched: n/a (needs fastgrad.BatchedGraph)")
         if self.points <= self.COMPILED_MAX:
@@ -604,11 +605,12 @@ class BatchedMemory(Workload):
     name = "moons-batched-memory"
     unit = "MB"
     exact = True
-    phases = shown_phases = ("RSS growth",)
+    whole_models = True    # the engines that compute whole models get this row's reason, not the moons rows'
+    phases = shown_phases = ("RSS growth beyond the rows",)
     ROWS = 10**6
 
     def __init__(self):
-        self.title = f"batched moons over {self.ROWS:,} rows, RSS beyond the rows"
+        self.title = f"batched moons, {self.ROWS:,} rows"
 
     def sampler(self, engine):
         import fastgrad
@@ -619,7 +621,7 @@ class BatchedMemory(Workload):
             raise Unsupported("n/a (needs fastgrad.BatchedGraph)")
         if not os.path.exists("/proc/self/status"):
             raise Unsupported("reads the resident set from /proc (Linux)")
-        return lambda inner: {"RSS growth": float(run_here(f"batched_rss_growth({self.ROWS})"))}
+        return lambda inner: {self.phases[0]: float(run_here(f"batched_rss_growth({self.ROWS})"))}
 
 
 def run_here(call):

@@ -271,7 +271,7 @@ def test_batched_targets_from_given_medians(monkeypatch):
                ("moons-batched-1e3", "step", "fastgrad"): 100e-6, ("moons-batched-1e5", "step", "fastgrad"): 14e-3,
                ("moons-batched-1e4", "1 thread, wall clock", "fastgrad"): 1e-3,
                ("moons-batched-1e4", "all threads, wall clock", "fastgrad"): 0.5e-3,
-               ("moons-batched-memory", "RSS growth", "fastgrad"): 30e6}
+               ("moons-batched-memory", "RSS growth beyond the rows", "fastgrad"): 30e6}
     targets = {t["figure"]: t for t in run.batched_targets(lambda *key: medians.get(key))}
     at_100 = targets["batched moons step at N=100 vs jax, 1 thread each"]
     assert at_100["measured"] == pytest.approx(20 / 70) and at_100["met"]
