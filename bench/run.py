@@ -45,7 +45,7 @@ def make_workloads(settings):
     if not settings["quick"]:
         rest.append(wl.MoonsStep("seed"))   # the seed's model on the seed's Value: seconds per step
     compiled = [wl.CompiledMoonsStep(), wl.CompiledLayer(), wl.CompileCost(), wl.ProgramBytes()]
-    batched = [wl.BatchedMoonsStep(points) for points in settings["batched"]]
+    batched = [wl.BatchedMoonsStep(points, micrograd=not settings["quick"]) for points in settings["batched"]]
     if not settings["quick"]:
         batched.append(wl.BatchedMemory())   # a fresh interpreter over a million rows: seconds
     optim = [wl.OptimizerStep(kind) for kind in wl.OptimizerStep.KINDS]
