@@ -22,19 +22,28 @@ class BuildExt(build_ext):
                 # (aarch64, x86 with -march=native): one rounding instead of the two Python makes, so
                 # fastgrad would no longer give micrograd's numbers bit for bit.
                 extension.extra_compile_args.append("-ffp-contract=off")
+            # GCC's -O3 unrolls and jams a sum's terms two by two in the lane loops, and then vectorises them
+            # with emulated gathers: four times slower. Clang has no such pass and ignores the flag.
+            self.extension_named("fastgrad.batched").extra_compile_args.append("-fno-loop-unroll-and-jam")
         super().build_extensions()
+
+    def extension_named(self, name):
+        return next(extension for extension in self.extensions if extension.name == name)
 
 
 extensions = [
     # The node allocator (src/) is plain C compiled into the engine: its fast paths are inline in the
     # header, so allocating a node costs no call across a module or library boundary.
-    Extension("fastgrad.engine", ["fastgrad/engine.pyx", "fastgrad/src/node_memory.c"],
-              include_dirs=["fastgrad/src"]),
+    Extension("fastgrad.engine", ["fastgrad/engine.pyx", "fastgrad/src/node_memory.c"], include_dirs=["fastgrad/src"]),
     # The compiled replay reads and writes the nodes through engine.pxd's layout, and calls the engine's
     # sort and its list of lagging graphs once per graph or per pass, never per node.
-    Extension("fastgrad.replay", ["fastgrad/replay.pyx"]),
+    # The recorder both replays share (compile's program), then the replays on the nodes' own numbers.
+    Extension("fastgrad._recording", ["fastgrad/_recording.pyx"], include_dirs=["fastgrad/src"]),
+    Extension("fastgrad.replay", ["fastgrad/replay.pyx"], include_dirs=["fastgrad/src"]),
+    # The batched replay: the recorder's program run over blocks of samples by lane loops compiled per SIMD width.
+    Extension("fastgrad.batched", ["fastgrad/batched.pyx", "fastgrad/src/lanes.c"], include_dirs=["fastgrad/src"]),
     # The optimizers' loops over a C array of parameter nodes (engine.pxd's layout).
-    Extension("fastgrad._optim", ["fastgrad/_optim.pyx"]),
+    Extension("fastgrad._optim", ["fastgrad/_optim.pyx"], include_dirs=["fastgrad/src"]),
 ]
 
 setup(

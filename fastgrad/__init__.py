@@ -16,8 +16,9 @@ from fastgrad._version import __version__
 from fastgrad.checkpoint import load, save
 from fastgrad.micrograd import install_as_micrograd
 from fastgrad.nn import MLP, Layer, Module, Neuron
+from fastgrad.batched import BatchedGraph
 from fastgrad.replay import CompiledGraph, compile
 from fastgrad.viz import draw_dot, trace
 
-__all__ = ["Value", "compile", "CompiledGraph", "Module", "Neuron", "Layer", "MLP", "trace", "draw_dot",
+__all__ = ["Value", "compile", "CompiledGraph", "BatchedGraph", "Module", "Neuron", "Layer", "MLP", "trace", "draw_dot",
            "install_as_micrograd", "optim", "losses", "save", "load", "__version__"]

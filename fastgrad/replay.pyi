@@ -1,5 +1,6 @@
-from typing import final
+from typing import Sequence, final, overload
 
+from fastgrad.batched import BatchedGraph
 from fastgrad.engine import Value
 
 @final
@@ -11,4 +12,7 @@ class CompiledGraph:
     def root(self) -> Value: ...
     def __sizeof__(self) -> int: ...
 
-def compile(root: Value, *, fuse: bool = ...) -> CompiledGraph: ...
+@overload
+def compile(root: Value, *, fuse: bool = ..., inputs: None = ..., threads: None = ...) -> CompiledGraph: ...
+@overload
+def compile(root: Value, *, fuse: bool = ..., inputs: Sequence[Value], threads: int | None = ...) -> BatchedGraph: ...

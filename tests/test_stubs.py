@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-COMPILED = ["fastgrad.engine", "fastgrad.replay", "fastgrad._optim"]
+COMPILED = ["fastgrad.engine", "fastgrad.replay", "fastgrad.batched", "fastgrad._optim"]
 
 
 def stub_tree(module):

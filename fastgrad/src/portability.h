@@ -12,6 +12,31 @@
 #define FG_HIDDEN
 #endif
 
+/* The op kernels (ops.h) and what the lane loops (lanes.h) call per lane: always inlined, also into the
+   lane loops compiled for a wider SIMD target than the kernels' own, where a call would stay scalar. */
+#if defined(_MSC_VER)
+#define FG_KERNEL static __forceinline
+#elif defined(__GNUC__)
+#define FG_KERNEL static inline __attribute__((always_inline))
+#else
+#define FG_KERNEL static inline
+#endif
+
+/* The batched replay's lane loops are compiled for wider x86 SIMD too, chosen at run time (lanes.c): where
+   the compiler has target attributes and __builtin_cpu_supports, GCC and Clang on x86. */
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#define FG_X86_TARGETS 1
+#else
+#define FG_X86_TARGETS 0
+#endif
+/* AVX-512's full width: GCC's generic tuning would otherwise keep to 256 bits. Clang takes no such option
+   in the attribute and uses 512 bits there. */
+#if defined(__clang__)
+#define FG_AVX512_TARGET "avx512f"
+#else
+#define FG_AVX512_TARGET "avx512f,prefer-vector-width=512"
+#endif
+
 /* A compile-time check that works in C89 and C++ alike (a negative array size fails the build). */
 #define FG_STATIC_ASSERT(condition) ((void)sizeof(char[(condition) ? 1 : -1]))
 

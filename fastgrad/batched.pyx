@@ -1,0 +1,599 @@
+"""fastgrad's batched replay: `compile(root, inputs=[...])` takes root as one sample's output (its loss), records its
+graph with the same recorder as CompiledGraph, and runs it over many samples at once: a BatchedGraph.
+
+Every leaf that is not an input (the parameters, the numbers ops wrapped) is shared by all samples. The program
+is laid out again for lanes (src/lanes.h): the computed slots first (a neuron's sum is one slot, not 2n), then
+the inputs, the shared leaves, the numbers given (exponents, hand-made nodes' data) and a scratch slot. Samples
+go through in blocks of FG_LANES, slot-major, with each shared leaf's grad kept per lane for a whole chunk of
+blocks and summed over lanes once at its end. Chunks are fixed by the number of rows alone and their sums are
+added in chunk order, so the grads are the same bits whatever the number of threads. The nodes are never
+written but for the shared leaves' grads after backward(): the recorded graph stays a template.
+"""
+cimport cython
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.object cimport PyObject
+from libc.stdint cimport int32_t, uint32_t
+from libc.string cimport memcpy, memset
+
+cimport fastgrad._ops as ops
+from fastgrad._recording cimport DOT, OP_BITS, OP_MASK, Recording
+from fastgrad.engine cimport Value, catch_up, count_reach_in
+
+import array
+import numbers
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+cdef extern from "Python.h":
+    int check_signals "PyErr_CheckSignals" () except -1
+
+cdef extern from "lanes.h" nogil:
+    enum: FG_LANES
+    enum: FG_LANE_DOT
+    ctypedef struct fg_lane_instruction:
+        int32_t op, out, a, b
+    ctypedef struct fg_lane_program:
+        const fg_lane_instruction* code
+        const int32_t* terms
+        ptrdiff_t instructions
+    ctypedef struct fg_lane_failure:
+        ptrdiff_t instruction
+        int lane
+        ops.Status status
+    ctypedef fg_lane_failure (*forward_loop)(const fg_lane_program*, double*) noexcept nogil
+    ctypedef void (*backward_loop)(const fg_lane_program*, const double*, double*) noexcept nogil
+    ctypedef void (*sum_loop)(const double*, ptrdiff_t, double*) noexcept nogil
+    ctypedef struct fg_lane_loops:
+        const char* name
+        forward_loop forward
+        backward_loop backward
+        sum_loop sum_lanes
+    const fg_lane_loops* fg_lane_loops_for(const char* wanted)
+
+cdef enum:
+    CHUNK_BLOCKS = 16         # blocks a chunk at least: each chunk's lanes are summed once, at its end
+    MAX_CHUNKS = 256          # chunks a pass is cut into at most, so that their sums take little memory
+    WORKER_ROWS = 2048        # rows a thread at least: fewer do not pay for waking it
+
+cdef const fg_lane_loops* lane_loops = NULL
+
+
+def choose_simd(wanted=None):
+    """Use the lane loops of `wanted` ("baseline", "avx2", "avx512"), or the widest this CPU runs (None). The
+    FASTGRAD_SIMD environment variable chooses at import. Returns the name of the loops in use."""
+    global lane_loops
+    cdef bytes name = (wanted or "").encode()
+    cdef const fg_lane_loops* loops = fg_lane_loops_for(name)
+    if loops == NULL:
+        raise ValueError(f"no lane loops {wanted!r} on this CPU or in this build")
+    lane_loops = loops
+    return simd()
+
+
+def simd():
+    """The name of the lane loops in use: "baseline", "avx2" or "avx512"."""
+    return lane_loops.name.decode()
+
+
+choose_simd(os.environ.get("FASTGRAD_SIMD") or None)
+
+cdef object pool = None                  # worker threads, made at the first pass that uses more than one
+cdef object pool_lock = threading.Lock()
+
+
+def usable_cores():
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                # not on Linux
+        return os.cpu_count() or 1
+
+
+def _batch(Value root, bint fuse, inputs, threads):
+    """compile(root, inputs=..., threads=...) (replay.pyx): record root's graph, lay it out for lanes."""
+    graph = BatchedGraph.__new__(BatchedGraph)
+    (<BatchedGraph>graph).record(root, fuse)
+    (<BatchedGraph>graph).lay_out_lanes(inputs, threads)
+    return graph
+
+
+@cython.final
+@cython.no_gc          # it references its root; a node references nothing but nodes and strs: no cycle
+cdef class BatchedGraph(Recording):
+    """One sample's graph, recorded by fastgrad.compile(root, inputs=[...]), run over many samples at once.
+
+    forward(rows) returns each row's output; backward(weights=1.0) adds sum_i w_i * d out_i / d leaf to the grad
+    of every shared leaf (every leaf not in inputs). No node's data or grad changes otherwise.
+    """
+    cdef fg_lane_instruction* lane_code
+    cdef int32_t* lane_terms
+    cdef fg_lane_program program
+    cdef Py_ssize_t lane_slots, computed, root_lane
+    cdef Py_ssize_t input_count          # lane slots [computed, computed + input_count): the inputs, in order
+    cdef int32_t* input_recorded         # per input: its slot in the recording
+    cdef Py_ssize_t shared_count         # then the shared leaves, whose grads backward() adds to
+    cdef Py_ssize_t given_count          # then the numbers given: hand-made nodes' data, exponents
+    cdef PyObject** given_nodes          # per shared or given slot: its node (borrowed), or NULL (an exponent)
+    cdef double* given_values            # per shared or given slot: its number in this pass
+    cdef Py_ssize_t threads
+    cdef bint running                    # a pass is on (the GIL is released): another call must wait its turn
+    # The last forward's rows, read again by backward() (no copy: `rows_owner` keeps them alive).
+    cdef object rows_owner
+    cdef const double* rows
+    cdef Py_ssize_t row_count
+    # One pass, as the workers see it (set under the GIL before the pass).
+    cdef double** block_values           # per worker: lane_slots * FG_LANES numbers, then as many grads
+    cdef Py_ssize_t workers_allocated
+    cdef double* outputs
+    cdef const double* weights           # NULL: every row weighs `weight`
+    cdef double weight
+    cdef double* partials                # per chunk: its sum of each shared leaf's grad
+    cdef Py_ssize_t chunk_blocks, chunk_count
+    cdef bint stop                       # a worker failed or Ctrl-C: the others stop at their next block
+    cdef fg_lane_failure* failures       # per worker: its failure, and in failed_blocks its block
+    cdef Py_ssize_t* failed_blocks
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        PyMem_Free(self.lane_code)
+        PyMem_Free(self.lane_terms)
+        PyMem_Free(self.given_nodes)
+        PyMem_Free(self.given_values)
+        PyMem_Free(self.input_recorded)
+        PyMem_Free(self.partials)
+        for i in range(self.workers_allocated):
+            PyMem_Free(self.block_values[i])
+        PyMem_Free(self.block_values)
+        PyMem_Free(self.failures)
+        PyMem_Free(self.failed_blocks)
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("a BatchedGraph is made by fastgrad.compile(root, inputs=[...])")
+
+    def __repr__(self):
+        return (f"<BatchedGraph of {self.size:,} nodes a sample: {self.program.instructions:,} instructions, "
+                f"{self.input_count} inputs, {self.shared_count:,} shared leaves, {self.threads} threads>")
+
+    def __sizeof__(self):
+        return (sizeof(BatchedGraph) + self.program_bytes()
+                + self.program.instructions * sizeof(fg_lane_instruction)
+                + self.term_words * sizeof(int32_t)
+                + (self.shared_count + self.given_count) * (sizeof(PyObject*) + sizeof(double))
+                + self.workers_allocated * 2 * self.lane_slots * FG_LANES * sizeof(double))
+
+    @property
+    def inputs(self):
+        """The input leaves, in the order of a row's numbers."""
+        return [<Value>self.nodes[self.input_recorded[i]] for i in range(self.input_count)]
+
+    # -- laying the recording out for lanes
+
+    cdef int lay_out_lanes(self, inputs, threads) except -1:
+        cdef Py_ssize_t i, j, n, k, slot, lane, term
+        cdef uint32_t word
+        cdef int op
+        cdef int32_t* lane_of
+        cdef Value node
+        self.threads = usable_cores() if threads is None else check_threads(threads)
+        inputs = list(inputs) if not isinstance(inputs, Value) else [inputs]
+        if not inputs:
+            raise ValueError("inputs is empty: list the leaves that differ from sample to sample")
+        leaf_slot = {id(<object>self.nodes[slot]): slot for slot in range(self.inner, self.size)}
+        seen = {}
+        for i, x in enumerate(inputs):
+            if not isinstance(x, Value):
+                raise TypeError(f"inputs[{i}] must be a Value, not {type(x).__name__!r}")
+            if id(x) in seen:
+                raise ValueError(f"inputs[{i}] is inputs[{seen[id(x)]}] again: list each input once")
+            if x._prev:
+                raise ValueError(f"inputs[{i}] is not a leaf (it is the result of {x._op!r}): inputs are the "
+                                 "leaves that differ from sample to sample")
+            if id(x) not in leaf_slot:
+                raise ValueError(f"inputs[{i}] ({x!r}) is not in the graph of the root")
+            seen[id(x)] = i
+        # Lane slots: the computed ones, the inputs, the shared leaves, the numbers given, the scratch slot.
+        self.input_count = len(inputs)
+        self.shared_count = self.size - self.inner - self.input_count
+        given = 0
+        computed = 0
+        slot = 0
+        for i in range(self.instructions):
+            word = self.code[i]
+            if word & OP_MASK == DOT:
+                slot += 2 * self.terms[self.second[i]]
+                computed += 1
+            else:
+                given += word & OP_MASK == ops.CUSTOM
+                computed += word & OP_MASK != ops.CUSTOM
+                slot += 1
+        self.computed = computed
+        self.given_count = given + (self.slots - 1 - self.size)
+        self.lane_slots = computed + self.input_count + self.shared_count + self.given_count + 1
+        n = self.shared_count + self.given_count
+        self.lane_code = <fg_lane_instruction*>PyMem_Malloc(computed * sizeof(fg_lane_instruction) + 1)
+        self.lane_terms = <int32_t*>PyMem_Malloc(self.term_words * sizeof(int32_t) + 1)
+        self.given_nodes = <PyObject**>PyMem_Malloc(n * sizeof(PyObject*) + 1)
+        self.given_values = <double*>PyMem_Malloc(n * sizeof(double) + 1)
+        self.input_recorded = <int32_t*>PyMem_Malloc(self.input_count * sizeof(int32_t) + 1)
+        lane_of = <int32_t*>PyMem_Malloc(self.slots * sizeof(int32_t) + 1)
+        try:
+            if not (self.lane_code and self.lane_terms and self.given_nodes and self.given_values
+                    and self.input_recorded and lane_of):
+                raise MemoryError()
+            # Leaves: an input's slot by its place in inputs, a shared leaf's in recording order.
+            lane = computed + self.input_count
+            for slot in range(self.inner, self.size):
+                i = seen.get(id(<object>self.nodes[slot]), -1)
+                if i >= 0:
+                    lane_of[slot] = <int32_t>(computed + i)
+                    self.input_recorded[i] = <int32_t>slot
+                else:
+                    self.given_nodes[lane - computed - self.input_count] = self.nodes[slot]
+                    lane_of[slot] = <int32_t>lane
+                    lane += 1
+            for slot in range(self.size, self.slots - 1):            # exponents: numbers fixed at recording
+                self.given_nodes[lane - computed - self.input_count] = NULL
+                self.given_values[lane - computed - self.input_count] = self.values[slot]
+                lane_of[slot] = <int32_t>lane
+                lane += 1
+            lane_of[self.slots - 1] = <int32_t>(self.lane_slots - 1)
+            # Instructions, children before parents: each maps its children, then gets its own slot.
+            slot = 0
+            j = 0
+            term = 0
+            for i in range(self.instructions):
+                word = self.code[i]
+                op = word & OP_MASK
+                if op == DOT:
+                    n = self.terms[self.second[i]]
+                    self.lane_terms[term] = <int32_t>n
+                    for k in range(2 * n):
+                        self.lane_terms[term + 1 + k] = lane_of[self.terms[self.second[i] + 1 + k]]
+                    self.lane_code[j] = fg_lane_instruction(FG_LANE_DOT, <int32_t>j, lane_of[word >> OP_BITS],
+                                                            <int32_t>term)
+                    term += 2 * n + 1
+                    slot += 2 * n
+                    lane_of[slot - 1] = <int32_t>j        # the sum's top: the only one of its nodes read after
+                    j += 1
+                elif op == ops.CUSTOM:                    # made by hand: its data is given, read at each pass
+                    self.given_nodes[lane - computed - self.input_count] = self.nodes[slot]
+                    lane_of[slot] = <int32_t>lane
+                    lane += 1
+                    slot += 1
+                else:
+                    self.lane_code[j] = fg_lane_instruction(op, <int32_t>j, lane_of[word >> OP_BITS],
+                                                            lane_of[self.second[i]])
+                    lane_of[slot] = <int32_t>j
+                    j += 1
+                    slot += 1
+            self.root_lane = lane_of[self.root_slot()]
+        finally:
+            PyMem_Free(lane_of)
+        self.program = fg_lane_program(self.lane_code, self.lane_terms, computed)
+        return 0
+
+    # -- what Python sees
+
+    def forward(self, rows):
+        """Run the graph on each row (one sample: len(inputs) numbers, in the order of inputs) and return the
+        outputs, one a row, as a buffer of float64 (array.array('d'); numpy.asarray views it without a copy).
+
+        rows: a sequence of sequences of real numbers, or a C-contiguous buffer of float64 of shape
+        (N, len(inputs)) (a NumPy array is read in place), or a flat one of N * len(inputs). The shared
+        leaves' data is read now. An op outside its domain raises what the eager op raises, naming the row
+        and the node; nothing is changed then."""
+        self.check_recorded("BatchedGraph")
+        owner, count = self.read_rows(rows)
+        outputs = array.array("d", bytes(8 * count))
+        cdef double[::1] written = outputs
+        self.begin_pass()
+        try:
+            self.rows_owner = None
+            self.rows, self.row_count = NULL, 0
+            self.read_shared()
+            self.outputs = &written[0]
+            self.weights = NULL
+            self.run(count, False)
+            self.rows_owner = owner           # for backward(): the rows, as they are then
+            self.rows = self.pass_rows
+            self.row_count = count
+        except BaseException:
+            self.rows_owner = None            # a failed forward leaves no rows for backward()
+            raise
+        finally:
+            self.running = False
+        return outputs
+
+    def backward(self, weights=1.0):
+        """Add sum_i weights_i * d out_i / d leaf to every shared leaf's grad, over the rows of the last
+        forward() (read again then) at the shared leaves' data of that forward(). weights: one real number
+        for every row (1/N: the mean), or a sequence or float64 buffer of N of them."""
+        cdef Py_ssize_t k, chunk
+        cdef double total
+        self.check_recorded("BatchedGraph")
+        if self.rows_owner is None:
+            raise RuntimeError("backward() needs a forward(rows) before it: it runs over the rows of the last one")
+        weights_owner = self.read_weights(weights)
+        self.begin_pass()
+        try:
+            self.pass_rows = self.rows
+            self.run(self.row_count, True)
+            catch_up()                       # a compiled graph holding these leaves writes back first
+            for k in range(self.shared_count):
+                total = 0.0
+                for chunk in range(self.chunk_count):
+                    total += self.partials[chunk * self.shared_count + k]
+                (<Value>self.given_nodes[k]).gradient += total
+            count_reach_in()                 # those graphs read the grads again at their next pass
+        finally:
+            self.running = False
+            del weights_owner
+
+    # -- rows and weights in
+
+    cdef const double* pass_rows
+
+    cdef tuple read_rows(self, rows):
+        """(what keeps the rows' numbers alive, N); the numbers themselves in self.pass_rows."""
+        cdef Py_ssize_t width = self.input_count, count
+        cdef const double[::1] flat
+        try:
+            view = memoryview(rows)
+        except TypeError:
+            view = None
+        if view is not None:
+            if view.format not in ("d", "<d", "=d", "@d") or view.itemsize != 8:
+                raise TypeError(f"rows must hold float64 numbers, not {view.format!r}: convert them first "
+                                "(numpy: rows.astype('float64'))")
+            if view.ndim == 2 and view.shape[1] != width or view.ndim not in (1, 2):
+                raise ValueError(f"rows must have shape (N, {width}) (one number a input), not {view.shape}")
+            if not view.c_contiguous:
+                raise ValueError("rows must be C-contiguous (row after row) to be read in place; this buffer "
+                                 "is not (a NumPy array in Fortran order, or a slice): numpy.ascontiguousarray(rows)")
+            count = view.shape[0] if view.ndim == 2 else len(view) // width
+            if view.ndim == 1 and len(view) % width:
+                raise ValueError(f"a flat buffer of rows holds N * {width} numbers, not {len(view)}")
+            owner = view.cast("B").cast("d") if view.nbytes else view
+        else:
+            owner = array.array("d")
+            try:
+                table = list(rows)
+            except TypeError:
+                raise TypeError(f"rows must be a sequence of rows or a float64 buffer, not {type(rows).__name__!r}")
+            for r, row in enumerate(table):
+                try:
+                    numbers_in_row = list(row)
+                except TypeError:
+                    raise TypeError(f"rows[{r}] must be a sequence of {width} numbers, not {type(row).__name__!r}")
+                if len(numbers_in_row) != width:
+                    raise ValueError(f"rows[{r}] has {len(numbers_in_row)} numbers; each row has {width} "
+                                     "(one a input)")
+                for c, x in enumerate(numbers_in_row):
+                    owner.append(real_number(x, r, c))
+            count = len(table)
+        if count == 0:
+            raise ValueError("rows is empty: forward() needs at least one row")
+        flat = owner
+        self.pass_rows = &flat[0]
+        return owner, count
+
+    cdef object read_weights(self, weights):
+        cdef const double[::1] flat
+        if isinstance(weights, numbers.Real) and not isinstance(weights, Value):
+            self.weight = float(weights)
+            self.weights = NULL
+            return None
+        try:
+            view = memoryview(weights)
+        except TypeError:
+            view = None
+        if view is not None and view.format in ("d", "<d", "=d", "@d") and view.ndim == 1 and view.c_contiguous:
+            owner = view
+        elif isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__"):
+            raise TypeError(f"weights must be a real number or a sequence of them, not {type(weights).__name__!r}")
+        else:
+            owner = array.array("d", [real_number(w, i, -1) for i, w in enumerate(weights)])
+        if len(owner) != self.row_count:
+            raise ValueError(f"weights has {len(owner)} numbers, for the {self.row_count} rows of the last forward()")
+        flat = owner
+        self.weights = &flat[0]
+        return owner
+
+    cdef int begin_pass(self) except -1:
+        if self.running:
+            raise RuntimeError("this BatchedGraph is running in another thread: one pass at a time")
+        self.running = True
+        return 0
+
+    cdef void read_shared(self) noexcept:
+        """The shared leaves' and hand-made nodes' data, as Python sees it now."""
+        cdef Py_ssize_t k
+        catch_up()
+        for k in range(self.shared_count + self.given_count):
+            if self.given_nodes[k] != NULL:
+                self.given_values[k] = (<Value>self.given_nodes[k]).value
+
+    # -- the pass
+
+    cdef int run(self, Py_ssize_t count, bint with_backward) except -1:
+        """Forward (and backward) over the pass's rows, in chunks, on up to `threads` threads; raise the
+        failure of a row, if one failed."""
+        global pool
+        cdef Py_ssize_t workers, worker, blocks = count // FG_LANES
+        self.row_count_in_pass = count
+        self.chunk_blocks = max(CHUNK_BLOCKS, (blocks + MAX_CHUNKS - 1) // MAX_CHUNKS)
+        self.chunk_count = (blocks + self.chunk_blocks - 1) // self.chunk_blocks + (count % FG_LANES != 0)
+        workers = max(1, min(self.threads, self.chunk_count, count // WORKER_ROWS))
+        self.allocate_pass(workers, with_backward)
+        self.stop = False
+        running = []
+        if workers > 1:
+            with pool_lock:
+                if pool is None or pool._max_workers < workers - 1:
+                    pool = ThreadPoolExecutor(max_workers=max(workers - 1, usable_cores() - 1),
+                                              thread_name_prefix="fastgrad")
+            running = [pool.submit(self._work, worker, workers, with_backward) for worker in range(1, workers)]
+        try:
+            self._work(0, workers, with_backward)
+        finally:
+            for future in running:           # after a Ctrl-C too: they stop at their next chunk
+                future.result()
+        return self.raise_failure(workers)
+
+    def _work(self, Py_ssize_t worker, Py_ssize_t workers, bint with_backward):
+        """One worker's chunks: worker, worker + workers, ... (a method, for the pool's threads). The GIL is
+        released for each chunk; between chunks the main thread looks for Ctrl-C."""
+        cdef Py_ssize_t chunk = worker
+        cdef bint done
+        cdef bint checks_signals = worker == 0 and threading.current_thread() is threading.main_thread()
+        try:
+            while chunk < self.chunk_count and not self.stop:
+                with nogil:
+                    done = self.run_chunk(worker, chunk, with_backward)
+                if not done:                 # a row failed: the others need not go on
+                    self.stop = True
+                    return
+                if checks_signals:
+                    check_signals()
+                chunk += workers
+        except BaseException:
+            self.stop = True
+            raise
+
+    cdef bint run_chunk(self, Py_ssize_t worker, Py_ssize_t chunk, bint with_backward) noexcept nogil:
+        """One chunk's blocks; its sums of the shared leaves' grads in partials. False if a row failed."""
+        cdef double* values = self.block_values[worker]
+        cdef double* grads = values + self.lane_slots * FG_LANES
+        cdef double* shared_grads = grads + (self.computed + self.input_count) * FG_LANES
+        cdef Py_ssize_t block, first = chunk * self.chunk_blocks
+        cdef Py_ssize_t last = min(first + self.chunk_blocks, self.row_count_in_pass // FG_LANES)
+        cdef Py_ssize_t k, lanes = FG_LANES
+        cdef fg_lane_failure failure
+        if first >= last:                    # the last chunk: the rows after the last whole block
+            first = self.row_count_in_pass // FG_LANES
+            last = first + 1
+            lanes = self.row_count_in_pass - first * FG_LANES
+        if with_backward:                    # the leaves' grads (the shared ones' sums among them) from 0
+            memset(grads + self.computed * FG_LANES, 0, (self.lane_slots - self.computed) * FG_LANES * sizeof(double))
+        for block in range(first, last):
+            self.load_block(values, block, lanes)
+            failure = lane_loops.forward(&self.program, values)
+            if failure.instruction >= 0:
+                self.failures[worker] = failure
+                self.failed_blocks[worker] = block
+                return False
+            if with_backward:
+                memset(grads, 0, self.computed * FG_LANES * sizeof(double))
+                self.set_root_grads(grads, block, lanes)
+                lane_loops.backward(&self.program, values, grads)
+            else:
+                memcpy(self.outputs + block * FG_LANES, values + self.root_lane * FG_LANES, lanes * sizeof(double))
+        if with_backward:
+            if lanes < FG_LANES:             # the lanes past the rows add nothing
+                for k in range(self.shared_count):
+                    memset(shared_grads + k * FG_LANES + lanes, 0, (FG_LANES - lanes) * sizeof(double))
+            lane_loops.sum_lanes(shared_grads, self.shared_count, self.partials + chunk * self.shared_count)
+        return True
+
+    cdef Py_ssize_t row_count_in_pass
+
+    cdef void load_block(self, double* values, Py_ssize_t block, Py_ssize_t lanes) noexcept nogil:
+        """The block's rows into the input slots, lane by lane; a short block repeats its last row, so that
+        the unused lanes compute what a real row does (no spurious domain error)."""
+        cdef Py_ssize_t i, l, width = self.input_count
+        cdef const double* row
+        for l in range(FG_LANES):
+            row = self.pass_rows + (block * FG_LANES + min(l, lanes - 1)) * width
+            for i in range(width):
+                values[(self.computed + i) * FG_LANES + l] = row[i]
+
+    cdef void set_root_grads(self, double* grads, Py_ssize_t block, Py_ssize_t lanes) noexcept nogil:
+        cdef Py_ssize_t l
+        cdef double* root = grads + self.root_lane * FG_LANES
+        for l in range(FG_LANES):
+            if l >= lanes:
+                pass                         # a lane past the rows: it is not summed
+            elif self.weights == NULL:
+                root[l] += self.weight
+            else:
+                root[l] += self.weights[block * FG_LANES + l]
+
+    cdef int allocate_pass(self, Py_ssize_t workers, bint with_backward) except -1:
+        """Per worker, a block's numbers with the shared and given ones filled in; per chunk, its sums."""
+        cdef Py_ssize_t worker, k, l, n = self.lane_slots * FG_LANES
+        cdef double* values
+        if self.workers_allocated < workers:
+            blocks = <double**>PyMem_Malloc(workers * sizeof(double*))
+            failures = <fg_lane_failure*>PyMem_Malloc(workers * sizeof(fg_lane_failure))
+            failed_blocks = <Py_ssize_t*>PyMem_Malloc(workers * sizeof(Py_ssize_t))
+            if not (blocks and failures and failed_blocks):
+                PyMem_Free(blocks)
+                PyMem_Free(failures)
+                PyMem_Free(failed_blocks)
+                raise MemoryError()
+            for worker in range(workers):
+                blocks[worker] = self.block_values[worker] if worker < self.workers_allocated else NULL
+            PyMem_Free(self.block_values)
+            PyMem_Free(self.failures)
+            PyMem_Free(self.failed_blocks)
+            self.block_values, self.failures, self.failed_blocks = blocks, failures, failed_blocks
+            for worker in range(self.workers_allocated, workers):
+                self.block_values[worker] = <double*>PyMem_Malloc(2 * n * sizeof(double))
+                if self.block_values[worker] == NULL:
+                    raise MemoryError()      # the ones allocated stay counted, for __dealloc__
+                memset(self.block_values[worker], 0, 2 * n * sizeof(double))
+                self.workers_allocated = worker + 1
+        if with_backward:
+            PyMem_Free(self.partials)
+            self.partials = <double*>PyMem_Malloc(self.chunk_count * self.shared_count * sizeof(double) + 1)
+            if self.partials == NULL:
+                raise MemoryError()
+        for worker in range(workers):
+            self.failures[worker].instruction = -1
+            values = self.block_values[worker]
+            for k in range(self.shared_count + self.given_count):
+                for l in range(FG_LANES):
+                    values[(self.computed + self.input_count + k) * FG_LANES + l] = self.given_values[k]
+        return 0
+
+    cdef int raise_failure(self, Py_ssize_t workers) except -1:
+        """If a row failed: the eager op's exception, for the first failing block any worker met."""
+        cdef Py_ssize_t worker, first = -1, row, slot, i
+        for worker in range(workers):
+            if self.failures[worker].instruction >= 0 and (first < 0 or
+                    self.failed_blocks[worker] < self.failed_blocks[first]):
+                first = worker
+        if first < 0:
+            return 0
+        failure = self.failures[first]
+        row = self.failed_blocks[first] * FG_LANES + failure.lane
+        error = ops.op_error(failure.status)
+        node = self.node_of(failure.instruction)
+        raise type(error)(f"{error} (row {row:,}: {node._op!r} at node {failure.instruction + 1:,} of "
+                          f"{self.program.instructions:,} in the batched graph's order; nothing was changed)")
+
+    cdef Value node_of(self, Py_ssize_t instruction):
+        """The node a lane instruction computes (a DOT: its sum's top)."""
+        cdef Py_ssize_t i, j = 0, slot = 0, op
+        for i in range(self.instructions):
+            op = self.code[i] & OP_MASK
+            slot += 2 * self.terms[self.second[i]] if op == DOT else 1
+            if op != ops.CUSTOM:
+                if j == instruction:
+                    return <Value>self.nodes[slot - 1]
+                j += 1
+        return self.root_node
+
+
+cdef Py_ssize_t check_threads(threads) except -1:
+    if not isinstance(threads, numbers.Integral) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads must be None (the cores this process may use) or a positive int, not {threads!r}")
+    return threads
+
+
+cdef double real_number(x, Py_ssize_t row, Py_ssize_t column) except? -1.0:
+    if isinstance(x, (float, int)) or isinstance(x, numbers.Real) and not isinstance(x, Value):
+        return float(x)
+    where = f"rows[{row}][{column}]" if column >= 0 else f"weights[{row}]"
+    raise TypeError(f"{where} must be a real number, not {type(x).__name__!r}")

@@ -1,0 +1,170 @@
+/* The batched replay's lane loops (lanes.h), written once as inline bodies and compiled once per SIMD width:
+   each width's functions carry a target attribute, so the module is built for the baseline CPU and only
+   these functions use wider instructions, chosen at run time by what the CPU reports. */
+#include <string.h>
+#include "lanes.h"
+
+/* Per lane: the loops the compiler turns into SIMD. */
+#define FG_EACH_LANE for (int l = 0; l < FG_LANES; l++)
+
+
+FG_KERNEL void fg_dot_forward(const int32_t *terms, const double *start, double *restrict out, const double *values) {
+    /* The sum as weighted_sum builds it: ((start + w1*x1) + w2*x2) + ..., each product rounded first. */
+    double total[FG_LANES];
+    int32_t n = terms[0];
+    FG_EACH_LANE total[l] = start[l];
+    for (int32_t j = 0; j < n; j++) {
+        const double *w = values + (ptrdiff_t)terms[1 + 2 * j] * FG_LANES;
+        const double *x = values + (ptrdiff_t)terms[2 + 2 * j] * FG_LANES;
+        FG_EACH_LANE {
+            double product;
+            fg_mul_forward(w[l], x[l], 0.0, &product);
+            fg_add_forward(total[l], product, 0.0, &total[l]);
+        }
+    }
+    FG_EACH_LANE out[l] = total[l];
+}
+
+FG_KERNEL void fg_dot_backward(const int32_t *terms, double *start_grad, const double *grad, const double *values,
+                               double *grads) {
+    /* The eager graph's order, as the plain replay runs it: from the top term down, each product's grad into
+       w and x. Every partial sum and product below the top has one parent and starts at 0, so its grad is
+       0.0 + the top's (which is the top's, but for the sign of a zero). */
+    double inner[FG_LANES];
+    int32_t n = terms[0];
+    FG_EACH_LANE inner[l] = 0.0 + grad[l];
+    for (int32_t j = n - 1; j >= 0; j--) {
+        const double *w = values + (ptrdiff_t)terms[1 + 2 * j] * FG_LANES;
+        const double *x = values + (ptrdiff_t)terms[2 + 2 * j] * FG_LANES;
+        double *w_grad = grads + (ptrdiff_t)terms[1 + 2 * j] * FG_LANES;
+        double *x_grad = grads + (ptrdiff_t)terms[2 + 2 * j] * FG_LANES;
+        FG_EACH_LANE {
+            double dw = 0.0, dx = 0.0;
+            fg_mul_derivative(inner[l], 0.0, w[l], x[l], 0.0, &dw, &dx);
+            w_grad[l] += dw;
+            x_grad[l] += dx;
+        }
+    }
+    if (n == 1) {
+        FG_EACH_LANE start_grad[l] += grad[l];
+    } else {
+        FG_EACH_LANE start_grad[l] += inner[l];
+    }
+}
+
+FG_KERNEL fg_lane_failure fg_lanes_forward_body(const fg_lane_program *program, double *values) {
+    fg_lane_failure failure = {-1, 0, FG_OK};
+    for (ptrdiff_t i = 0; i < program->instructions; i++) {
+        const fg_lane_instruction ins = program->code[i];
+        double *restrict out = values + (ptrdiff_t)ins.out * FG_LANES;
+        const double *a = values + (ptrdiff_t)ins.a * FG_LANES;
+        const double *b = values + (ptrdiff_t)ins.b * FG_LANES;
+        int refused = 0;
+        switch (ins.op) {
+        case FG_LANE_DOT:
+            fg_dot_forward(program->terms + ins.b, a, out, values);
+            break;
+#define FG_FORWARD_LANES(code, kernel) \
+        case code: FG_EACH_LANE refused |= kernel##_forward(a[l], b[l], b[l], &out[l]) != FG_OK; break;
+        FG_KERNEL_OPS(FG_FORWARD_LANES)
+#undef FG_FORWARD_LANES
+        default:               /* CUSTOM: its data is given */
+            break;
+        }
+        if (refused) {         /* rare: find the lowest lane and its status, once */
+            for (int l = 0; l < FG_LANES; l++) {
+                double scratch;
+                fg_status status = fg_forward(ins.op, a[l], b[l], b[l], &scratch);
+                if (status != FG_OK) {
+                    failure.instruction = i;
+                    failure.lane = l;
+                    failure.status = status;
+                    return failure;
+                }
+            }
+        }
+    }
+    return failure;
+}
+
+FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const double *values, double *grads) {
+    for (ptrdiff_t i = program->instructions - 1; i >= 0; i--) {
+        const fg_lane_instruction ins = program->code[i];
+        const double *out = values + (ptrdiff_t)ins.out * FG_LANES;
+        const double *grad = grads + (ptrdiff_t)ins.out * FG_LANES;
+        const double *a = values + (ptrdiff_t)ins.a * FG_LANES;
+        const double *b = values + (ptrdiff_t)ins.b * FG_LANES;
+        double *a_grad = grads + (ptrdiff_t)ins.a * FG_LANES;
+        double *b_grad = grads + (ptrdiff_t)ins.b * FG_LANES;
+        switch (ins.op) {
+        case FG_LANE_DOT:
+            fg_dot_backward(program->terms + ins.b, a_grad, grad, values, grads);
+            break;
+#define FG_BACKWARD_LANES(code, kernel) \
+        case code: \
+            FG_EACH_LANE { \
+                double da = 0.0, db = 0.0; \
+                kernel##_derivative(grad[l], out[l], a[l], b[l], b[l], &da, &db); \
+                a_grad[l] += da; \
+                b_grad[l] += db; \
+            } \
+            break;
+        FG_KERNEL_OPS(FG_BACKWARD_LANES)
+#undef FG_BACKWARD_LANES
+        default:               /* CUSTOM: nothing flows through it, as in the seed */
+            break;
+        }
+    }
+}
+
+FG_KERNEL void fg_sum_lanes_body(const double *slots, ptrdiff_t count, double *sums) {
+    /* Eight running sums, each over every eighth lane, then a fixed tree over the eight: vertical adds a
+       vector unit of any width makes, and no order left to the compiler. */
+    for (ptrdiff_t k = 0; k < count; k++) {
+        const double *lane = slots + k * FG_LANES;
+        double part[8];
+        for (int i = 0; i < 8; i++)
+            part[i] = lane[i];
+        for (int group = 1; group < FG_LANES / 8; group++)
+            for (int i = 0; i < 8; i++)
+                part[i] += lane[group * 8 + i];
+        sums[k] = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    }
+}
+
+/* One copy of the loops per width. GCC and Clang compile a function for the target its attribute names; the
+   inline bodies and kernels are compiled into it. Elsewhere (MSVC, other architectures) the baseline only:
+   SSE2 on x86-64, NEON on aarch64, both 2 doubles wide. */
+#define FG_LANE_LOOPS(suffix, attribute) \
+    attribute static fg_lane_failure fg_lanes_forward_##suffix(const fg_lane_program *program, double *values) { \
+        return fg_lanes_forward_body(program, values); \
+    } \
+    attribute static void fg_lanes_backward_##suffix(const fg_lane_program *program, const double *values, \
+                                                     double *grads) { \
+        fg_lanes_backward_body(program, values, grads); \
+    } \
+    attribute static void fg_sum_lanes_##suffix(const double *slots, ptrdiff_t count, double *sums) { \
+        fg_sum_lanes_body(slots, count, sums); \
+    } \
+    static const fg_lane_loops fg_lane_loops_##suffix = { \
+        #suffix, fg_lanes_forward_##suffix, fg_lanes_backward_##suffix, fg_sum_lanes_##suffix};
+
+FG_LANE_LOOPS(baseline, )
+#if FG_X86_TARGETS
+FG_LANE_LOOPS(avx2, __attribute__((target("avx2"))))
+FG_LANE_LOOPS(avx512, __attribute__((target(FG_AVX512_TARGET))))
+#endif
+
+FG_HIDDEN const fg_lane_loops *fg_lane_loops_for(const char *wanted) {
+    int any = wanted == NULL || wanted[0] == '\0';
+#if FG_X86_TARGETS
+    __builtin_cpu_init();
+    if ((any || strcmp(wanted, "avx512") == 0) && __builtin_cpu_supports("avx512f"))
+        return &fg_lane_loops_avx512;
+    if ((any || strcmp(wanted, "avx2") == 0) && __builtin_cpu_supports("avx2"))
+        return &fg_lane_loops_avx2;
+#endif
+    if (any || strcmp(wanted, "baseline") == 0)
+        return &fg_lane_loops_baseline;
+    return NULL;
+}

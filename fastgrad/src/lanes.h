@@ -1,0 +1,56 @@
+/* The batched replay's lane loops: one sample's program (recorded by compile(), laid out by batched.pyx) run
+   over a block of FG_LANES samples at once. Numbers are slot-major: slot s of lane l is values[s * FG_LANES + l],
+   so each instruction is a loop over lanes that the compiler turns into SIMD, calling the same kernels as the
+   eager ops (ops.h), in the same order per lane: each lane's numbers are the bits one sample's eager graph
+   gives. The loops are compiled once per SIMD width (lanes.c) and the widest the CPU has is chosen at run time:
+   a wheel runs on any CPU of its architecture. */
+#ifndef FASTGRAD_LANES_H
+#define FASTGRAD_LANES_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "ops.h"
+
+/* Lanes a block: a multiple of the widest SIMD width (8 doubles), and few enough that one block's numbers
+   stay in the L2 cache of graphs of a few hundred nodes. */
+#define FG_LANES 64
+
+/* The batched program's own op beside ops.h's: a neuron's sum, start + w1*x1 + ... + wn*xn. */
+#define FG_LANE_DOT 31
+
+typedef struct {
+    int32_t op;        /* an fg_op with kernels, FG_CUSTOM (data given: nothing to compute), or FG_LANE_DOT */
+    int32_t out;       /* the slot it computes */
+    int32_t a;         /* its first child's slot; DOT: the sum's start */
+    int32_t b;         /* its second child's slot (x ** k: k's, one child: a scratch slot); DOT: its terms */
+} fg_lane_instruction;
+
+typedef struct {
+    const fg_lane_instruction *code;
+    const int32_t *terms;            /* per DOT: n, then w1, x1, ..., wn, xn (slots) */
+    ptrdiff_t instructions;
+} fg_lane_program;
+
+/* A failed forward: the instruction and the lowest lane where a kernel reported status. */
+typedef struct {
+    ptrdiff_t instruction;           /* -1: none failed */
+    int lane;
+    fg_status status;
+} fg_lane_failure;
+
+typedef struct {
+    const char *name;                /* "baseline", "avx2", "avx512" */
+    /* Every instruction's slot from its children's, over all lanes; stops at the first failing instruction. */
+    fg_lane_failure (*forward)(const fg_lane_program *program, double *values);
+    /* Each instruction's derivative, last first, added into its children's grads over all lanes: the
+       caller has set the root's grads and zeroed those of the computed slots. */
+    void (*backward)(const fg_lane_program *program, const double *values, double *grads);
+    /* sums[k] = slot k's numbers summed over the lanes, in a fixed order (the same bits at every width). */
+    void (*sum_lanes)(const double *slots, ptrdiff_t count, double *sums);
+} fg_lane_loops;
+
+/* The loops for `wanted` ("baseline", "avx2", "avx512"), or for the widest the CPU runs when wanted is NULL
+   or empty. NULL if this build or this CPU has no loops of that name. */
+FG_HIDDEN const fg_lane_loops *fg_lane_loops_for(const char *wanted);
+
+#endif

@@ -1,0 +1,295 @@
+/* The op kernels: the only copy of each op's math, on doubles. The eager ops (engine.pyx), the compiled
+   replay (replay.pyx) and the batched replay's lane loops (lanes.h) all call them, inlined, so an op is
+   added or fixed here and nowhere else. _ops.pxd declares them for Cython under the names without `fg_`.
+
+   Per op, side by side as in micrograd's engine.py:
+     fg_<op>_forward(a, b, k, &out)               out = the op on its children's data (b: second child, k: the
+                                                  exponent of `x ** k`); returns FG_OK, or the domain error,
+                                                  and then leaves out as it was;
+     fg_<op>_derivative(g, out, a, b, k, &da, &db)  what the node's grad g adds to each child's grad (db only
+                                                  for two-child ops), given the node's data `out`.
+   Adding an op: its code in fg_op and its row in fg_facts' table, its two kernels, its entry in
+   FG_KERNEL_OPS (at the end), and a method on Value (engine.pyx).
+
+   Derivatives divide as IEEE does (x/0 -> inf, nan): a forward never admits a zero divisor, but a user may set
+   `data` to 0 afterwards, and an inf or nan grad is then the honest answer (as in PyTorch).
+
+   Plain C with no Python in it, so the lane loops can be compiled for several SIMD widths in one module
+   (lanes.h). Build with -ffp-contract=off: `acc + w * x` contracted into one FMA would round once where
+   Python rounds twice (setup.py). */
+#ifndef FASTGRAD_OPS_H
+#define FASTGRAD_OPS_H
+
+#include <math.h>
+#include "portability.h"
+
+typedef enum {
+    FG_LEAF,          /* made by the user: no children, nothing to propagate */
+    FG_CUSTOM,        /* made by the user with _children/_op: like the seed's, its _backward does nothing */
+    FG_ADD,
+    FG_SUB,
+    FG_MUL,
+    FG_DIV,
+    FG_NEG,
+    FG_POW_CONST,     /* x ** k with k a number stored in the node */
+    FG_POW,           /* x ** y with y a Value */
+    FG_TANH,
+    FG_EXP,
+    FG_LOG,
+    FG_RELU,
+    FG_SIGMOID,
+    FG_SOFTPLUS,
+    FG_OP_COUNT
+} fg_op;
+
+typedef struct {
+    const char *name;         /* the code's name, as fastgrad.engine.OPS shows it */
+    int arity;                /* children the op takes; -1: any number up to two */
+    const char *spelling;     /* `_op`, as micrograd spells it (a `**` node appends its exponent) */
+} fg_op_facts;
+
+static inline fg_op_facts fg_facts(int op) {
+    static const fg_op_facts table[FG_OP_COUNT] = {
+        /*                 name         arity  spelling */
+        [FG_LEAF]      = {"LEAF",       0,    ""},
+        [FG_CUSTOM]    = {"CUSTOM",    -1,    ""},
+        [FG_ADD]       = {"ADD",        2,    "+"},
+        [FG_SUB]       = {"SUB",        2,    "-"},
+        [FG_MUL]       = {"MUL",        2,    "*"},
+        [FG_DIV]       = {"DIV",        2,    "/"},
+        [FG_NEG]       = {"NEG",        1,    "neg"},
+        [FG_POW_CONST] = {"POW_CONST",  1,    "**"},
+        [FG_POW]       = {"POW",        2,    "**"},
+        [FG_TANH]      = {"TANH",       1,    "tanh"},
+        [FG_EXP]       = {"EXP",        1,    "exp"},
+        [FG_LOG]       = {"LOG",        1,    "log"},
+        [FG_RELU]      = {"RELU",       1,    "ReLU"},
+        [FG_SIGMOID]   = {"SIGMOID",    1,    "sigmoid"},
+        [FG_SOFTPLUS]  = {"SOFTPLUS",   1,    "softplus"},
+    };
+    fg_op_facts none = {"", -2, ""};          /* not an op: no arity matches */
+    return 0 <= op && op < FG_OP_COUNT ? table[op] : none;
+}
+
+typedef enum {
+    FG_OK,
+    FG_DIVISION_BY_ZERO,
+    FG_ZERO_TO_NEGATIVE_POWER,
+    FG_NEGATIVE_TO_FRACTIONAL_POWER,
+    FG_POWER_OUT_OF_RANGE,
+    FG_EXP_OUT_OF_RANGE,
+    FG_LOG_DOMAIN
+} fg_status;
+
+
+/* --- a + b */
+FG_KERNEL fg_status fg_add_forward(double a, double b, double k, double *out) {
+    (void)k;
+    *out = a + b;
+    return FG_OK;
+}
+FG_KERNEL void fg_add_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
+    (void)out; (void)a; (void)b; (void)k;
+    *da = g;
+    *db = g;
+}
+
+/* --- a - b */
+FG_KERNEL fg_status fg_sub_forward(double a, double b, double k, double *out) {
+    (void)k;
+    *out = a - b;
+    return FG_OK;
+}
+FG_KERNEL void fg_sub_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
+    (void)out; (void)a; (void)b; (void)k;
+    *da = g;
+    *db = -g;
+}
+
+/* --- a * b */
+FG_KERNEL fg_status fg_mul_forward(double a, double b, double k, double *out) {
+    (void)k;
+    *out = a * b;
+    return FG_OK;
+}
+FG_KERNEL void fg_mul_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
+    (void)out; (void)k;
+    *da = b * g;
+    *db = a * g;
+}
+
+/* --- a / b */
+FG_KERNEL fg_status fg_div_forward(double a, double b, double k, double *out) {
+    (void)k;
+    if (b == 0.0)
+        return FG_DIVISION_BY_ZERO;
+    *out = a / b;
+    return FG_OK;
+}
+FG_KERNEL void fg_div_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
+    (void)a; (void)k;
+    *da = g / b;
+    *db = -(g * out / b);
+}
+
+/* --- -a */
+FG_KERNEL fg_status fg_neg_forward(double a, double b, double k, double *out) {
+    (void)b; (void)k;
+    *out = -a;
+    return FG_OK;
+}
+FG_KERNEL void fg_neg_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
+    (void)out; (void)a; (void)b; (void)k; (void)db;
+    *da = -g;
+}
+
+/* --- a ** k and a ** b: Python's float power, with ValueError where Python would go complex */
+FG_KERNEL fg_status fg_power(double x, double k, double *out) {
+    double y;
+    if (isfinite(x) && isfinite(k)) {
+        if (x == 0.0 && k < 0.0)
+            return FG_ZERO_TO_NEGATIVE_POWER;
+        if (x < 0.0 && k != floor(k))
+            return FG_NEGATIVE_TO_FRACTIONAL_POWER;
+    }
+    y = pow(x, k);
+    if (isinf(y) && isfinite(x) && isfinite(k))
+        return FG_POWER_OUT_OF_RANGE;
+    *out = y;
+    return FG_OK;
+}
+FG_KERNEL fg_status fg_pow_const_forward(double a, double b, double k, double *out) {
+    (void)b;
+    return fg_power(a, k, out);
+}
+FG_KERNEL void fg_pow_const_derivative(double g, double out, double a, double b, double k,
+                                       double *da, double *db) {
+    (void)out; (void)b; (void)db;
+    *da = k * pow(a, k - 1.0) * g;
+}
+FG_KERNEL fg_status fg_pow_forward(double a, double b, double k, double *out) {
+    (void)k;
+    return fg_power(a, b, out);
+}
+FG_KERNEL void fg_pow_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
+    double slope_in_exponent;          /* d(a**b)/db = a**b * log(a): real for a > 0 only */
+    (void)k;
+    if (a > 0.0)
+        slope_in_exponent = out * log(a);
+    else if (a == 0.0)
+        slope_in_exponent = 0.0;       /* 0**b is flat in b for b > 0, the only zero base forward admits */
+    else
+        slope_in_exponent = NAN;
+    *da = b * pow(a, b - 1.0) * g;
+    *db = slope_in_exponent * g;
+}
+
+/* --- tanh(a): C's tanh, stable where the seed's (e^2x - 1)/(e^2x + 1) overflows */
+FG_KERNEL fg_status fg_tanh_forward(double a, double b, double k, double *out) {
+    (void)b; (void)k;
+    *out = tanh(a);
+    return FG_OK;
+}
+FG_KERNEL void fg_tanh_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
+    (void)a; (void)b; (void)k; (void)db;
+    *da = (1.0 - out * out) * g;
+}
+
+/* --- exp(a) */
+FG_KERNEL fg_status fg_exp_forward(double a, double b, double k, double *out) {
+    double y = exp(a);
+    (void)b; (void)k;
+    if (isinf(y) && isfinite(a))
+        return FG_EXP_OUT_OF_RANGE;
+    *out = y;
+    return FG_OK;
+}
+FG_KERNEL void fg_exp_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
+    (void)a; (void)b; (void)k; (void)db;
+    *da = out * g;
+}
+
+/* --- log(a) */
+FG_KERNEL fg_status fg_log_forward(double a, double b, double k, double *out) {
+    (void)b; (void)k;
+    if (a <= 0.0)
+        return FG_LOG_DOMAIN;
+    *out = log(a);
+    return FG_OK;
+}
+FG_KERNEL void fg_log_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
+    (void)out; (void)b; (void)k; (void)db;
+    *da = g / a;
+}
+
+/* --- relu(a) */
+FG_KERNEL fg_status fg_relu_forward(double a, double b, double k, double *out) {
+    (void)b; (void)k;
+    *out = a < 0.0 ? 0.0 : a;
+    return FG_OK;
+}
+FG_KERNEL void fg_relu_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
+    (void)a; (void)b; (void)k; (void)db;
+    *da = (out > 0.0 ? 1.0 : 0.0) * g;
+}
+
+/* --- sigmoid(a), in the form that cannot overflow on either side */
+FG_KERNEL double fg_logistic(double x) {
+    double e;
+    if (x >= 0.0)
+        return 1.0 / (1.0 + exp(-x));
+    e = exp(x);
+    return e / (1.0 + e);
+}
+FG_KERNEL fg_status fg_sigmoid_forward(double a, double b, double k, double *out) {
+    (void)b; (void)k;
+    *out = fg_logistic(a);
+    return FG_OK;
+}
+FG_KERNEL void fg_sigmoid_derivative(double g, double out, double a, double b, double k,
+                                     double *da, double *db) {
+    (void)a; (void)b; (void)k; (void)db;
+    *da = out * (1.0 - out) * g;
+}
+
+/* --- softplus(a) = log(1 + e^a), as a + log(1 + e^-a) for a > 0 so that it cannot overflow */
+FG_KERNEL fg_status fg_softplus_forward(double a, double b, double k, double *out) {
+    (void)b; (void)k;
+    *out = a > 0.0 ? a + log1p(exp(-a)) : log1p(exp(a));
+    return FG_OK;
+}
+FG_KERNEL void fg_softplus_derivative(double g, double out, double a, double b, double k,
+                                      double *da, double *db) {
+    (void)out; (void)b; (void)k; (void)db;
+    *da = fg_logistic(a) * g;
+}
+
+
+/* --- dispatch on the op code. Every op with kernels, once: fg_forward(), fg_derivative() and the batched
+   replay's lane loops (lanes.c) each make their switch from this list. */
+#define FG_KERNEL_OPS(X) \
+    X(FG_ADD, fg_add) X(FG_SUB, fg_sub) X(FG_MUL, fg_mul) X(FG_DIV, fg_div) X(FG_NEG, fg_neg) \
+    X(FG_POW_CONST, fg_pow_const) X(FG_POW, fg_pow) X(FG_TANH, fg_tanh) X(FG_EXP, fg_exp) X(FG_LOG, fg_log) \
+    X(FG_RELU, fg_relu) X(FG_SIGMOID, fg_sigmoid) X(FG_SOFTPLUS, fg_softplus)
+
+/* The op's forward; LEAF and CUSTOM have none (their data is given) and leave out as it was. */
+FG_KERNEL fg_status fg_forward(int op, double a, double b, double k, double *out) {
+#define FG_FORWARD_CASE(code, kernel) case code: return kernel##_forward(a, b, k, out);
+    switch (op) {
+    FG_KERNEL_OPS(FG_FORWARD_CASE)
+    default: return FG_OK;
+    }
+#undef FG_FORWARD_CASE
+}
+
+/* The op's derivative; LEAF and CUSTOM propagate nothing (da and db are left as they were). */
+FG_KERNEL void fg_derivative(int op, double g, double out, double a, double b, double k, double *da, double *db) {
+#define FG_DERIVATIVE_CASE(code, kernel) case code: kernel##_derivative(g, out, a, b, k, da, db); break;
+    switch (op) {
+    FG_KERNEL_OPS(FG_DERIVATIVE_CASE)
+    default: break;
+    }
+#undef FG_DERIVATIVE_CASE
+}
+
+#endif

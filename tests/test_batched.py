@@ -1,0 +1,532 @@
+"""The batched replay, fastgrad.compile(root, inputs=[...]): each row's output is the bits of that sample's eager
+graph, the shared leaves' grads are those of the eager graphs of all rows (within rounding), and the same bits
+for any number of threads and any SIMD width; rows and weights in every form; errors; threads; memory."""
+import array
+import math
+import random
+import signal
+import threading
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastgrad
+from fastgrad import Value, moons, optim
+from fastgrad.batched import choose_simd, simd
+from fastgrad.micrograd.nn import MLP
+from support import (apply_step, leaf_numbers, operand_numbers, readme_code, recipe_strategy, run_python,
+                     same_float, under_address_sanitizer)
+
+np = pytest.importorskip("numpy")
+
+
+def moons_sample(seed=0, sizes=(16, 16, 1)):
+    """micrograd's moons model and one sample's hinge loss over input leaves (x0, x1, label)."""
+    random.seed(seed)
+    model = MLP(2, list(sizes))
+    x0, x1, label = Value(0.0), Value(0.0), Value(0.0)
+    return model, (1 + -label * model([x0, x1])).relu(), [x0, x1, label]
+
+
+def moons_rows(n, seed=0):
+    X, y = moons.make_moons(n, noise=0.1, seed=seed)
+    return np.array([[a, b, t] for (a, b), t in zip(X, y)], dtype=np.float64)
+
+
+def eager_losses(model, rows):
+    return [(1 + -row[2] * model([Value(row[0]), Value(row[1])])).relu() for row in rows]
+
+
+def grads_of(model):
+    return [p.grad for p in model.parameters()]
+
+
+def zero(model):
+    for p in model.parameters():
+        p.grad = 0.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Exact outputs, grads of the eager graphs
+
+def test_each_output_is_the_eager_graphs_bits_and_the_grads_are_the_eager_sums():
+    model, loss, inputs = moons_sample()
+    rows = moons_rows(300)
+    batch = fastgrad.compile(loss, inputs=inputs)
+    outputs = batch.forward(rows)
+    eager = eager_losses(model, rows)
+    assert len(outputs) == len(rows)
+    assert all(same_float(o, e.data) for o, e in zip(outputs, eager))
+    zero(model)
+    batch.backward(1.0 / len(rows))
+    batched = grads_of(model)
+    zero(model)
+    (sum(eager) * (1.0 / len(rows))).backward()
+    for got, want in zip(batched, grads_of(model)):
+        assert math.isclose(got, want, rel_tol=1e-12, abs_tol=1e-15)
+
+
+def test_grads_match_finite_differences():
+    model, loss, inputs = moons_sample(sizes=(4, 1))
+    rows = moons_rows(50, seed=3)
+    batch = fastgrad.compile(loss, inputs=inputs)
+    weights = np.linspace(0.5, 1.5, len(rows))
+    batch.forward(rows)
+    zero(model)
+    batch.backward(weights)
+    h = 1e-6
+    for p in model.parameters():
+        p.data += h
+        up = float(np.dot(np.asarray(batch.forward(rows)), weights))
+        p.data -= 2 * h
+        down = float(np.dot(np.asarray(batch.forward(rows)), weights))
+        p.data += h
+        assert abs(p.grad - (up - down) / (2 * h)) <= 1e-5 * max(1.0, abs(p.grad))
+
+
+@settings(max_examples=150, deadline=None)
+@given(recipe=recipe_strategy(leaf_numbers, operand_numbers, max_leaves=4),
+       inputs_taken=st.integers(1, 4), rows=st.lists(st.lists(leaf_numbers, min_size=4, max_size=4),
+                                                     min_size=1, max_size=70))
+def test_random_programs_over_every_op_give_each_rows_eager_bits(recipe, inputs_taken, rows):
+    """Any graph of the ops: the first leaves are inputs, the others shared. Where some row fails eagerly,
+    the batched forward fails with that row's exception; otherwise every output is that row's eager bits,
+    and the shared leaves' grads are the sum of the rows' eager grads (compared where that sum is finite)."""
+    leaves, steps = recipe
+    inputs_taken = min(inputs_taken, len(leaves))
+
+    def build(numbers, shared):
+        pool = [Value(x) for x in numbers[:inputs_taken]] + shared
+        for step in steps:
+            try:
+                pool.append(apply_step(step, pool))
+            except (ArithmeticError, ValueError):
+                return None
+        return pool[-1], pool[:inputs_taken], pool[len(numbers[:inputs_taken]) + len(shared):]
+
+    shared = [Value(x) for x in leaves[inputs_taken:]]
+    built = build(leaves, shared)
+    if built is None:
+        return                                 # the template itself fails: nothing to compile
+    root, template_inputs, template_nodes = built
+    if not root._prev:
+        return                                 # every step failed: nothing above the leaves
+    used = [x for x in template_inputs if any(x is y for y in _leaves(root))]
+    if len(used) < len(template_inputs):
+        return                                 # an input the root does not depend on is refused (tested below)
+    batch = fastgrad.compile(root, inputs=template_inputs)
+    in_graph = {id(n) for n in fastgrad.trace(root)[0]}
+    used = [id(n) in in_graph for n in template_nodes]     # only the steps the root depends on fail a row
+    rows = [row[:inputs_taken] for row in rows]
+    failures = []
+    eager = []
+    for r, row in enumerate(rows):
+        pool = [Value(x) for x in row] + shared
+        failed = None
+        for step, needed in zip(steps, used):
+            try:
+                pool.append(apply_step(step, pool))
+            except (ArithmeticError, ValueError, TypeError, AttributeError) as error:
+                if needed and failed is None:
+                    failed = type(error)
+                pool.append(None)              # a step the root does not depend on, or after a failure
+        if failed is not None:
+            failures.append((r, failed))
+        else:
+            eager.append(pool[-1])
+    if failures:
+        with pytest.raises((ArithmeticError, ValueError)) as raised:
+            batch.forward(rows)
+        row_named = int(str(raised.value).split("(row ")[1].split(":")[0].replace(",", ""))
+        assert (row_named, type(raised.value)) in failures
+        return
+    outputs = batch.forward(rows)
+    assert all(same_float(o, e.data) for o, e in zip(outputs, eager))
+    for leaf in shared:
+        leaf.grad = 0.0
+    batch.backward()
+    batched = [leaf.grad for leaf in shared]
+    for leaf in shared:
+        leaf.grad = 0.0
+    for out in eager:
+        out.backward()
+    for got, want in zip(batched, [leaf.grad for leaf in shared]):
+        if math.isfinite(want) and abs(want) < 1e200:
+            assert abs(got - want) <= 1e-9 * max(1.0, abs(want)) * len(rows), (got, want)
+
+
+def _leaves(root):
+    nodes, _ = fastgrad.trace(root)
+    return [n for n in nodes if not n._prev]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The same bits for any thread count, SIMD width, and shape of N
+
+def test_the_same_bits_for_any_thread_count_and_simd_width():
+    model, loss, inputs = moons_sample()
+    rows = moons_rows(20_000, seed=5)
+    results = set()
+    before = simd()
+    try:
+        for width in ("baseline", "avx2", "avx512"):
+            try:
+                choose_simd(width)
+            except ValueError:
+                continue                       # not on this CPU
+            for threads in (1, 2, 3, 7):
+                batch = fastgrad.compile(loss, inputs=inputs, threads=threads)
+                outputs = bytes(batch.forward(rows))
+                zero(model)
+                batch.backward(1.0 / len(rows))
+                results.add((outputs, tuple(grads_of(model))))
+    finally:
+        choose_simd(before)
+    assert len(results) == 1
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 63, 64, 65, 1000])
+def test_any_number_of_rows(n):
+    model, loss, inputs = moons_sample(sizes=(3, 1))
+    rows = moons_rows(max(n, 2), seed=n)[:n]
+    batch = fastgrad.compile(loss, inputs=inputs, threads=2)
+    outputs = batch.forward(rows)
+    eager = eager_losses(model, rows)
+    assert all(same_float(o, e.data) for o, e in zip(outputs, eager))
+    zero(model)
+    batch.backward()
+    batched = grads_of(model)
+    zero(model)
+    sum(eager).backward()
+    for got, want in zip(batched, grads_of(model)):
+        assert math.isclose(got, want, rel_tol=1e-12, abs_tol=1e-14)
+
+
+def test_a_million_and_three_rows_against_exact_sums():
+    """A linear model, whose grads are exact sums of the inputs: math.fsum is the oracle."""
+    w, b, x = Value(0.5), Value(-0.25), Value(0.0)
+    batch = fastgrad.compile(w * x + b, inputs=[x])
+    xs = np.random.default_rng(0).uniform(-2, 2, 1_000_003)
+    outputs = np.asarray(batch.forward(xs))
+    assert np.array_equal(outputs, xs * 0.5 + -0.25)
+    batch.backward()
+    assert abs(w.grad - math.fsum(xs)) <= 1e-12 * float(np.abs(xs).sum())
+    assert b.grad == 1_000_003
+
+
+# ---------------------------------------------------------------------------------------------------
+# Rows and weights in every form
+
+def test_rows_as_lists_array_array_and_numpy_give_the_same_outputs():
+    model, loss, inputs = moons_sample(sizes=(3, 1))
+    rows = moons_rows(40)
+    batch = fastgrad.compile(loss, inputs=inputs)
+    expected = bytes(batch.forward(rows))
+    assert bytes(batch.forward(rows.tolist())) == expected
+    assert bytes(batch.forward([tuple(r) for r in rows.tolist()])) == expected
+    assert bytes(batch.forward(array.array("d", rows.ravel()))) == expected
+    assert bytes(batch.forward(rows.ravel())) == expected
+
+
+def test_numpy_rows_are_read_in_place_and_outputs_view_without_a_copy():
+    model, loss, inputs = moons_sample(sizes=(3, 1))
+    rows = moons_rows(40)
+    batch = fastgrad.compile(loss, inputs=inputs)
+    outputs = batch.forward(rows)
+    with pytest.raises(ValueError):          # the graph holds the array's buffer: not copied
+        rows.resize((80, 3))
+    view = np.asarray(outputs)
+    view[0] = 123.0
+    assert outputs[0] == 123.0
+    assert isinstance(outputs, array.array) and outputs.typecode == "d"
+
+
+def test_fortran_ordered_rows_are_refused_and_say_what_to_do():
+    model, loss, inputs = moons_sample(sizes=(3, 1))
+    batch = fastgrad.compile(loss, inputs=inputs)
+    with pytest.raises(ValueError, match="C-contiguous.*ascontiguousarray"):
+        batch.forward(np.asfortranarray(moons_rows(40)))
+
+
+@pytest.mark.parametrize("rows, error, message", [
+    ([[1.0, 2.0]], ValueError, r"rows\[0\] has 2 numbers; each row has 3"),
+    ([[1.0, "a", 2.0]], TypeError, r"rows\[0\]\[1\] must be a real number, not 'str'"),
+    ([[1.0, Value(1.0), 2.0]], TypeError, r"rows\[0\]\[1\] must be a real number, not 'Value'"),
+    ([], ValueError, "rows is empty"),
+    (np.zeros((0, 3)), ValueError, "rows is empty"),
+    (np.zeros((4, 2)), ValueError, r"shape \(N, 3\)"),
+    (np.zeros((4, 3), dtype=np.float32), TypeError, "float64"),
+    (np.zeros((2, 2, 3)), ValueError, r"shape \(N, 3\)"),
+    (array.array("d", [1.0] * 4), ValueError, "N \\* 3"),
+    (5, TypeError, "sequence of rows"),
+    ([5], TypeError, r"rows\[0\] must be a sequence"),
+])
+def test_bad_rows_are_refused_before_anything_is_computed(rows, error, message):
+    model, loss, inputs = moons_sample(sizes=(3, 1))
+    batch = fastgrad.compile(loss, inputs=inputs)
+    with pytest.raises(error, match=message):
+        batch.forward(rows)
+    with pytest.raises(RuntimeError, match="forward"):
+        batch.backward()
+
+
+def test_weights_one_number_or_one_a_row():
+    model, loss, inputs = moons_sample(sizes=(3, 1))
+    rows = moons_rows(70)
+    batch = fastgrad.compile(loss, inputs=inputs)
+    batch.forward(rows)
+    results = []
+    for weights in (0.5, [0.5] * 70, np.full(70, 0.5), array.array("d", [0.5] * 70)):
+        zero(model)
+        batch.backward(weights)
+        results.append(grads_of(model))
+    assert all(r == results[0] for r in results)
+    for bad, error in (([1.0] * 69, ValueError), ("x", TypeError), ([1.0] * 69 + ["x"], TypeError), (None, TypeError)):
+        with pytest.raises(error):
+            batch.backward(bad)
+
+
+# ---------------------------------------------------------------------------------------------------
+# What compile() refuses, and what stays as it was
+
+def test_inputs_must_be_distinct_leaves_of_the_graph():
+    a, b, c = Value(1.0), Value(2.0), Value(3.0)
+    root = (a * b).tanh() + 1
+    with pytest.raises(ValueError, match=r"inputs\[1\] is inputs\[0\] again"):
+        fastgrad.compile(root, inputs=[a, a])
+    with pytest.raises(ValueError, match=r"inputs\[0\] is not a leaf .*'\*'"):
+        fastgrad.compile(root, inputs=[a * b])
+    with pytest.raises(ValueError, match=r"inputs\[1\] .* is not in the graph"):
+        fastgrad.compile(root, inputs=[a, c])
+    with pytest.raises(TypeError, match=r"inputs\[0\] must be a Value, not 'float'"):
+        fastgrad.compile(root, inputs=[1.0])
+    with pytest.raises(ValueError, match="empty"):
+        fastgrad.compile(root, inputs=[])
+    with pytest.raises(ValueError, match="threads"):
+        fastgrad.compile(root, inputs=[a], threads=0)
+    with pytest.raises(TypeError, match="threads= goes with inputs="):
+        fastgrad.compile(root, threads=2)
+    with pytest.raises(TypeError, match="made by fastgrad.compile"):
+        fastgrad.BatchedGraph()
+
+
+def test_the_template_graph_stays_a_template():
+    model, loss, inputs = moons_sample(sizes=(4, 1))
+    nodes, _ = fastgrad.trace(loss)
+    params = {id(p) for p in model.parameters()}
+    before = {id(n): (n.data, n.grad) for n in nodes}
+    batch = fastgrad.compile(loss, inputs=inputs)
+    batch.forward(moons_rows(100))
+    batch.backward()
+    for n in nodes:
+        if id(n) not in params and n._prev:
+            assert (n.data, n.grad) == before[id(n)]
+        elif id(n) not in params:                       # the inputs, and the numbers ops wrapped
+            assert n.data == before[id(n)][0]
+    assert any(p.grad != 0 for p in model.parameters())
+
+
+def test_a_domain_error_names_the_row_and_leaves_the_grads_then_a_valid_forward_works():
+    w, x = Value(2.0), Value(1.0)
+    batch = fastgrad.compile((w * x).log() * w, inputs=[x])
+    batch.forward([[1.0], [2.0]])
+    batch.backward()
+    grads = w.grad
+    rows = [[1.0]] * 100 + [[-1.0]] + [[1.0]] * 10
+    with pytest.raises(ValueError, match=r"math domain error \(row 100: 'log'"):
+        batch.forward(rows)
+    with pytest.raises(RuntimeError, match="forward"):
+        batch.backward()
+    assert w.grad == grads
+    assert list(batch.forward([[3.0]])) == [math.log(6.0) * 2.0]
+
+
+def test_hand_made_nodes_roots_that_are_leaves_and_every_op():
+    a, x = Value(0.7), Value(0.0)
+    custom = Value(5.0, (a,), "mine")
+    root = (x * a + custom).tanh().exp().log().sigmoid().softplus() ** 2 + (x - a) / 3 + (a ** x) + (-x).relu()
+    batch = fastgrad.compile(root, inputs=[x])
+    rows = [[v] for v in np.linspace(-2, 2, 9)]
+    for row, out in zip(rows, batch.forward(rows)):
+        xv = Value(row[0])
+        custom_v = Value(5.0, (a,), "mine")
+        eager = (xv * a + custom_v).tanh().exp().log().sigmoid().softplus() ** 2 + (xv - a) / 3 + (a ** xv) + (-xv).relu()
+        assert same_float(out, eager.data)
+    assert list(fastgrad.compile(x, inputs=[x]).forward([[1.5], [2.5]])) == [1.5, 2.5]
+    leaf_root = fastgrad.compile(a, inputs=[a])
+    assert list(leaf_root.forward([[4.0]])) == [4.0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training: the moons demo batched against the eager graph and against micrograd
+
+def test_ten_moons_steps_batched_match_the_eager_graph_and_micrograd(tmp_path):
+    X, y = moons.make_moons(60, noise=0.1, seed=2)
+    rows = [[a, b, t] for (a, b), t in zip(X, y)]
+    model, loss, inputs = moons_sample(seed=7)
+    batch = fastgrad.compile(loss, inputs=inputs)
+    params = model.parameters()
+    regulariser = fastgrad.compile(1e-4 * sum(p * p for p in params))
+    sgd = optim.SGD(params, lr=1.0)
+    batched_losses = []
+    for k in range(10):
+        sgd.zero_grad()
+        outputs = batch.forward(rows)
+        batch.backward(1.0 / len(rows))
+        reg = regulariser.forward()
+        regulariser.backward()
+        batched_losses.append(sum(outputs) * (1.0 / len(rows)) + reg)
+        sgd.lr = moons.learning_rate(k, 10)
+        sgd.step()
+    random.seed(7)
+    eager_model = MLP(2, [16, 16, 1])
+    eager = [moons.train_step(eager_model, Value, X, y, k, 10)[0] for k in range(10)]
+    for got, want in zip(batched_losses, eager):
+        assert math.isclose(got, want, rel_tol=1e-9)
+    for p, q in zip(params, eager_model.parameters()):
+        assert math.isclose(p.data, q.data, rel_tol=1e-9, abs_tol=1e-12)
+    micrograd = pytest.importorskip("micrograd.nn")
+    import micrograd.engine
+    random.seed(7)
+    reference_model = micrograd.nn.MLP(2, [16, 16, 1])
+    reference = [moons.train_step(reference_model, micrograd.engine.Value, X, y, k, 10)[0] for k in range(10)]
+    for got, want in zip(batched_losses, reference):
+        assert math.isclose(got, want, rel_tol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Threads, interruption, memory
+
+def test_two_batched_graphs_on_shared_parameters_in_two_threads_while_a_third_reads():
+    model, loss, inputs = moons_sample()
+    rows = moons_rows(5000)
+    graphs = [fastgrad.compile(loss, inputs=inputs, threads=2) for _ in range(2)]
+    expected = bytes(graphs[0].forward(rows))
+    zero(model)
+    graphs[0].backward()
+    one_pass = grads_of(model)
+    zero(model)
+    errors = []
+    stop = threading.Event()
+
+    def train(graph):
+        try:
+            for _ in range(5):
+                assert bytes(graph.forward(rows)) == expected
+                graph.backward()
+        except BaseException as error:     # reported below
+            errors.append(error)
+
+    def read():
+        while not stop.is_set():
+            sum(p.data + p.grad for p in model.parameters())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    workers = [threading.Thread(target=train, args=(g,)) for g in graphs]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    stop.set()
+    reader.join()
+    assert not errors
+    for got, want in zip(grads_of(model), one_pass):
+        assert math.isclose(got, 10 * want, rel_tol=1e-12, abs_tol=1e-15)
+
+
+def test_one_batched_graph_runs_one_pass_at_a_time():
+    model, loss, inputs = moons_sample()
+    batch = fastgrad.compile(loss, inputs=inputs, threads=1)
+    rows = moons_rows(50_000)
+    results, errors = [], []
+
+    def run():
+        try:
+            results.append(bytes(batch.forward(rows)))
+        except RuntimeError as error:
+            errors.append(str(error))
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) + len(errors) == 4 and len(set(results)) == 1
+    assert all("one pass at a time" in e for e in errors)
+
+
+def test_a_graph_dropped_while_another_thread_runs_it():
+    model, loss, inputs = moons_sample()
+    rows = moons_rows(30_000)
+    batch = fastgrad.compile(loss, inputs=inputs, threads=2)
+    done = []
+    thread = threading.Thread(target=lambda: done.append(len(batch.forward(rows))))
+    thread.start()
+    del batch
+    thread.join()
+    assert done == [30_000]
+
+
+def test_ctrl_c_stops_a_long_pass(tmp_path):
+    run_python("""
+        import _thread, threading, time
+        import numpy as np
+        import fastgrad
+        from fastgrad import Value, MLP
+        x0, x1 = Value(0.0), Value(0.0)
+        model = MLP(2, [64, 64, 1])                  # tanh: a slow sample
+        batch = fastgrad.compile(model([x0, x1]), inputs=[x0, x1], threads=1)
+        rows = np.random.default_rng(0).uniform(-1, 1, (3_000_000, 2))
+        start = time.perf_counter()
+        batch.forward(rows[:20_000])
+        whole = (time.perf_counter() - start) * 150        # what all rows would take
+        threading.Timer(0.2, _thread.interrupt_main).start()
+        start = time.perf_counter()
+        try:
+            batch.forward(rows)
+        except KeyboardInterrupt:
+            stopped = time.perf_counter() - start
+        else:
+            raise SystemExit("not interrupted")
+        assert stopped < whole / 3, (stopped, whole)
+        assert len(batch.forward(rows[:10])) == 10          # usable afterwards
+        print("ok")
+    """, tmp_path)
+
+
+def test_memory_does_not_grow_with_the_rows(tmp_path):
+    if under_address_sanitizer():
+        pytest.skip("the sanitizer keeps freed memory in quarantine: RSS says nothing then")
+    run_python("""
+        import numpy as np
+        import fastgrad
+        from fastgrad import Value
+        from fastgrad.micrograd.nn import MLP
+
+        def rss_mib():
+            with open("/proc/self/status") as status:
+                return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
+
+        model = MLP(2, [16, 16, 1])
+        x0, x1, y = Value(0.0), Value(0.0), Value(0.0)
+        batch = fastgrad.compile((1 + -y * model([x0, x1])).relu(), inputs=[x0, x1, y])
+        rows = np.random.default_rng(0).uniform(-1, 1, (1_000_000, 3))
+        before = rss_mib()
+        out = batch.forward(rows)
+        batch.backward(1e-6)
+        grown = rss_mib() - before - len(out) * 8 / 2**20
+        assert grown < 100, grown
+        print("ok")
+    """, tmp_path)
+
+
+def test_the_readmes_batched_loop_runs_as_written_and_trains():
+    namespace = {}
+    exec(readme_code("Batched training loop"), namespace)
+    rows = namespace["rows"]
+    x0, x1 = namespace["x0"], namespace["x1"]
+    scores = fastgrad.compile(namespace["model"]([x0, x1]), inputs=[x0, x1]).forward([r[:2] for r in rows])
+    accuracy = sum((r[2] > 0) == (s > 0) for r, s in zip(rows, scores)) / len(rows)
+    assert namespace["total"] < 0.05 and accuracy == 1.0
