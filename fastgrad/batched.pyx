@@ -43,12 +43,12 @@ cdef extern from "lanes.h" nogil:
         ops.Status status
     ctypedef fg_lane_failure (*forward_loop)(const fg_lane_program*, double*) noexcept nogil
     ctypedef void (*backward_loop)(const fg_lane_program*, const double*, double*) noexcept nogil
-    ctypedef void (*sum_loop)(const double*, ptrdiff_t, double*) noexcept nogil
+    ctypedef void (*sum_loop)(double*, ptrdiff_t, double*) noexcept nogil
     ctypedef struct fg_lane_loops:
         const char* name
         forward_loop forward
         backward_loop backward
-        sum_loop sum_lanes
+        sum_loop take_lane_sums
     const fg_lane_loops* fg_lane_loops_for(const char* wanted)
 
 cdef enum:
@@ -129,8 +129,11 @@ cdef class BatchedGraph(Recording):
     cdef const double* weights           # NULL: every row weighs `weight`
     cdef double weight
     cdef double* partials                # per chunk: its sum of each shared leaf's grad
+    cdef Py_ssize_t partials_capacity
     cdef Py_ssize_t chunk_blocks, chunk_count
-    cdef bint stop                       # a worker failed or Ctrl-C: the others stop at their next block
+    cdef bint stop                       # a worker failed or Ctrl-C: the others stop at their next chunk
+    cdef bint sums_dirty                 # a backward pass stopped with its lanes' sums not taken
+    cdef Py_ssize_t workers_filled       # the workers whose blocks hold this pass's shared and given numbers
     cdef fg_lane_failure* failures       # per worker: its failure, and in failed_blocks its block
     cdef Py_ssize_t* failed_blocks
 
@@ -410,6 +413,7 @@ cdef class BatchedGraph(Recording):
         """The shared leaves' and hand-made nodes' data, as Python sees it now."""
         cdef Py_ssize_t k
         catch_up()
+        self.workers_filled = 0
         for k in range(self.shared_count + self.given_count):
             if self.given_nodes[k] != NULL:
                 self.given_values[k] = (<Value>self.given_nodes[k]).value
@@ -423,7 +427,7 @@ cdef class BatchedGraph(Recording):
         cdef Py_ssize_t workers, worker, blocks = count // FG_LANES
         self.row_count_in_pass = count
         self.chunk_blocks = max(CHUNK_BLOCKS, (blocks + MAX_CHUNKS - 1) // MAX_CHUNKS)
-        self.chunk_count = (blocks + self.chunk_blocks - 1) // self.chunk_blocks + (count % FG_LANES != 0)
+        self.chunk_count = max(1, (blocks + self.chunk_blocks - 1) // self.chunk_blocks)
         workers = max(1, min(self.threads, self.chunk_count, count // WORKER_ROWS))
         self.allocate_pass(workers, with_backward)
         self.stop = False
@@ -462,38 +466,48 @@ cdef class BatchedGraph(Recording):
             raise
 
     cdef bint run_chunk(self, Py_ssize_t worker, Py_ssize_t chunk, bint with_backward) noexcept nogil:
-        """One chunk's blocks; its sums of the shared leaves' grads in partials. False if a row failed."""
+        """One chunk's blocks; with backward, its sums of the shared leaves' grads in partials. False if a row
+        failed. The last chunk also takes the rows after the last whole block, as a short block first: its
+        unused lanes' sums are cleared before the chunk's other blocks add to them."""
         cdef double* values = self.block_values[worker]
         cdef double* grads = values + self.lane_slots * FG_LANES
         cdef double* shared_grads = grads + (self.computed + self.input_count) * FG_LANES
-        cdef Py_ssize_t block, first = chunk * self.chunk_blocks
-        cdef Py_ssize_t last = min(first + self.chunk_blocks, self.row_count_in_pass // FG_LANES)
-        cdef Py_ssize_t k, lanes = FG_LANES
-        cdef fg_lane_failure failure
-        if first >= last:                    # the last chunk: the rows after the last whole block
-            first = self.row_count_in_pass // FG_LANES
-            last = first + 1
-            lanes = self.row_count_in_pass - first * FG_LANES
-        if with_backward:                    # the leaves' grads (the shared ones' sums among them) from 0
-            memset(grads + self.computed * FG_LANES, 0, (self.lane_slots - self.computed) * FG_LANES * sizeof(double))
-        for block in range(first, last):
-            self.load_block(values, block, lanes)
-            failure = lane_loops.forward(&self.program, values)
-            if failure.instruction >= 0:
-                self.failures[worker] = failure
-                self.failed_blocks[worker] = block
+        cdef Py_ssize_t whole = self.row_count_in_pass // FG_LANES
+        cdef Py_ssize_t short = self.row_count_in_pass % FG_LANES
+        cdef Py_ssize_t block, k, first = chunk * self.chunk_blocks
+        if with_backward:                    # the inputs' grads, which nobody reads, from 0 (they grow)
+            memset(grads + self.computed * FG_LANES, 0, self.input_count * FG_LANES * sizeof(double))
+        if short and chunk == self.chunk_count - 1:
+            if not self.run_block(worker, whole, short, with_backward):
                 return False
             if with_backward:
-                memset(grads, 0, self.computed * FG_LANES * sizeof(double))
-                self.set_root_grads(grads, block, lanes)
-                lane_loops.backward(&self.program, values, grads)
-            else:
-                memcpy(self.outputs + block * FG_LANES, values + self.root_lane * FG_LANES, lanes * sizeof(double))
-        if with_backward:
-            if lanes < FG_LANES:             # the lanes past the rows add nothing
                 for k in range(self.shared_count):
-                    memset(shared_grads + k * FG_LANES + lanes, 0, (FG_LANES - lanes) * sizeof(double))
-            lane_loops.sum_lanes(shared_grads, self.shared_count, self.partials + chunk * self.shared_count)
+                    memset(shared_grads + k * FG_LANES + short, 0, (FG_LANES - short) * sizeof(double))
+        for block in range(first, min(first + self.chunk_blocks, whole)):
+            if not self.run_block(worker, block, FG_LANES, with_backward):
+                return False
+        if with_backward:                    # and the sums start from 0 again
+            lane_loops.take_lane_sums(shared_grads, self.shared_count, self.partials + chunk * self.shared_count)
+        return True
+
+    cdef bint run_block(self, Py_ssize_t worker, Py_ssize_t block, Py_ssize_t lanes,
+                        bint with_backward) noexcept nogil:
+        cdef double* values = self.block_values[worker]
+        cdef double* grads = values + self.lane_slots * FG_LANES
+        cdef fg_lane_failure failure
+        self.load_block(values, block, lanes)
+        failure = lane_loops.forward(&self.program, values)
+        if failure.instruction >= 0:
+            self.failures[worker] = failure
+            self.failed_blocks[worker] = block
+            self.sums_dirty = with_backward
+            return False
+        if with_backward:
+            memset(grads, 0, self.computed * FG_LANES * sizeof(double))
+            self.set_root_grads(grads, block, lanes)
+            lane_loops.backward(&self.program, values, grads)
+        else:
+            memcpy(self.outputs + block * FG_LANES, values + self.root_lane * FG_LANES, lanes * sizeof(double))
         return True
 
     cdef Py_ssize_t row_count_in_pass
@@ -544,17 +558,24 @@ cdef class BatchedGraph(Recording):
                     raise MemoryError()      # the ones allocated stay counted, for __dealloc__
                 memset(self.block_values[worker], 0, 2 * n * sizeof(double))
                 self.workers_allocated = worker + 1
-        if with_backward:
+        if with_backward and self.partials_capacity < self.chunk_count * self.shared_count:
             PyMem_Free(self.partials)
             self.partials = <double*>PyMem_Malloc(self.chunk_count * self.shared_count * sizeof(double) + 1)
+            self.partials_capacity = 0 if self.partials == NULL else self.chunk_count * self.shared_count
             if self.partials == NULL:
                 raise MemoryError()
         for worker in range(workers):
             self.failures[worker].instruction = -1
             values = self.block_values[worker]
-            for k in range(self.shared_count + self.given_count):
-                for l in range(FG_LANES):
-                    values[(self.computed + self.input_count + k) * FG_LANES + l] = self.given_values[k]
+            if worker >= self.workers_filled:     # the numbers of the last forward(), which backward() uses
+                for k in range(self.shared_count + self.given_count):
+                    for l in range(FG_LANES):
+                        values[(self.computed + self.input_count + k) * FG_LANES + l] = self.given_values[k]
+            if self.sums_dirty:              # a pass stopped before it took its lanes' sums
+                memset(values + n + (self.computed + self.input_count) * FG_LANES, 0,
+                       self.shared_count * FG_LANES * sizeof(double))
+        self.workers_filled = max(self.workers_filled, workers)
+        self.sums_dirty = False
         return 0
 
     cdef int raise_failure(self, Py_ssize_t workers) except -1:

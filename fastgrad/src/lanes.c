@@ -117,11 +117,11 @@ FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const doub
     }
 }
 
-FG_KERNEL void fg_sum_lanes_body(const double *slots, ptrdiff_t count, double *sums) {
+FG_KERNEL void fg_take_lane_sums_body(double *slots, ptrdiff_t count, double *sums) {
     /* Eight running sums, each over every eighth lane, then a fixed tree over the eight: vertical adds a
        vector unit of any width makes, and no order left to the compiler. */
     for (ptrdiff_t k = 0; k < count; k++) {
-        const double *lane = slots + k * FG_LANES;
+        double *lane = slots + k * FG_LANES;
         double part[8];
         for (int i = 0; i < 8; i++)
             part[i] = lane[i];
@@ -129,6 +129,7 @@ FG_KERNEL void fg_sum_lanes_body(const double *slots, ptrdiff_t count, double *s
             for (int i = 0; i < 8; i++)
                 part[i] += lane[group * 8 + i];
         sums[k] = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+        memset(lane, 0, FG_LANES * sizeof(double));
     }
 }
 
@@ -143,11 +144,11 @@ FG_KERNEL void fg_sum_lanes_body(const double *slots, ptrdiff_t count, double *s
                                                      double *grads) { \
         fg_lanes_backward_body(program, values, grads); \
     } \
-    attribute static void fg_sum_lanes_##suffix(const double *slots, ptrdiff_t count, double *sums) { \
-        fg_sum_lanes_body(slots, count, sums); \
+    attribute static void fg_take_lane_sums_##suffix(double *slots, ptrdiff_t count, double *sums) { \
+        fg_take_lane_sums_body(slots, count, sums); \
     } \
     static const fg_lane_loops fg_lane_loops_##suffix = { \
-        #suffix, fg_lanes_forward_##suffix, fg_lanes_backward_##suffix, fg_sum_lanes_##suffix};
+        #suffix, fg_lanes_forward_##suffix, fg_lanes_backward_##suffix, fg_take_lane_sums_##suffix};
 
 FG_LANE_LOOPS(baseline, )
 #if FG_X86_TARGETS

@@ -45,8 +45,9 @@ typedef struct {
     /* Each instruction's derivative, last first, added into its children's grads over all lanes: the
        caller has set the root's grads and zeroed those of the computed slots. */
     void (*backward)(const fg_lane_program *program, const double *values, double *grads);
-    /* sums[k] = slot k's numbers summed over the lanes, in a fixed order (the same bits at every width). */
-    void (*sum_lanes)(const double *slots, ptrdiff_t count, double *sums);
+    /* sums[k] = slot k's numbers summed over the lanes, in a fixed order (the same bits at every width);
+       the slots are left at 0, for the next sums. */
+    void (*take_lane_sums)(double *slots, ptrdiff_t count, double *sums);
 } fg_lane_loops;
 
 /* The loops for `wanted` ("baseline", "avx2", "avx512"), or for the widest the CPU runs when wanted is NULL
