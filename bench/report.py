@@ -117,8 +117,7 @@ def table(report, markdown=False):
 def legend():
     return ("Medians of interleaved repeats; ~ marks an interquartile range over 10% of the median (noise). "
             "'vs micrograd', 'vs seed', 'vs torch-tensor' and 'vs jax': their time / fastgrad's time ('faster'), or "
-            "its "
-            "inverse when fastgrad takes longer ('slower'); 'vs floats': fastgrad's time / the plain-float time.")
+            "its inverse when fastgrad takes longer ('slower'); 'vs floats': fastgrad's time / the plain-float time.")
 
 
 def header(report):
