@@ -27,18 +27,20 @@ def bench_module(name):
 report = bench_module("report")
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    """One `bench/run.py --quick` of three cheap workloads, as a user or CI runs it."""
-    out = tmp_path_factory.mktemp("bench") / "results.json"
-    proc = subprocess.run(
-        [sys.executable, os.path.join(BENCH, "run.py"), "--quick", "--only", "chain,memory,optim-adam",
-         "--json", str(out), "--no-chart"],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
-    )
+def run_quick(folder, *args):
+    """`bench/run.py --quick *args` as a user or CI runs it: (the finished process, its JSON results)."""
+    out = folder / "results.json"
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "run.py"), "--quick", *args, "--json", str(out),
+                           "--no-chart"], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     with open(out) as f:
         return proc, json.load(f)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One quick run of three cheap workloads."""
+    return run_quick(tmp_path_factory.mktemp("bench"), "--only", "chain,memory,optim-adam")
 
 
 def test_quick_run_reports_every_installed_engine(quick_run):
@@ -207,16 +209,9 @@ def has_batched_replay():
 
 @pytest.fixture(scope="module")
 def batched_run(tmp_path_factory):
-    """`bench/run.py --quick` of the batched row at 100 points, without micrograd (a second a step)."""
-    out = tmp_path_factory.mktemp("bench") / "batched.json"
-    proc = subprocess.run(
-        [sys.executable, os.path.join(BENCH, "run.py"), "--quick", "--only", "moons-batched-1e2",
-         "--engines", "fastgrad,torch-tensor,jax,seed", "--json", str(out), "--no-chart"],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
-    )
-    assert proc.returncode == 0, proc.stderr
-    with open(out) as f:
-        return proc, json.load(f)
+    """A quick run of the batched row at 100 points, without micrograd (a second a step)."""
+    return run_quick(tmp_path_factory.mktemp("bench"), "--only", "moons-batched-1e2",
+                     "--engines", "fastgrad,torch-tensor,jax,seed")
 
 
 def test_batched_row_runs_every_way_of_taking_the_step(batched_run):
