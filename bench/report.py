@@ -278,6 +278,19 @@ def batched_chart(report, path):
 
 # --- the README block ------------------------------------------------------------------------------------
 
+# The README's pictures link the repository's files (pyproject.toml's Source URL): a relative link shows nothing
+# where the README is the long description (the package index, the sdist), which carries no pictures.
+RAW_FILES = "https://raw.githubusercontent.com/fastgrad/fastgrad/main/"
+
+
+def chart_path(bench_dir, quick, update_readme):
+    """Where a run draws its chart when not told: the README shows results/bench.png, so only a run that rewrites
+    the README redraws it; any other run draws beside it, in a file git ignores (results/.gitignore), and leaves
+    the checkout as it was."""
+    name = "bench.png" if update_readme else "bench-quick.png" if quick else "bench-latest.png"
+    return os.path.join(bench_dir, "results", name)
+
+
 def readme_block(report, chart_link, command):
     m = report["machine"]
     return "\n".join([

@@ -8,7 +8,8 @@
 
 Engines: fastgrad (installed), micrograd 0.1.0 (`pip install fastgrad[bench]`), the notebook's Value in plain
 Python (fastgrad.reference), plain floats, and PyTorch when it is installed. A table goes to stdout, progress to
-stderr, and a chart to bench/results/.
+stderr, and a chart to bench/results/ (bench-latest.png, bench-quick.png with --quick: files git ignores; the
+README's bench.png only with --update-readme).
 """
 import argparse
 import datetime
@@ -264,8 +265,8 @@ def main(argv=None):
     parser.add_argument("--engines", metavar="NAMES", help="comma-separated subset of " + ",".join(engines_mod.FINDERS))
     parser.add_argument("--json", metavar="PATH", help="write all results as JSON")
     parser.add_argument("--chart", metavar="PATH",
-                        help="PNG chart path (default bench/results/bench.png, bench-quick.png with --quick; "
-                             "none with --only, whose rows would replace the whole run's chart)")
+                        help="PNG chart path (default bench/results/bench-latest.png, bench-quick.png with --quick, "
+                             "the README's bench.png with --update-readme; none with --only)")
     parser.add_argument("--no-chart", action="store_true", help="do not draw the chart")
     parser.add_argument("--update-readme", action="store_true",
                         help="rewrite the README text between <!-- bench:start --> and <!-- bench:end -->")
@@ -329,7 +330,7 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(data, f, indent=1)
         print(f"wrote {args.json}", file=sys.stderr)
-    chart_path = args.chart or os.path.join(BENCH_DIR, "results", "bench-quick.png" if args.quick else "bench.png")
+    chart_path = args.chart or report.chart_path(BENCH_DIR, args.quick, args.update_readme)
     if not args.no_chart and (args.chart or not args.only):
         try:
             report.chart(data, chart_path)
@@ -340,7 +341,7 @@ def main(argv=None):
         except ImportError:
             print("matplotlib not installed (pip install fastgrad[bench]): no chart", file=sys.stderr)
     if args.update_readme:
-        link = os.path.relpath(chart_path, REPO_DIR).replace(os.sep, "/")
+        link = report.RAW_FILES + os.path.relpath(chart_path, REPO_DIR).replace(os.sep, "/")
         command = "python bench/run.py" + (" --quick" if args.quick else "")
         print(report.update_readme(os.path.join(REPO_DIR, "README.md"), report.readme_block(data, link, command)),
               file=sys.stderr)

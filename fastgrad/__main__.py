@@ -7,11 +7,18 @@ from fastgrad import demo
 from fastgrad._version import __version__
 
 
-def positive_int(text):
-    number = int(text)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {number}")
-    return number
+def whole_number(minimum=None):
+    """An argparse type for an int of at least `minimum`, whose errors say what was expected: for a ValueError,
+    argparse would print the function's name ("invalid parse value: 'abc'")."""
+    def parse(text):
+        try:
+            number = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if minimum is not None and number < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {number}")
+        return number
+    return parse
 
 
 def parser(prog):
@@ -24,18 +31,24 @@ def parser(prog):
         description="Train micrograd's moons classifier (MLP(2, [16, 16, 1]), hinge loss, SGD, 100 points) on "
                     "fastgrad, time it against micrograd's algorithm in plain Python, and write "
                     "moons_decision_boundary.png (needs matplotlib) and neuron.svg (needs graphviz's dot).")
-    demo_command.add_argument("--steps", type=positive_int, default=100, help="training steps (default: 100)")
+    # Its errors show its own usage: the unknown arguments too (main() sends them here).
+    demo_command.set_defaults(command_parser=demo_command)
+    demo_command.add_argument("--steps", type=whole_number(minimum=1), default=100,
+                              help="training steps (default: 100)")
     demo_command.add_argument("--eager", action="store_true", help="train on the exact graph, a node per op "
                               "built anew each step, instead of replaying the compiled graph")
     demo_command.add_argument("--out", default=".", metavar="DIR",
                               help="folder for the files, created if missing (default: the current folder)")
-    demo_command.add_argument("--seed", type=int, default=1337,
+    demo_command.add_argument("--seed", type=whole_number(), default=1337,
                               help="seed of the points and the initial weights (default: 1337)")
     return main
 
 
 def main(argv=None, prog="python -m fastgrad"):
-    args = parser(prog).parse_args(argv)
+    main_parser = parser(prog)
+    args, unknown = main_parser.parse_known_args(argv)
+    if unknown:       # argparse would report them with the top-level usage, which does not list the demo's options
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         demo.run(steps=args.steps, out=args.out, seed=args.seed, compiled=not args.eager)
     except demo.DemoError as error:

@@ -13,12 +13,21 @@ cdef enum:
     MAX_SLOTS = 1 << (32 - OP_BITS)
 
 
+cdef struct ExponentSlots:             # while recording: the distinct exponents, and a table to find them
+    int32_t* table                     # open addressing: an index into keys, or -1
+    double* keys
+    Py_ssize_t mask
+    Py_ssize_t count
+
+
 cdef class Recording:
     cdef Value root_node               # keeps every recorded node alive
     cdef bint fused
     cdef Py_ssize_t inner, size        # slots [0, inner): inner nodes, in program order; [inner, size): leaves;
-    cdef Py_ssize_t slots              # [size, slots - 1): the exponents of `x ** k`; slots - 1: the scratch slot
+    cdef Py_ssize_t slots              # size: the scratch slot; (size, slots): the distinct exponents of `x ** k`
     cdef Py_ssize_t leaves_placed      # while recording: leaves given their slots so far
+    cdef void* block                   # the arrays below, in one allocation
+    cdef size_t block_bytes
     cdef double* values                # each slot's data as recorded (the exponents' k), then the replay's
     cdef double* grads                 # each slot's grad as recorded, then the replay's
     cdef PyObject** nodes              # each slot's node, borrowed
@@ -31,9 +40,12 @@ cdef class Recording:
 
     cdef int record(self, Value root, bint fuse) except -1
     cdef int lay_out(self, NodeArray* order) except -1
+    cdef int lay_out_nodes(self, NodeArray* order, ExponentSlots* exponents) except -1
     cdef int allocate(self, Py_ssize_t instructions, Py_ssize_t inner, Py_ssize_t size, Py_ssize_t term_words,
-                      Py_ssize_t exponents) except -1
-    cdef void write_program(self, NodeArray* order) noexcept
+                      ExponentSlots* exponents) except -1
+    cdef int write_program(self, NodeArray* order, ExponentSlots* exponents) except -1
+    cdef int write_op(self, PyObject* node, Py_ssize_t slot, Py_ssize_t instruction,
+                      ExponentSlots* exponents) except -1
     cdef void place(self, PyObject* node, Py_ssize_t slot) noexcept
     cdef Py_ssize_t slot_of(self, PyObject* node) noexcept
     cdef void clear_marks(self, NodeArray* order) noexcept

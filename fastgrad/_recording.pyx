@@ -2,8 +2,8 @@
 two replays run (replay.pyx: on the nodes' own numbers; batched.pyx: one sample's graph over many samples).
 
 The program. Every recorded node has a slot in `values` and `grads`: the inner nodes first, in the order the
-program computes them, then the leaves; after them, a slot for each `x ** k` holding its k, and a scratch
-slot that stands for the second child of one-child ops. So every instruction reads two slots and passes
+program computes them, then the leaves; after them a scratch slot that stands for the second child of one-child
+ops, and a slot for each distinct k of the `x ** k` nodes, holding it. So every instruction reads two slots and passes
 both to the kernel, which ignores what it has no use for: the loops do not branch on the kind of op. An
 instruction computes the next inner slot from its children's slots with the op's kernel, in backward()'s own
 topological order: the same operations in the same order, hence the same bits, as eager. With fusion, a
@@ -15,8 +15,8 @@ one DOT only if that changes no grad's order of additions (see joins), so the bi
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
-from libc.stdint cimport int32_t, uint32_t
-from libc.string cimport memset
+from libc.stdint cimport int32_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy, memset
 
 cimport fastgrad._ops as ops
 from fastgrad.engine cimport NodeArray, Value, catch_up, free_array, sort_topologically
@@ -33,6 +33,11 @@ cdef enum:
 
 cdef enum:
     JOIN_SCAN_TERMS = 64      # a sum is cut, not checked, at a gap above this many terms
+    KEPT_CAPACITY = 1 << 20   # entries of the sort's arrays kept between recordings (8 MiB each)
+
+cdef NodeArray kept_order = NodeArray(NULL, 0, 0)
+cdef NodeArray kept_stack = NodeArray(NULL, 0, 0)
+cdef bint recording = False          # the kept arrays are in use
 
 
 @cython.no_gc          # it references its root; a node references nothing but nodes and strs: no cycle
@@ -40,12 +45,7 @@ cdef class Recording:
     """A recorded program; the replays are its subclasses."""
 
     def __dealloc__(self):
-        PyMem_Free(self.values)
-        PyMem_Free(self.grads)
-        PyMem_Free(self.nodes)
-        PyMem_Free(self.code)
-        PyMem_Free(self.second)
-        PyMem_Free(self.terms)
+        give_back(self.block, self.block_bytes)
 
     def __len__(self):
         """The nodes recorded, leaves included."""
@@ -74,22 +74,36 @@ cdef class Recording:
         return self.inner - 1 if self.inner else 0
 
     cdef Py_ssize_t program_bytes(self) noexcept:
-        return (self.slots * 2 * sizeof(double) + self.size * sizeof(PyObject*)
-                + self.instructions * (sizeof(uint32_t) + sizeof(int32_t)) + self.term_words * sizeof(int32_t))
+        return self.block_bytes
 
     cdef int record(self, Value root, bint fuse) except -1:
-        cdef NodeArray order = NodeArray(NULL, 0, 0)
-        cdef NodeArray stack = NodeArray(NULL, 0, 0)
+        # The sort's arrays are kept from one recording to the next, as backward() keeps its own: a training
+        # script compiles graphs of about one size, and fresh megabytes cost a page fault every 4 KiB.
+        global recording
+        cdef NodeArray local_order = NodeArray(NULL, 0, 0)
+        cdef NodeArray local_stack = NodeArray(NULL, 0, 0)
+        cdef bint kept = not recording             # a recording inside a recording (a GC pass) has its own
+        cdef NodeArray* order = &kept_order if kept else &local_order
+        cdef NodeArray* stack = &kept_stack if kept else &local_stack
         catch_up()                           # record the numbers as Python sees them
         self.root_node = root
         self.fused = fuse
+        recording = recording or kept
+        order.length = 0
         try:
-            sort_topologically(root, &order, &stack)
-            self.lay_out(&order)
+            sort_topologically(root, order, stack)
+            self.lay_out(order)
         finally:
-            self.clear_marks(&order)
-            free_array(&order)
-            free_array(&stack)
+            self.clear_marks(order)
+            if kept:
+                recording = False
+                if order.capacity > KEPT_CAPACITY:
+                    free_array(order)
+                if stack.capacity > KEPT_CAPACITY:
+                    free_array(stack)
+            else:
+                free_array(order)
+                free_array(stack)
         return 0
 
     cdef int lay_out(self, NodeArray* order) except -1:
@@ -98,10 +112,22 @@ cdef class Recording:
         cdef Py_ssize_t i, side, leaves = 0, links = 0, inner_links = 0, pow_consts = 0
         cdef PyObject* node
         cdef PyObject* child
+        cdef ExponentSlots exponents = ExponentSlots(NULL, NULL, 0, 0)
         if order.length == 0:                # the root is a leaf
-            self.allocate(0, 0, 1, 0, 0)
+            self.allocate(0, 0, 1, 0, &exponents)
             self.slot_of(<PyObject*>self.root_node)
             return 0
+        try:
+            self.lay_out_nodes(order, &exponents)
+        finally:
+            PyMem_Free(exponents.table)
+            PyMem_Free(exponents.keys)
+        return 0
+
+    cdef int lay_out_nodes(self, NodeArray* order, ExponentSlots* exponents) except -1:
+        cdef Py_ssize_t i, side, leaves = 0, links = 0, inner_links = 0, pow_consts = 0
+        cdef PyObject* node
+        cdef PyObject* child
         for i in range(order.length):        # references within the graph; leaves; exponents
             node = order.items[i]
             pow_consts += (<Value>node).op == ops.POW_CONST
@@ -115,8 +141,11 @@ cdef class Recording:
                         leaves += 1
                 elif (<Value>child).visited & PARENTS != PARENTS:
                     (<Value>child).visited += ONE_PARENT
+        make_exponent_table(exponents, pow_consts)
         for i in range(order.length):
             node = order.items[i]
+            if (<Value>node).op == ops.POW_CONST:
+                exponent_index(exponents, (<Value>node).constant)
             for side in range(2):
                 child = (<Value>node).child_b if side else (<Value>node).child_a
                 if child != NULL and (<Value>child).child_a == NULL:
@@ -135,30 +164,42 @@ cdef class Recording:
                     inner_links += 1
         if order.length + leaves + pow_consts + 1 >= MAX_SLOTS:      # slots must fit an instruction word
             raise MemoryError(f"a compiled graph holds fewer than {MAX_SLOTS:,} nodes")
-        # A sum of n terms is 2n nodes, one instruction and 2n + 1 words of terms.
-        self.allocate(order.length - 2 * links + (links - inner_links), order.length, order.length + leaves,
-                      2 * links + (links - inner_links), pow_consts)
-        self.write_program(order)
+        # A sum of n terms is 2n nodes, one instruction and 2n + 1 words of terms; of one term, two instructions
+        # (write_program decides: room for either).
+        self.allocate(order.length - 2 * links + 2 * (links - inner_links), order.length, order.length + leaves,
+                      2 * links + (links - inner_links), exponents)
+        self.write_program(order, exponents)
         return 0
 
     cdef int allocate(self, Py_ssize_t instructions, Py_ssize_t inner, Py_ssize_t size, Py_ssize_t term_words,
-                      Py_ssize_t exponents) except -1:
+                      ExponentSlots* exponents) except -1:
+        """The program's arrays, in one block: the numbers (the scratch slot 0, the exponents their k), the
+        nodes, the instructions, the terms."""
+        cdef Py_ssize_t i
+        cdef size_t doubles, pointers
         self.instructions, self.inner, self.size, self.term_words = instructions, inner, size, term_words
-        self.slots = size + exponents + 1
-        self.values = <double*>PyMem_Malloc(self.slots * sizeof(double))
-        self.grads = <double*>PyMem_Malloc(self.slots * sizeof(double))
-        self.nodes = <PyObject**>PyMem_Malloc(size * sizeof(PyObject*))
-        self.code = <uint32_t*>PyMem_Malloc(instructions * sizeof(uint32_t) + 1)      # + 1: never NULL for 0
-        self.second = <int32_t*>PyMem_Malloc(instructions * sizeof(int32_t) + 1)
-        self.terms = <int32_t*>PyMem_Malloc(term_words * sizeof(int32_t) + 1)
-        if not (self.values and self.grads and self.nodes and self.code and self.second and self.terms):
+        self.slots = size + 1 + exponents.count
+        doubles = 2 * self.slots * sizeof(double)
+        pointers = size * sizeof(PyObject*)
+        self.block_bytes = doubles + pointers + (2 * instructions + term_words) * sizeof(int32_t)
+        self.block = take_block(self.block_bytes)
+        if self.block == NULL:
+            self.block_bytes = 0
             raise MemoryError()
+        self.values = <double*>self.block
+        self.grads = self.values + self.slots
+        self.nodes = <PyObject**>(<char*>self.block + doubles)
+        self.code = <uint32_t*>(<char*>self.block + doubles + pointers)
+        self.second = <int32_t*>(self.code + instructions)
+        self.terms = self.second + instructions
         memset(self.values + size, 0, (self.slots - size) * sizeof(double))
         memset(self.grads + size, 0, (self.slots - size) * sizeof(double))
+        for i in range(exponents.count):
+            self.values[size + 1 + i] = exponents.keys[i]
         return 0
 
-    cdef void write_program(self, NodeArray* order) noexcept:
-        cdef Py_ssize_t i, n, j, slot = 0, instruction = 0, term = 0, exponent = self.size
+    cdef int write_program(self, NodeArray* order, ExponentSlots* exponents) except -1:
+        cdef Py_ssize_t i, n, j, slot = 0, instruction = 0, term = 0
         cdef PyObject* node
         cdef PyObject* link
         cdef PyObject* product
@@ -166,12 +207,13 @@ cdef class Recording:
             node = order.items[i]
             if (<Value>node).visited & IN_SUM:
                 continue                          # its sum's DOT computes it
+            n = 1
             if (<Value>node).visited & LINK:      # the top of a sum: walk down its links to the start
-                n = 1
                 link = node
                 while (<Value>(<Value>link).child_a).visited & IN_SUM:      # an inner link, not the start
                     link = (<Value>link).child_a
                     n += 1
+            if n > 1:
                 self.code[instruction] = self.slot_of((<Value>link).child_a) << OP_BITS | DOT
                 self.second[instruction] = term
                 self.terms[term] = n
@@ -186,18 +228,28 @@ cdef class Recording:
                 slot += 2 * n
                 term += 2 * n + 1
             else:
-                self.code[instruction] = self.slot_of((<Value>node).child_a) << OP_BITS | (<Value>node).op
-                if (<Value>node).op == ops.POW_CONST:
-                    self.values[exponent] = (<Value>node).constant
-                    self.second[instruction] = exponent
-                    exponent += 1
-                elif (<Value>node).child_b != NULL:
-                    self.second[instruction] = self.slot_of((<Value>node).child_b)
-                else:
-                    self.second[instruction] = self.slots - 1
-                self.place(node, slot)
+                if (<Value>node).visited & LINK:  # a sum of one term: as fast as two instructions, and smaller
+                    self.write_op((<Value>node).child_b, slot, instruction, exponents)
+                    slot += 1
+                    instruction += 1
+                self.write_op(node, slot, instruction, exponents)
                 slot += 1
             instruction += 1
+        self.instructions, self.term_words = instruction, term
+        return 0
+
+    cdef int write_op(self, PyObject* node, Py_ssize_t slot, Py_ssize_t instruction,
+                      ExponentSlots* exponents) except -1:
+        """The instruction computing one node by its op, into its slot."""
+        self.code[instruction] = self.slot_of((<Value>node).child_a) << OP_BITS | (<Value>node).op
+        if (<Value>node).op == ops.POW_CONST:
+            self.second[instruction] = <int32_t>(self.size + 1 + exponent_index(exponents, (<Value>node).constant))
+        elif (<Value>node).child_b != NULL:
+            self.second[instruction] = self.slot_of((<Value>node).child_b)
+        else:
+            self.second[instruction] = self.size      # the scratch slot
+        self.place(node, slot)
+        return 0
 
     cdef void place(self, PyObject* node, Py_ssize_t slot) noexcept:
         self.values[slot] = (<Value>node).value
@@ -314,3 +366,69 @@ cdef inline bint sum_link(PyObject* node) noexcept:
         return False
     product = (<Value>node).child_b
     return (<Value>product).op == ops.MUL and (<Value>product).visited & PARENTS == ONE_PARENT
+
+
+# Exponents: one slot a distinct k (by its bits), so that `x ** 2` a thousand times is one slot.
+
+cdef int make_exponent_table(ExponentSlots* exponents, Py_ssize_t count) except -1:
+    """Room for count exponents, in an open-addressing table at most half full."""
+    cdef Py_ssize_t capacity = 16
+    if count == 0:
+        return 0
+    while capacity < 2 * count:
+        capacity *= 2
+    exponents.table = <int32_t*>PyMem_Malloc(capacity * sizeof(int32_t))
+    exponents.keys = <double*>PyMem_Malloc(count * sizeof(double))
+    if exponents.table == NULL or exponents.keys == NULL:
+        raise MemoryError()
+    memset(exponents.table, 0xff, capacity * sizeof(int32_t))        # -1: free
+    exponents.mask = capacity - 1
+    return 0
+
+
+cdef Py_ssize_t exponent_index(ExponentSlots* exponents, double k) noexcept:
+    """k's index among the distinct exponents, given at its first sight."""
+    cdef Py_ssize_t i
+    cdef uint64_t key
+    memcpy(&key, &k, sizeof(double))
+    key = (key ^ (key >> 32)) * <uint64_t>0x7FEB352D                  # mix the bits, then take a few
+    i = <Py_ssize_t>((key ^ (key >> 29)) >> 16) & exponents.mask
+    while exponents.table[i] >= 0:
+        if memcmp(&exponents.keys[exponents.table[i]], &k, sizeof(double)) == 0:
+            return exponents.table[i]
+        i = (i + 1) & exponents.mask
+    exponents.table[i] = <int32_t>exponents.count
+    exponents.keys[exponents.count] = k
+    exponents.count += 1
+    return exponents.count - 1
+
+
+# The program's block. Freeing a large block and taking a new one for the next graph costs a page fault
+# every 4 KiB (glibc maps large blocks anew), as much as recording itself: the last one freed is kept, for a
+# graph of about its size (a script that compiles compiles graphs of one size), and given back otherwise.
+
+cdef void* spare_block = NULL
+cdef size_t spare_bytes = 0
+
+cdef enum:
+    SPARE_MIN = 1 << 16                  # smaller blocks come cheap from the allocator
+    SPARE_MAX = 1 << 28
+
+
+cdef void* take_block(size_t size) noexcept:
+    global spare_block
+    cdef void* block
+    if spare_block != NULL and size <= spare_bytes <= size + size // 4:
+        block = spare_block
+        spare_block = NULL
+        return block
+    return PyMem_Malloc(size + 1)         # + 1: never NULL for 0
+
+
+cdef void give_back(void* block, size_t size) noexcept:
+    global spare_block, spare_bytes
+    if block != NULL and SPARE_MIN <= size <= SPARE_MAX:
+        PyMem_Free(spare_block)
+        spare_block, spare_bytes = block, size
+    else:
+        PyMem_Free(block)

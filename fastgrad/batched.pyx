@@ -235,12 +235,12 @@ cdef class BatchedGraph(Recording):
                     self.given_nodes[lane - computed - self.input_count] = self.nodes[slot]
                     lane_of[slot] = <int32_t>lane
                     lane += 1
-            for slot in range(self.size, self.slots - 1):            # exponents: numbers fixed at recording
+            for slot in range(self.size + 1, self.slots):            # exponents: numbers fixed at recording
                 self.given_nodes[lane - computed - self.input_count] = NULL
                 self.given_values[lane - computed - self.input_count] = self.values[slot]
                 lane_of[slot] = <int32_t>lane
                 lane += 1
-            lane_of[self.slots - 1] = <int32_t>(self.lane_slots - 1)
+            lane_of[self.size] = <int32_t>(self.lane_slots - 1)       # the scratch slot
             # Instructions, children before parents: each maps its children, then gets its own slot.
             slot = 0
             j = 0

@@ -55,13 +55,29 @@ def run(steps=100, out=".", seed=1337, compiled=True):
     print(f"timing micrograd's algorithm in plain Python on {plural(compared, 'step')} ...", flush=True)
     _, reference_seconds = time_reference(X, y, seed, steps, compared)
     there = statistics.median(reference_seconds)
+    ratio, low, high = speedup(step_seconds, reference_seconds)
     print(f"micrograd's algorithm in plain Python (fastgrad.reference: a node per op, a closure per node, a "
           f"recursive sort): {there:.2f} s a step, the median of {plural(compared, 'step')} of the same model, "
-          f"data and schedule; fastgrad is {there / here:,.0f}x faster on this machine, now")
+          f"data and schedule; fastgrad is {ratio} faster on this machine, now ({low} to {high} step to step: "
+          f"both timings move with what else the machine is doing)")
 
     write_picture(model, X, y, os.path.join(out, PICTURE), f"after {plural(steps, 'step')}: accuracy {accuracy:.0%}")
     write_neuron(model.layers[0].neurons[0], X, os.path.join(out, NEURON))
     return loss, accuracy
+
+
+def speedup(fast_seconds, slow_seconds):
+    """How many times faster the fast steps are, as text: the ratio of the medians, and its spread from the slow
+    steps' fastest over the fast steps' upper quartile to the slow steps' slowest over their lower quartile. A
+    few reference steps and a sub-millisecond step on a shared machine give ratios that differ twofold from run
+    to run: the spread says so, and 2 significant digits claim no more."""
+    if len(fast_seconds) > 1:
+        lower, _, upper = statistics.quantiles(fast_seconds, n=4, method="inclusive")
+    else:
+        lower = upper = fast_seconds[0]
+    median = statistics.median(slow_seconds) / statistics.median(fast_seconds)
+    return tuple(f"{float(f'{ratio:.2g}'):,.0f}x" for ratio in
+                 (median, min(slow_seconds) / upper, max(slow_seconds) / lower))
 
 
 def plural(count, word):
@@ -70,6 +86,13 @@ def plural(count, word):
 
 def prepare_output(out):
     """Create the output folder if needed and check that a file can be written in it, before any training."""
+    existing = out
+    while existing and not os.path.exists(existing):      # the part of the path that exists already
+        existing = os.path.dirname(existing)
+    if existing == out and not os.path.isdir(out):
+        raise DemoError(f"the output folder {out!r} is a file, not a folder")
+    if existing and not os.path.isdir(existing):
+        raise DemoError(f"cannot write to the output folder {out!r}: {existing!r} is a file, not a folder")
     try:
         os.makedirs(out, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
@@ -210,17 +233,27 @@ class LineProgress:
 
 
 class BarProgress:
-    """One line redrawn in place with a carriage return, for a terminal without tqdm."""
+    """One line redrawn in place with a carriage return, for a terminal without tqdm. It fits the terminal's
+    width, read at each redraw (a terminal can be resized), less one column: a line that reaches the last column
+    wraps on some terminals, and every redraw would then leave a line behind. Where the text does not fit, the
+    rate goes first, then loss and accuracy, then the bar shrinks."""
 
-    WIDTH = 30
+    LONGEST_BAR = 40
+    SHORTEST_BAR = 10
 
     def __init__(self, stream, total):
         self.stream, self.total = stream, total
 
     def update(self, done, loss, accuracy, rate):
-        filled = self.WIDTH * done // self.total
-        bar = "#" * filled + "-" * (self.WIDTH - filled)
-        self.stream.write(f"\r[{bar}] {done}/{self.total}  {_status(loss, accuracy)}  {rate:.1f} steps/s ")
+        columns = shutil.get_terminal_size().columns - 1
+        parts = [f" {done}/{self.total}", f"  {_status(loss, accuracy)}", f"  {rate:.1f} steps/s"]
+        while len(parts) > 1 and len("".join(parts)) + 2 + self.SHORTEST_BAR > columns:
+            parts.pop()
+        text = "".join(parts)
+        width = max(1, min(self.LONGEST_BAR, columns - 2 - len(text)))
+        filled = width * done // self.total
+        line = f"[{'#' * filled}{'-' * (width - filled)}]{text}"[:columns]
+        self.stream.write("\r" + line.ljust(columns))     # the padding covers a longer line drawn before
         self.stream.flush()
 
     def close(self):

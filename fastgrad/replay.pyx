@@ -174,7 +174,7 @@ cdef class CompiledGraph(Recording):
 
     cdef int find_visible(self) except -1:
         """The nodes something outside the graph references: more references than the graph's own."""
-        cdef Py_ssize_t slot, count = 0
+        cdef Py_ssize_t slot, count = 0, root = self.root_slot()
         cdef int32_t* references = <int32_t*>PyMem_Malloc(self.size * sizeof(int32_t) + 1)
         if references == NULL:
             raise MemoryError()
@@ -183,7 +183,7 @@ cdef class CompiledGraph(Recording):
             if slot == self.inner:
                 self.visible_inner = count
             # The root is handed out by `root`: always written, and if it is a leaf always read.
-            if refcount(self.nodes[slot]) > references[slot] or slot == self.root_slot():
+            if refcount(self.nodes[slot]) > references[slot] or slot == root:
                 references[count] = <int32_t>slot          # in place: count <= slot
                 count += 1
         PyMem_Free(self.visible)

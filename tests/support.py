@@ -235,10 +235,21 @@ def tree_sum(nodes):
 # ---------------------------------------------------------------------------------------------------
 # The README's examples, which the tests run as they are written
 
+PYTHON_BLOCK = re.compile(r"^```python\n(.*?)^```", flags=re.M | re.S)
+
+
+def readme_text():
+    with open(README, encoding="utf-8") as file:
+        return file.read()
+
+
 def readme_code(heading, index=0):
     """The index-th ```python block of the README section whose heading line starts with `heading`."""
-    with open(README, encoding="utf-8") as file:
-        text = file.read()
-    section = re.split(rf"^#+ {re.escape(heading)}.*$", text, maxsplit=1, flags=re.M)[1]
+    section = re.split(rf"^#+ {re.escape(heading)}.*$", readme_text(), maxsplit=1, flags=re.M)[1]
     section = re.split(r"^## ", section, maxsplit=1, flags=re.M)[0]
-    return re.findall(r"^```python\n(.*?)^```", section, flags=re.M | re.S)[index]
+    return PYTHON_BLOCK.findall(section)[index]
+
+
+def readme_blocks():
+    """Every ```python block of the README, in order."""
+    return PYTHON_BLOCK.findall(readme_text())

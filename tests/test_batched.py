@@ -186,7 +186,7 @@ def test_the_same_bits_for_any_thread_count_and_simd_width():
     assert len(results) == 1
 
 
-@pytest.mark.parametrize("n", [1, 2, 3, 17, 63, 64, 65, 1000])
+@pytest.mark.parametrize("n", [1, 2, 3, 17, 31, 32, 33, 63, 64, 65, 1000])
 def test_any_number_of_rows(n):
     model, loss, inputs = moons_sample(sizes=(3, 1))
     rows = moons_rows(max(n, 2), seed=n)[:n]

@@ -2,6 +2,7 @@
 
 No timing is asserted here: speed is what bench/ measures, not what tests check.
 """
+import fnmatch
 import importlib.util
 import json
 import math
@@ -106,6 +107,23 @@ def test_a_partial_run_neither_draws_over_the_full_runs_chart_nor_rewrites_the_r
     assert (os.stat(chart).st_mtime_ns if os.path.exists(chart) else None) == before
     refused = subprocess.run(run + ["--update-readme"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert refused.returncode == 2 and "--update-readme" in refused.stderr
+
+
+def test_only_a_run_that_rewrites_the_readme_redraws_its_chart():
+    """The README shows results/bench.png; any other run draws beside it, in a file git ignores, so that a
+    benchmark run leaves the checkout as it was."""
+    readme_chart = os.path.join(BENCH, "results", "bench.png")
+    assert report.chart_path(BENCH, quick=False, update_readme=True) == readme_chart
+    assert report.chart_path(BENCH, quick=True, update_readme=True) == readme_chart
+    ignored = os.path.join(BENCH, "results", ".gitignore")
+    for quick in (False, True):
+        path = report.chart_path(BENCH, quick=quick, update_readme=False)
+        assert path != readme_chart and os.path.dirname(path) == os.path.dirname(readme_chart)
+        if os.path.exists(ignored):                       # a checkout (the sdist carries no results)
+            with open(ignored) as patterns:
+                assert any(fnmatch.fnmatch(os.path.basename(path), p.strip()) for p in patterns if p.strip())
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as readme:
+        assert f"![fastgrad benchmark]({report.RAW_FILES}bench/results/bench.png)" in readme.read()
 
 
 def test_ratios_under_one_read_as_slower_or_more():

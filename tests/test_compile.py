@@ -19,9 +19,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fastgrad
-from fastgrad import CompiledGraph, Value, draw_dot, moons, trace
+from fastgrad import CompiledGraph, Value, draw_dot, losses, moons, trace
 from fastgrad.micrograd.nn import MLP
-from support import apply_step, leaf_numbers, readme_code, run_python, same_float, steps
+from support import README, apply_step, leaf_numbers, readme_code, run_python, same_float, steps, tree_sum
 
 FUSE = pytest.mark.parametrize("fuse", [False, True], ids=["unfused", "fused"])
 
@@ -135,8 +135,8 @@ def test_a_sum_whose_terms_cancel_replays_exactly(fuse):
     eager_x, eager = made()
     eager.backward()
     assert numbers(root) == numbers(eager) and x.grad == eager_x.grad == 1.0
-    if fuse:                             # the sum is cut where the product's graph adds into x: 2 DOTs
-        assert repr(graph).endswith("3 instructions, fused>")
+    if fuse:                             # the sum is cut where the product's graph adds into x: a DOT of the
+        assert repr(graph).endswith("4 instructions, fused>")   # first terms, the lone last term as * and +
 
 
 def test_fusion_makes_one_instruction_of_each_neurons_sum():
@@ -579,6 +579,53 @@ def test_len_root_and_the_structure_compile_saw():
     x.data = -1.0
     assert graph.forward() == 0.0                   # relu(-1 * 2): the recorded branch, replayed exactly
     assert sys.getsizeof(graph) <= 32 * len(graph) + 512
+
+
+def program_bound(graph, distinct_exponents, held):
+    """What the README promises a CompiledGraph holds: 32 bytes a node, 16 a distinct exponent, 4 a node held
+    from outside, and a fixed part (measured on the graph of one leaf: 2 slots, 1 node, 1 held)."""
+    fixed = sys.getsizeof(fastgrad.compile(Value(0.0))) - (2 * 16 + 8 + 4)
+    return fixed + 16 + 32 * len(graph) + 16 * distinct_exponents + 4 * held
+
+
+def program_shapes():
+    random.seed(1)
+    model = MLP(2, [16, 16, 1])
+    X, y = moons.make_moons(20, noise=0.1, seed=1)
+    loss = moons.svm_graph(model, Value, X, y)[0]
+    yield "moons", loss, 0, len(model.parameters()) + 2 * len(X) + 20 + 1
+    w = [Value(0.1 * i) for i in range(4)]
+    xs = [i / 10 for i in range(30)]
+    preds = [sum((w[k] * x ** k for k in range(4)), Value(0.0)) for x in xs]
+    yield "polynomial regression, mse", losses.mse(preds, [math.sin(x) for x in xs]), 4, 4 + 30 + 1
+    x = Value(1.1)
+    chain = x
+    for _ in range(500):
+        chain = chain ** 2 * 0.5
+    yield "x ** 2 chain", chain, 1, 2
+    chain = x
+    for i in range(500):
+        chain = chain ** (1.0 + i * 1e-9)
+    yield "distinct exponents", chain, 500, 2
+    held = [x]
+    for i in range(500):
+        held.append(held[-1] * 1.0001 + held[-1])
+    yield "a list holds every node", held[-1], 0, len(held) * 2
+    terms = [Value(3.0) + Value(1.0) * Value(2.0) for _ in range(300)]
+    yield "sums of one term", tree_sum(terms), 0, 1
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_program_bytes_stay_within_the_readmes_bound_on_graphs_of_several_shapes(fuse):
+    for name, root, distinct_exponents, held in program_shapes():
+        graph = fastgrad.compile(root, fuse=fuse)
+        assert sys.getsizeof(graph) <= program_bound(graph, distinct_exponents, held), name
+
+
+def test_the_readme_states_the_program_bound_with_its_terms():
+    text = " ".join(open(README, encoding="utf-8").read().split())
+    assert "32 bytes a node recorded, plus 16 bytes for each distinct exponent" in text
+    assert "4 bytes for each node held from outside the graph" in text
 
 
 # ---------------------------------------------------------------------------------------------------

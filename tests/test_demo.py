@@ -4,6 +4,7 @@ it cannot write; and, in process, that what it times on the reference is microgr
 import io
 import os
 import random
+import re
 import shutil
 import struct
 import subprocess
@@ -55,7 +56,8 @@ def assert_trained(result, steps):
     assert "Traceback" not in result.stderr
     assert f"{steps} step{'s' if steps > 1 else ''} of SGD" in result.stdout
     assert "done: loss " in result.stdout and "ms a step" in result.stdout
-    assert "x faster on this machine" in result.stdout
+    assert re.search(r"fastgrad is [\d,]+x faster on this machine, now \([\d,]+x to [\d,]+x step to step",
+                     result.stdout), result.stdout
 
 
 def test_the_demo_writes_its_files_and_logs_progress_as_lines(tmp_path):
@@ -105,13 +107,23 @@ def test_without_dot_it_says_what_to_install_and_still_trains(tmp_path):
     assert png_size(tmp_path / "moons_decision_boundary.png") == (600, 450)
 
 
-@pytest.mark.parametrize("args", [[], ["bogus"], ["demo", "--steps", "0"], ["demo", "--steps", "many"],
-                                  ["demo", "--seed", "1.5"], ["demo", "--bogus"]])
-def test_bad_arguments_get_the_usage_and_exit_2(tmp_path, args):
+@pytest.mark.parametrize("args, usage, message", [
+    ([], "python -m fastgrad [-h]", "the following arguments are required: command"),
+    (["bogus"], "python -m fastgrad [-h]", "invalid choice: 'bogus'"),
+    (["demo", "--steps", "0"], "python -m fastgrad demo", "argument --steps: must be at least 1, not 0"),
+    (["demo", "--steps", "abc"], "python -m fastgrad demo", "argument --steps: expected a whole number, got 'abc'"),
+    (["demo", "--seed", "1.5"], "python -m fastgrad demo", "argument --seed: expected a whole number, got '1.5'"),
+    (["demo", "--bogus"], "python -m fastgrad demo", "unrecognized arguments: --bogus"),
+])
+def test_bad_arguments_get_the_usage_and_exit_2(tmp_path, args, usage, message):
+    """A mistake in the demo's arguments shows the demo's usage, with its options, and says in the user's
+    words what is wrong (not an internal function's name)."""
     result = run_demo(tmp_path, *args)
     assert result.returncode == 2
-    assert result.stderr.startswith("usage: python -m fastgrad")
-    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"usage: {usage}")
+    assert ("--steps STEPS" in result.stderr) == (usage.endswith("demo"))
+    assert message in result.stderr.splitlines()[-1]
+    assert "positive_int" not in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == "" and os.listdir(tmp_path) == []
 
 
@@ -148,23 +160,25 @@ def test_the_fastgrad_command_runs_the_installed_package_even_beside_a_source_fo
 
 
 def unwritable_folders(tmp_path):
-    """Output folders the demo cannot write in, each with a word for the test's id."""
+    """Output folders the demo cannot write in: (a word for the test's id, the folder, what the error says)."""
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
-    folders = [("an existing file", a_file), ("a folder under a file", a_file / "out")]
-    if os.geteuid() != 0:                                 # root writes into read-only folders anyway
+    folders = [("an existing file", a_file, f"the output folder {str(a_file)!r} is a file, not a folder"),
+               ("a folder under a file", a_file / "out",
+                f"cannot write to the output folder {str(a_file / 'out')!r}: {str(a_file)!r} is a file, not a folder")]
+    if hasattr(os, "geteuid") and os.geteuid() != 0:      # root writes into read-only folders anyway
         read_only = tmp_path / "read_only"
         read_only.mkdir(mode=0o555)
-        folders.append(("a read-only folder", read_only))
+        folders.append(("a read-only folder", read_only, f"cannot write to the output folder {str(read_only)!r}"))
     return folders
 
 
 def test_an_output_folder_it_cannot_write_is_a_clear_error_before_training(tmp_path):
-    for what, folder in unwritable_folders(tmp_path):
+    for what, folder, message in unwritable_folders(tmp_path):
         result = run_demo(tmp_path, "demo", "--out", str(folder))
         assert result.returncode == 1, what
-        assert f"error: cannot write to the output folder {str(folder)!r}" in result.stderr, what
-        assert "Traceback" not in result.stderr, what
+        assert f"error: {message}" in result.stderr, what
+        assert "File exists" not in result.stderr and "Traceback" not in result.stderr, what
         assert "step " not in result.stdout, what          # it stopped before training
 
 
@@ -191,6 +205,14 @@ def test_the_timed_reference_trains_micrograds_model_as_the_demo_does():
         assert [accuracy for _, accuracy in history] == [accuracy for _, accuracy in expected]
 
 
+def test_the_speedup_it_reports_has_two_digits_and_its_spread():
+    """The ratio of the medians, and from the reference's fastest step over fastgrad's upper quartile to its
+    slowest over the lower quartile."""
+    fast = [0.001] * 10 + [0.002] * 10                   # median 1.5 ms, quartiles 1 and 2 ms
+    assert demo.speedup(fast, [2.0, 1.5, 3.0]) == ("1,300x", "750x", "3,000x")    # 1,333x, 750x, 3,000x
+    assert demo.speedup([0.0004], [1.0]) == ("2,500x", "2,500x", "2,500x")
+
+
 class Terminal(io.StringIO):
     def isatty(self):
         return True
@@ -207,6 +229,7 @@ def test_a_terminal_gets_a_bar_tqdms_or_its_own(monkeypatch):
     assert "step/s" in shown.getvalue()                 # tqdm's own rate
 
     monkeypatch.setitem(sys.modules, "tqdm", None)        # as if tqdm were not installed
+    monkeypatch.setenv("COLUMNS", "80")                   # shutil.get_terminal_size reads it first
     shown = Terminal()
     progress = demo.progress_for(shown, 4)
     for done in range(1, 5):
@@ -215,3 +238,56 @@ def test_a_terminal_gets_a_bar_tqdms_or_its_own(monkeypatch):
     redrawn = shown.getvalue().split("\r")[1:]
     assert len(redrawn) == 4 and shown.getvalue().endswith("\n")
     assert redrawn[-1].startswith("[" + "#" * 30 + "] 4/4  loss 0.1250  accuracy 100%  100.0 steps/s")
+    assert all(len(line.rstrip("\n")) == 79 for line in redrawn)
+
+
+# The demo in a terminal without tqdm: its own bar.
+WITHOUT_TQDM = """
+import runpy, sys
+sys.modules["tqdm"] = None
+sys.modules["matplotlib"] = None                      # no picture: the bar is what is looked at
+sys.argv[0] = "fastgrad"
+runpy.run_module("fastgrad", run_name="__main__")
+"""
+
+
+def run_in_terminal(tmp_path, columns, *args):
+    """The demo's output as a terminal of `columns` columns receives it: the child's stdout and stderr are a
+    pseudo-terminal of that size (what shutil.get_terminal_size reads), with the tty's \n -> \r\n undone."""
+    pty = pytest.importorskip("pty")
+    import fcntl
+    import termios
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    env = {name: value for name, value in os.environ.items() if name not in ("COLUMNS", "LINES")}
+    child = subprocess.Popen([sys.executable, "-c", WITHOUT_TQDM, *args], cwd=tmp_path, env=env,
+                             stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
+    os.close(follower)
+    received = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:                                   # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        received += chunk
+    os.close(leader)
+    assert child.wait(timeout=600) == 0, received.decode()[-3000:]
+    return received.decode().replace("\r\n", "\n")
+
+
+@pytest.mark.parametrize("columns", [40, 80, 200])
+def test_its_own_bar_fits_the_terminal_and_redraws_on_one_line(tmp_path, columns):
+    steps = 30
+    shown = run_in_terminal(tmp_path, columns, "demo", "--steps", str(steps), "--out", "out")
+    bar_lines = [line for line in shown.split("\n") if "\r[" in line]
+    assert len(bar_lines) == 1, shown                     # every redraw on the same line
+    redraws = bar_lines[0].split("\r")[1:]
+    assert len(redraws) == steps
+    assert all(len(redraw) < columns for redraw in redraws), [len(r) for r in redraws]   # never wraps
+    last = redraws[-1]
+    assert last.startswith("[") and set(last[1:last.index("]")]) == {"#"} and f"] {steps}/{steps}" in last
+    if columns >= 80:
+        assert "loss " in redraws[-1] and "steps/s" in redraws[-1]
+

@@ -1,12 +1,21 @@
-/* What differs between compilers and platforms, for the engine's C: one place for the #ifdefs. */
+/* What differs between compilers and platforms, for the engine's C: one place for the #ifdefs. Each branch says
+   which platforms take it. The wheels are built with gcc (manylinux, musllinux), clang (macOS) and MSVC
+   (Windows); .ci/check_c.py compiles this folder with gcc, clang, gcc for arm64 Linux and mingw-w64 for Windows.
+
+   FG_PORTABLE_ONLY (CFLAGS=-DFG_PORTABLE_ONLY) makes a Linux build take the branches that other platforms
+   take where they can run on Linux too: no hidden visibility (Windows), no pre-faulting of slabs (macOS,
+   Windows), the baseline lane loops alone (arm64, MSVC). .ci/run builds so and runs the engine's, the
+   allocator's and the batched replay's tests against it. What cannot run here (MSVC's intrinsics, Windows's
+   clock) is compiled by the Windows wheels' build only. */
 #ifndef FASTGRAD_PORTABILITY_H
 #define FASTGRAD_PORTABILITY_H
 
 #include <stddef.h>
 
 /* Functions shared between the engine's C files but not exported from the extension: calls to them
-   then need no PLT indirection. */
-#if defined(__GNUC__) && !defined(_WIN32)
+   then need no PLT indirection. gcc and clang on Linux and macOS; a Windows DLL exports only what it
+   declares dllexport, so nothing is needed there (nor with another compiler). */
+#if defined(__GNUC__) && !defined(_WIN32) && !defined(FG_PORTABLE_ONLY)
 #define FG_HIDDEN __attribute__((visibility("hidden")))
 #else
 #define FG_HIDDEN
@@ -24,7 +33,8 @@
 
 /* The batched replay's lane loops are compiled for wider x86 SIMD too, chosen at run time (lanes.c): where
    the compiler has target attributes and __builtin_cpu_supports, GCC and Clang on x86. */
-#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__))
+#if (defined(__GNUC__) || defined(__clang__)) && (defined(__x86_64__) || defined(__i386__)) \
+    && !defined(FG_PORTABLE_ONLY)
 #define FG_X86_TARGETS 1
 #else
 #define FG_X86_TARGETS 0
@@ -40,7 +50,8 @@
 /* A compile-time check that works in C89 and C++ alike (a negative array size fails the build). */
 #define FG_STATIC_ASSERT(condition) ((void)sizeof(char[(condition) ? 1 : -1]))
 
-/* The index of the lowest set bit of a nonzero 64-bit word. */
+/* The index of the lowest set bit of a nonzero 64-bit word: MSVC's intrinsic (x64 and arm64 Windows; the wheels
+   are 64-bit only), gcc's and clang's builtin everywhere else (one instruction: tzcnt/bsf, rbit+clz). */
 #if defined(_MSC_VER)
 #include <intrin.h>
 static inline int fg_lowest_bit(unsigned long long word) {
@@ -53,7 +64,8 @@ static inline int fg_lowest_bit(unsigned long long word) {
 #endif
 
 /* Under AddressSanitizer, memory the engine holds but has not handed out is poisoned, so that a use of a
-   freed node is reported although its slot stays mapped. */
+   freed node is reported although its slot stays mapped. gcc says it instruments with __SANITIZE_ADDRESS__,
+   clang with __has_feature; without the sanitizer (every wheel) both are no-ops. */
 #if defined(__SANITIZE_ADDRESS__)
 #define FG_ASAN 1
 #elif defined(__has_feature)
@@ -71,8 +83,9 @@ static inline int fg_lowest_bit(unsigned long long word) {
 #endif
 
 /* Map every page of a fresh region at once, on huge pages where the kernel offers them: faulting the
-   pages of a slab in one at a time costs more than making its nodes (up to 2 us a fault). */
-#if defined(__linux__)
+   pages of a slab in one at a time costs more than making its nodes (up to 2 us a fault). Linux only (glibc
+   and musl alike); on macOS and Windows the pages fault in one at a time as a slab fills. */
+#if defined(__linux__) && !defined(FG_PORTABLE_ONLY)
 #include <sys/mman.h>
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23          /* Linux 5.14; older kernels refuse it, and nothing is lost */
@@ -85,8 +98,12 @@ static inline int fg_lowest_bit(unsigned long long word) {
 #define fg_prefault(p, n) ((void)0)
 #endif
 
-/* Seconds on a monotonic clock. */
+/* Seconds on a monotonic clock: GetTickCount64 on Windows (steps of 10 to 16 ms, which the one-second staleness
+   of empty slabs does not mind), clock_gettime on Linux and macOS (10.12 and later: every macOS wheel). */
 #if defined(_WIN32)
+#ifndef WIN32_LEAN_AND_MEAN
+#define WIN32_LEAN_AND_MEAN                 /* the clock without the rest of the Windows API's macros */
+#endif
 #include <windows.h>
 static inline double fg_seconds(void) { return (double)GetTickCount64() / 1000.0; }
 #else
