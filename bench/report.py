@@ -233,9 +233,12 @@ def has_batched_rows(report):
 
 
 def batched_path(path):
-    """Where the batched rows' chart goes: beside the main chart (a path or a link), -batched added to its name."""
-    root, ext = os.path.splitext(path)
-    return f"{root}-batched{ext}"
+    """Where the batched rows' chart goes: beside the main chart (a path or a link), -batched after the first word
+    of its name, so that it keeps the rest (bench-latest.png: bench-batched-latest.png, which git ignores too)."""
+    folder, name = os.path.split(path)
+    stem, ext = os.path.splitext(name)
+    first, dash, rest = stem.partition("-")
+    return os.path.join(folder, f"{first}-batched{dash}{rest}{ext}")
 
 
 def batched_chart(report, path):

@@ -318,6 +318,14 @@ def test_batched_chart_draws_time_per_point_against_n(tmp_path):
     report.batched_chart(data, str(path))
     assert path.read_bytes().startswith(b"\x89PNG")
     assert report.batched_path("bench/results/bench.png") == "bench/results/bench-batched.png"
+    # Beside a chart git ignores, the batched chart is ignored too (a run leaves the checkout as it was).
+    ignored = os.path.join(BENCH, "results", ".gitignore")
+    if os.path.exists(ignored):
+        with open(ignored) as f:
+            patterns = [p.strip() for p in f if p.strip()]
+        for quick in (False, True):
+            path = report.batched_path(report.chart_path(BENCH, quick=quick, update_readme=False))
+            assert any(fnmatch.fnmatch(os.path.basename(path), p) for p in patterns), path
     block = report.readme_block({**data, "engines": [], "targets": []}, "bench/results/bench.png",
                                 "python bench/run.py")
     assert "](bench/results/bench-batched.png)" in block
