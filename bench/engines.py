@@ -110,8 +110,7 @@ JAX_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads
 
 
 def jax_engine():
-    if "jax" not in sys.modules:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + JAX_XLA_FLAGS).strip()
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + JAX_XLA_FLAGS).strip()   # read at import
     import jax
 
     from baselines import JaxMoons

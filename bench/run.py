@@ -191,9 +191,7 @@ def batched_targets(median):
         out.append({"figure": figure, "target": target, "measured": measured,
                     "met": None if measured is None else bool(met), "shown": shown if measured is not None else "n/a"})
 
-    def row(points):
-        return f"moons-batched-{points:.0e}".replace("+0", "")
-
+    row = wl.BatchedMoonsStep.row_name
     for points, limits in ((100, {"jax": 0.5, "torch-tensor": 0.1}), (10**4, {"jax": 1.0, "torch-tensor": 0.3})):
         batched = median(row(points), "step", "fastgrad")
         for other, limit in limits.items():

@@ -491,9 +491,13 @@ class BatchedMoonsStep(MoonsStep):
         super().__init__("micrograd")
         self.points = points
         self.micrograd = micrograd    # a second a step: the quick run leaves it to the moons row
-        self.name = f"moons-batched-{points:.0e}".replace("+0", "")
+        self.name = self.row_name(points)
         self.title = f"moons step, batched, N={points:,}"
         self.notes = []
+
+    @staticmethod
+    def row_name(points):
+        return f"moons-batched-{points:.0e}".replace("+0", "")     # moons-batched-1e4: 10,000 points
 
     @staticmethod
     def threads():
