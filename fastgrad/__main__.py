@@ -28,15 +28,21 @@ def parser(prog):
     commands = main.add_subparsers(dest="command", required=True, metavar="command")
     demo_command = commands.add_parser(
         "demo", help="train micrograd's moons classifier and time it against micrograd's algorithm",
-        description="Train micrograd's moons classifier (MLP(2, [16, 16, 1]), hinge loss, SGD, 100 points) on "
-                    "fastgrad, time it against micrograd's algorithm in plain Python, and write "
+        description="Train micrograd's moons classifier (MLP(2, [16, 16, 1]), hinge loss, SGD) on fastgrad, "
+                    "batched by default, time it against micrograd's algorithm in plain Python, and write "
                     "moons_decision_boundary.png (needs matplotlib) and neuron.svg (needs graphviz's dot).")
     # Its errors show its own usage: the unknown arguments too (main() sends them here).
     demo_command.set_defaults(command_parser=demo_command)
     demo_command.add_argument("--steps", type=whole_number(minimum=1), default=100,
                               help="training steps (default: 100)")
-    demo_command.add_argument("--eager", action="store_true", help="train on the exact graph, a node per op "
-                              "built anew each step, instead of replaying the compiled graph")
+    demo_command.add_argument("--points", type=whole_number(minimum=1), default=100,
+                              help="moons points to train on (default: 100)")
+    paths = demo_command.add_mutually_exclusive_group()
+    paths.add_argument("--compiled", dest="path", action="store_const", const="compiled", default="batched",
+                       help="replay the whole loss's compiled graph (a copy of the model a point) instead of "
+                            "running one point's graph over all the points")
+    paths.add_argument("--eager", dest="path", action="store_const", const="eager",
+                       help="train on the exact graph, a node per op built anew each step")
     demo_command.add_argument("--out", default=".", metavar="DIR",
                               help="folder for the files, created if missing (default: the current folder)")
     demo_command.add_argument("--seed", type=whole_number(), default=1337,
@@ -50,7 +56,7 @@ def main(argv=None, prog="python -m fastgrad"):
     if unknown:       # argparse would report them with the top-level usage, which does not list the demo's options
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        demo.run(steps=args.steps, out=args.out, seed=args.seed, compiled=not args.eager)
+        demo.run(steps=args.steps, out=args.out, seed=args.seed, path=args.path, points=args.points)
     except demo.DemoError as error:
         print(f"{prog} demo: error: {error}", file=sys.stderr)
         return 1

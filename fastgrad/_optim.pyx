@@ -11,13 +11,7 @@ from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
 from libc.math cimport pow, sqrt
 
-from fastgrad.engine cimport Value
-
-
-cdef str type_name(object x):
-    """The name a user knows x's type by: `str`, `micrograd.engine.Value`, `fastgrad.engine.Value`."""
-    cls = type(x)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+from fastgrad.engine cimport Value, type_name
 
 
 @cython.final
@@ -109,7 +103,7 @@ cdef class ParameterArray:
 
     @cython.cdivision(True)      # IEEE division: with eps = 0 a zero moment gives nan, as in torch, not an exception
     def adam_step(self, double lr, double beta1, double beta2, double eps, double weight_decay,
-                  bint decoupled_weight_decay, long step, array exp_avg, array exp_avg_sq):
+                  bint decoupled_weight_decay, long long step, array exp_avg, array exp_avg_sq):
         """Adam's update number `step` (1 for the first), as torch.optim.Adam computes it; with
         decoupled_weight_decay, AdamW's (data shrinks by lr * weight_decay before the update, the
         gradient is left alone)."""

@@ -17,7 +17,7 @@ from libc.string cimport memcpy, memset
 
 cimport fastgrad._ops as ops
 from fastgrad._recording cimport DOT, OP_BITS, OP_MASK, Recording
-from fastgrad.engine cimport Value, catch_up, count_reach_in
+from fastgrad.engine cimport Value, catch_up, count_reach_in, type_name
 
 import array
 import numbers
@@ -37,6 +37,7 @@ cdef extern from "lanes.h" nogil:
         const fg_lane_instruction* code
         const int32_t* terms
         ptrdiff_t instructions
+        int32_t uniform_begin, uniform_end
     ctypedef struct fg_lane_failure:
         ptrdiff_t instruction
         int lane
@@ -186,7 +187,7 @@ cdef class BatchedGraph(Recording):
         seen = {}
         for i, x in enumerate(inputs):
             if not isinstance(x, Value):
-                raise TypeError(f"inputs[{i}] must be a Value, not {type(x).__name__!r}")
+                raise TypeError(f"inputs[{i}] must be a Value, not {type_name(x)!r}")
             if id(x) in seen:
                 raise ValueError(f"inputs[{i}] is inputs[{seen[id(x)]}] again: list each input once")
             if x._prev:
@@ -273,7 +274,8 @@ cdef class BatchedGraph(Recording):
             self.root_lane = lane_of[self.root_slot()]
         finally:
             PyMem_Free(lane_of)
-        self.program = fg_lane_program(self.lane_code, self.lane_terms, computed)
+        self.program = fg_lane_program(self.lane_code, self.lane_terms, computed,
+                                       <int32_t>(computed + self.input_count), <int32_t>(self.lane_slots - 1))
         return 0
 
     # -- what Python sees
@@ -363,12 +365,12 @@ cdef class BatchedGraph(Recording):
             try:
                 table = list(rows)
             except TypeError:
-                raise TypeError(f"rows must be a sequence of rows or a float64 buffer, not {type(rows).__name__!r}")
+                raise TypeError(f"rows must be a sequence of rows or a float64 buffer, not {type_name(rows)!r}")
             for r, row in enumerate(table):
                 try:
                     numbers_in_row = list(row)
                 except TypeError:
-                    raise TypeError(f"rows[{r}] must be a sequence of {width} numbers, not {type(row).__name__!r}")
+                    raise TypeError(f"rows[{r}] must be a sequence of {width} numbers, not {type_name(row)!r}")
                 if len(numbers_in_row) != width:
                     raise ValueError(f"rows[{r}] has {len(numbers_in_row)} numbers; each row has {width} "
                                      "(one a input)")
@@ -394,7 +396,7 @@ cdef class BatchedGraph(Recording):
         if view is not None and view.format in ("d", "<d", "=d", "@d") and view.ndim == 1 and view.c_contiguous:
             owner = view
         elif isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__"):
-            raise TypeError(f"weights must be a real number or a sequence of them, not {type(weights).__name__!r}")
+            raise TypeError(f"weights must be a real number or a sequence of them, not {type_name(weights)!r}")
         else:
             owner = array.array("d", [real_number(w, i, -1) for i, w in enumerate(weights)])
         if len(owner) != self.row_count:
@@ -617,4 +619,4 @@ cdef double real_number(x, Py_ssize_t row, Py_ssize_t column) except? -1.0:
     if isinstance(x, (float, int)) or isinstance(x, numbers.Real) and not isinstance(x, Value):
         return float(x)
     where = f"rows[{row}][{column}]" if column >= 0 else f"weights[{row}]"
-    raise TypeError(f"{where} must be a real number, not {type(x).__name__!r}")
+    raise TypeError(f"{where} must be a real number, not {type_name(x)!r}")

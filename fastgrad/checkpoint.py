@@ -26,7 +26,7 @@ import secrets
 import struct
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from fastgrad.engine import Value
+from fastgrad.engine import Value, type_name
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -56,7 +56,10 @@ def save(obj: _Saveable, path: StrOrBytesPath) -> None:
     leave the temporary `.<name>.<random>.tmp` behind).
     """
     path = os.path.realpath(os.fsdecode(path))        # through a symlink: replace the file it points to
-    text = json.dumps({"format": FORMAT, "version": VERSION, "data": _encoded(obj)}, indent=1, allow_nan=False)
+    try:
+        text = json.dumps({"format": FORMAT, "version": VERSION, "data": _encoded(obj)}, indent=1, allow_nan=False)
+    except RecursionError:       # _encoded and json recurse once per level: load() could not read it back either
+        raise ValueError("can't save obj: it is nested too deeply") from None
     directory, name = os.path.split(path)
     temporary = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
     # 0o666 as open() uses: the new file gets the permissions the user's umask gives any new file.
@@ -131,13 +134,13 @@ def _encoded(obj: object, where: str = "obj", containing: tuple[int, ...] = ()) 
         encoded: dict[str, object] = {}
         for key, item in obj.items():
             if not isinstance(key, str):
-                raise TypeError(f"can't save {where}: its key {key!r} is not a str but {type(key).__name__!r}")
+                raise TypeError(f"can't save {where}: its key {key!r} is not a str but {type_name(key)!r}")
             key = str.__str__(key)
             encoded["$" + key if key.startswith("$") else key] = _encoded(item, f"{where}[{key!r}]", containing)
         return encoded
     hint = (" (save its .data, or the model's state_dict())" if type(obj) is Value
             else " (save its state_dict())" if hasattr(obj, "state_dict") else "")
-    raise TypeError(f"can't save {where}, of type {type(obj).__name__!r}{hint}: fastgrad.save takes dicts with str "
+    raise TypeError(f"can't save {where}, of type {type_name(obj)!r}{hint}: fastgrad.save takes dicts with str "
                     "keys, lists, tuples, str, int, float, bool and None")
 
 
@@ -183,7 +186,7 @@ def _object_without_repeated_keys(pairs: list[tuple[str, _JSON]]) -> dict[str, _
 
 def _checked_envelope(document: _JSON) -> _JSON:
     if not isinstance(document, dict):
-        raise _Invalid(f"the file holds a JSON {type(document).__name__}, not an object with a 'format'")
+        raise _Invalid(f"the file holds a JSON {type_name(document)}, not an object with a 'format'")
     if document.get("format") != FORMAT:
         found = f"its format is {document['format']!r}" if "format" in document else "it has no 'format'"
         raise _Invalid(f"{found}, not {FORMAT!r}")

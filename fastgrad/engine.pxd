@@ -50,3 +50,6 @@ cdef void stop_lagging(Lagging* graph) noexcept        # unlink it (not linked: 
 cdef void catch_up() noexcept                           # every linked graph writes back, and is unlinked
 cdef unsigned long long reach_in_count() noexcept       # how many times Python has reached in so far
 cdef void count_reach_in() noexcept                     # a graph wrote nodes another graph may hold too
+
+# The name error messages give an object's type (`micrograd.engine.Value`, not a bare `Value`).
+cpdef str type_name(object x)

@@ -70,7 +70,7 @@ cdef class Value:
             raise ValueError(f"a Value has at most two children, got {len(children)}")
         for child in children:
             if type(child) is not Value:
-                raise TypeError(f"_children must be Values, not {type(child).__name__!r}")
+                raise TypeError(f"_children must be Values, not {type_name(child)!r}")
         cdef double value = real_number(data, "Value data")
         cdef str op_name = exact_str(_op, "_op")
         cdef str label_name = exact_str(label, "label")
@@ -281,15 +281,22 @@ cdef object array_op(op, left, right):
 cdef double real_number(object x, str what) except? -1.0:
     cdef double value
     if not as_double(x, &value):
-        raise TypeError(f"{what} must be a real number, not {type(x).__name__!r}")
+        raise TypeError(f"{what} must be a real number, not {type_name(x)!r}")
     return value
 
 
 cdef str exact_str(object s, str what):
     """s as an exact str: a str subclass could carry a __dict__, and with it a reference cycle."""
     if not isinstance(s, str):
-        raise TypeError(f"{what} must be a str, not {type(s).__name__!r}")
+        raise TypeError(f"{what} must be a str, not {type_name(s)!r}")
     return str.__str__(s)
+
+
+cpdef str type_name(object x):
+    """The name error messages give x's type: `str`, `micrograd.engine.Value`, `fastgrad.engine.Value` (a bare
+    `Value` would not tell a user that they passed micrograd's node to fastgrad). Every module's messages use it."""
+    cls = type(x)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
 
 
 cdef inline Value leaf(double value):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Iterable
 
-from fastgrad.engine import Value
+from fastgrad.engine import Value, type_name
 
 __all__ = ["mse", "hinge", "binary_cross_entropy_with_logits", "cross_entropy"]
 
@@ -54,7 +54,7 @@ def cross_entropy(logits: Iterable[Value | float], target: int) -> Value:
     if not logits:
         raise ValueError("cross_entropy needs at least one logit")
     if isinstance(target, bool) or not isinstance(target, numbers.Integral):
-        raise TypeError(f"target must be a class index (an int), not {type(target).__name__!r}")
+        raise TypeError(f"target must be a class index (an int), not {type_name(target)!r}")
     if not 0 <= target < len(logits):
         raise ValueError(f"target {target} is not a class index for {len(logits)} logits (0 to {len(logits) - 1})")
     shift = max(x.data for x in logits)
@@ -67,12 +67,12 @@ def cross_entropy(logits: Iterable[Value | float], target: int) -> Value:
 def _values(items: Iterable[Value | float], name: str) -> list[Value]:
     """items as a list of Values: numbers become leaves; anything else is a TypeError naming it."""
     if type(items) is Value or not hasattr(items, "__iter__"):  # type: ignore[comparison-overlap]
-        raise TypeError(f"{name} must be a sequence of Values, not {type(items).__name__!r}")
+        raise TypeError(f"{name} must be a sequence of Values, not {type_name(items)!r}")
     out = []
     for i, x in enumerate(items):
         if type(x) is not Value:
             if isinstance(x, bool) or not isinstance(x, numbers.Real):
-                raise TypeError(f"{name}[{i}] must be a Value or a real number, not {type(x).__name__!r}")
+                raise TypeError(f"{name}[{i}] must be a Value or a real number, not {type_name(x)!r}")
             x = Value(x)
         out.append(x)
     return out
@@ -83,11 +83,11 @@ def _batch(preds: Iterable[Value | float], preds_name: str, targets: Iterable[Va
     """Both sides of a batch loss as lists, checked: preds become Values, targets stay numbers or Values."""
     preds = _values(preds, preds_name)
     if type(targets) is Value or not hasattr(targets, "__iter__"):  # type: ignore[comparison-overlap]
-        raise TypeError(f"{targets_name} must be a sequence, not {type(targets).__name__!r}")
+        raise TypeError(f"{targets_name} must be a sequence, not {type_name(targets)!r}")
     targets = list(targets)
     for i, t in enumerate(targets):
         if type(t) is not Value and (isinstance(t, bool) or not isinstance(t, numbers.Real)):
-            raise TypeError(f"{targets_name}[{i}] must be a real number or a Value, not {type(t).__name__!r}")
+            raise TypeError(f"{targets_name}[{i}] must be a real number or a Value, not {type_name(t)!r}")
     if len(preds) != len(targets):
         raise ValueError(f"{len(preds)} {preds_name} but {len(targets)} {targets_name}: one each per sample")
     if not preds:

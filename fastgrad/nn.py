@@ -1,12 +1,11 @@
 """The seed's neural-network classes, in plain Python over the compiled Value."""
 from __future__ import annotations
 
-import numbers
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from fastgrad.engine import Value, weighted_sum
+from fastgrad.engine import Value, type_name, weighted_sum
 
 __all__ = ["Module", "Neuron", "Layer", "MLP", "IncompatibleKeys"]
 
@@ -55,12 +54,13 @@ class Module:
 
         strict: a name of the model missing from state, or a name in state the model does not have, is a
         KeyError listing them; with strict=False what matches is loaded and the rest is returned as
-        IncompatibleKeys(missing_keys, unexpected_keys), as torch does. A value that is not a real number
-        is a TypeError naming its key. Everything is checked first: when this raises, nothing has changed.
+        IncompatibleKeys(missing_keys, unexpected_keys), as torch does. A value is taken as Value.data takes
+        it (a float, int, Decimal, Fraction, numpy scalar); anything else, or a bool, is a TypeError naming its
+        key. Everything is checked first: when this raises, nothing has changed.
         """
         if not isinstance(state, Mapping):
             raise TypeError(f"state must be a dict of name -> number, such as model.state_dict(), "
-                            f"not {type(state).__name__!r}")
+                            f"not {type_name(state)!r}")
         named = self.named_parameters()
         names = {name for name, _ in named}
         missing = [name for name, _ in named if name not in state]
@@ -172,9 +172,13 @@ def _listing(keys: list[str], most: int = 10) -> str:
 
 
 def _state_number(x: object, name: str) -> float:
-    if isinstance(x, bool) or not isinstance(x, numbers.Real):
-        raise TypeError(f"state[{name!r}] must be a real number, not {type(x).__name__!r}")
+    """x as Value.data takes it (floats, ints, Decimal, Fraction, numpy scalars): the same conversion, so the
+    same numbers. A bool, which Value.data would take as 0 or 1, is refused: in a state dict it is a mistake."""
+    if isinstance(x, bool):
+        raise TypeError(f"state[{name!r}] must be a real number, not 'bool'")
     try:
-        return float(x)
-    except OverflowError:
-        raise OverflowError(f"state[{name!r}] = {x} is too large for a float") from None
+        return Value(x).data
+    except TypeError:
+        raise TypeError(f"state[{name!r}] must be a real number, not {type_name(x)!r}") from None
+    except (OverflowError, ValueError) as error:     # an int beyond a float, a signaling NaN Decimal
+        raise type(error)(f"state[{name!r}] = {x!r}: {error}") from None

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar, Union, overload
 
 from fastgrad._optim import ParameterArray
-from fastgrad.engine import Value
+from fastgrad.engine import Value, type_name
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
@@ -44,6 +44,7 @@ class Optimizer:
     counters: tuple[str, ...] = ()         # names of the int attributes it saves with them (Adam's step count)
     buffers: tuple[str, ...] = ()          # names of the per-parameter arrays('d'), saved as lists of floats
     buffers_start_empty = False            # True: a buffer is None until the first step makes it (SGD's momentum)
+    buffers_at_least_zero: tuple[str, ...] = ()   # buffers no step can make negative (Adam's v, under a sqrt)
 
     def __init__(self, params: Iterable[Value], **hyperparameters: object) -> None:
         checked = self._checked(hyperparameters)
@@ -101,7 +102,7 @@ class Optimizer:
         """
         kind = type(self).__name__
         if not isinstance(state, Mapping):
-            raise TypeError(f"state must be a dict, such as {kind}.state_dict(), not {type(state).__name__!r}")
+            raise TypeError(f"state must be a dict, such as {kind}.state_dict(), not {type_name(state)!r}")
         expected = ["optimizer", "parameters", *self.hyperparameters, *self.counters, *self.buffers]
         missing = [key for key in expected if key not in state]
         unexpected = [key for key in state if key not in expected]
@@ -119,9 +120,17 @@ class Optimizer:
             checked[name] = _integer(state[name], f"state[{name!r}]")
             if checked[name] < 0:
                 raise ValueError(f"state[{name!r}] must be 0 or more, not {checked[name]}")
+            if checked[name] >= _MAX_COUNT:
+                raise ValueError(f"state[{name!r}] is beyond what step() can count: it adds 1 to it in a 64-bit int, "
+                                 f"so it must be below {_MAX_COUNT}")
         for name in self.buffers:
             empty = state[name] is None and self.buffers_start_empty
             checked[name] = None if empty else _float_array(state[name], f"state[{name!r}]", count)
+            if name in self.buffers_at_least_zero:
+                for i, x in enumerate(checked[name]):
+                    if x < 0.0:
+                        raise ValueError(f"state[{name!r}][{i}] must be 0 or more (no step makes it negative), "
+                                         f"not {x}")
         for name, value in checked.items():
             setattr(self, name, value)
 
@@ -171,11 +180,13 @@ class SGD(Optimizer):
         return checked
 
     def _update(self) -> None:
-        started = self.momentum_buffer is not None
+        buffer = self.momentum_buffer
+        started = buffer is not None
         if self.momentum != 0 and not started:
-            self.momentum_buffer = array("d", [0.0]) * len(self._params)
+            buffer = array("d", [0.0]) * len(self._params)
         self._params.sgd_step(self.lr, self.momentum, self.dampening, self.weight_decay, self.nesterov,
-                              self.momentum_buffer, started)
+                              buffer, started)
+        self.momentum_buffer = buffer    # kept only now: after a step that raised, the next one starts it again
 
 
 class Adam(Optimizer):
@@ -186,6 +197,7 @@ class Adam(Optimizer):
     hyperparameters = ("lr", "betas", "eps", "weight_decay")
     counters = ("step_count",)
     buffers = ("exp_avg", "exp_avg_sq")
+    buffers_at_least_zero = ("exp_avg_sq",)
     decoupled_weight_decay = False
 
     lr: float
@@ -220,10 +232,11 @@ class Adam(Optimizer):
         return checked
 
     def _update(self) -> None:
-        self.step_count += 1
+        step = self.step_count + 1         # counted only once the step is taken: a step that raised changed nothing
         beta1, beta2 = self.betas
         self._params.adam_step(self.lr, beta1, beta2, self.eps, self.weight_decay, self.decoupled_weight_decay,
-                               self.step_count, self.exp_avg, self.exp_avg_sq)
+                               step, self.exp_avg, self.exp_avg_sq)
+        self.step_count = step
 
 
 class AdamW(Adam):
@@ -242,6 +255,9 @@ class AdamW(Adam):
 
 # prefix is None for a constructor's argument (`lr`) and "state" for a state dict's field (`state['lr']`).
 
+_MAX_COUNT = 2**63 - 1      # a step count is a 64-bit int in the compiled update (_optim.pyx): step() needs count + 1
+
+
 def _where(name: str, prefix: str | None) -> str:
     return name if prefix is None else f"{prefix}[{name!r}]"
 
@@ -251,10 +267,18 @@ def _in_state(prefix: str | None) -> str:
 
 
 def _real(x: object, name: str, prefix: str | None) -> float:
-    """x as a float, or TypeError naming it."""
+    return _number(x, _where(name, prefix))
+
+
+def _number(x: object, where: str) -> float:
+    """x as a float, or TypeError (not a real number) or ValueError (beyond a float: a 400-digit int, which
+    fastgrad.load reads from JSON as Python does) naming where it is."""
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
-        raise TypeError(f"{_where(name, prefix)} must be a real number, not {type(x).__name__!r}")
-    return float(x)
+        raise TypeError(f"{where} must be a real number, not {type_name(x)!r}")
+    try:
+        return float(x)
+    except OverflowError:
+        raise ValueError(f"{where} is beyond a float's range (about 1.8e308)") from None
 
 
 def _at_least_zero(x: object, name: str, message: str, prefix: str | None) -> float:
@@ -273,20 +297,17 @@ def _flag(x: object, name: str, prefix: str | None) -> bool:
 
 def _integer(x: object, where: str) -> int:
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
-        raise TypeError(f"{where} must be an int, not {type(x).__name__!r}")
+        raise TypeError(f"{where} must be an int, not {type_name(x)!r}")
     return int(x)
 
 
 def _float_array(values: object, where: str, count: int) -> array[float]:
     """values (a list of real numbers, one per parameter) as an array('d')."""
     if not isinstance(values, (list, tuple)):
-        raise TypeError(f"{where} must be a list of {count} numbers, not {type(values).__name__!r}")
+        raise TypeError(f"{where} must be a list of {count} numbers, not {type_name(values)!r}")
     if len(values) != count:
         raise ValueError(f"{where} has {len(values)} numbers, one per parameter is {count}")
-    for i, x in enumerate(values):
-        if isinstance(x, bool) or not isinstance(x, numbers.Real):
-            raise TypeError(f"{where}[{i}] must be a real number, not {type(x).__name__!r}")
-    return array("d", map(float, values))
+    return array("d", [_number(x, f"{where}[{i}]") for i, x in enumerate(values)])
 
 
 def _describe_kind(state: Mapping[str, object]) -> str:

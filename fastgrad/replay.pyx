@@ -21,6 +21,7 @@ from libc.string cimport memset
 cimport fastgrad._ops as ops
 from fastgrad._recording cimport DOT, OP_BITS, OP_MASK, Recording
 from fastgrad.engine cimport Lagging, Value, catch_up, count_reach_in, reach_in_count, start_lagging, stop_lagging
+from fastgrad.engine cimport type_name
 
 cdef extern from "Python.h":
     Py_ssize_t refcount "Py_REFCNT" (PyObject*)
@@ -37,7 +38,7 @@ def compile(root, *, fuse=True, inputs=None, threads=None):
     `threads` threads (None: the cores this process may use).
     """
     if type(root) is not Value:
-        raise TypeError(f"compile() records the graph of a Value, not of {type(root).__name__!r}")
+        raise TypeError(f"compile() records the graph of a Value, not of {type_name(root)!r}")
     if inputs is not None:
         from fastgrad.batched import _batch
         return _batch(root, fuse, inputs, threads)

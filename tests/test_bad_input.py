@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from fastgrad import MLP, Value, trace
+import fastgrad
+from fastgrad import MLP, Value, losses, optim, trace
 from fastgrad.engine import rebuild_graph
 from support import BINARY_OPS, graph_for_errors, same_float, snapshot
 
@@ -104,13 +105,14 @@ EXTREME_CASES = [
     ("tanh", lambda v: v.tanh(), math.tanh, lambda x, out: 1 - out * out),
     ("exp", lambda v: v.exp(), math.exp, lambda x, out: out),
     ("log", lambda v: v.log(), math.log, lambda x, out: 1 / x),
-    ("relu", lambda v: v.relu(), lambda x: 0.0 if x < 0 else x, lambda x, out: 1.0 if out > 0 else 0.0),
+    # relu's slope is torch's mask: 0 where the output is <= 0, 1 elsewhere (a nan output too)
+    ("relu", lambda v: v.relu(), lambda x: 0.0 if x < 0 else x, lambda x, out: 0.0 if out <= 0 else 1.0),
     ("sigmoid", lambda v: v.sigmoid(), sigmoid, lambda x, out: out * (1 - out)),
     ("softplus", lambda v: v.softplus(), softplus, lambda x, out: sigmoid(x)),
     ("x ** 2", lambda v: v**2, lambda x: x**2, lambda x, out: 2 * x**1),
     ("x ** -1", lambda v: v**-1, lambda x: x**-1, lambda x, out: -1 * x**-2),
     ("x ** 0.5", lambda v: v**0.5, lambda x: x**0.5, lambda x, out: 0.5 * x**-0.5),
-    ("x ** 0", lambda v: v**0, lambda x: x**0, lambda x, out: 0 * x**-1),
+    ("x ** 0", lambda v: v**0, lambda x: x**0, lambda x, out: 0.0),     # flat everywhere, as in torch
     ("x ** Value(3)", lambda v: v ** Value(3.0), lambda x: x**3.0, lambda x, out: 3.0 * x**2.0),
     ("2 ** x", lambda v: 2 ** v, lambda x: 2.0**x, lambda x, out: out * math.log(2.0)),
     ("x + 1", lambda v: v + 1, lambda x: x + 1.0, lambda x, out: 1.0),
@@ -198,6 +200,57 @@ def test_grads_can_be_set_to_nan_and_inf_and_backward_adds_to_them():
     a.grad = math.nan
     out.backward()
     assert math.isnan(a.grad)
+
+
+# ---------------------------------------------------------------------------------------------------
+# micrograd's own Value, given to fastgrad: every message names it as micrograd's, not as a bare 'Value'
+# (which reads as "a Value is not a Value")
+
+def micrograd_value():
+    engine = pytest.importorskip("micrograd.engine")
+    v = engine.Value(1.0)
+    assert type(v).__module__ == "micrograd.engine" and type(v) is not Value    # the real one, not fastgrad's
+    return v
+
+
+def batched_graph():
+    x = Value(1.0)
+    return fastgrad.compile(x * Value(2.0), inputs=[x])
+
+
+def adam_state_with(field, item):
+    state = optim.Adam([Value(1.0)]).state_dict()
+    state[field] = [item]
+    return state
+
+
+FOREIGN_VALUE = {
+    "compile": lambda v: fastgrad.compile(v),
+    "compile inputs": lambda v: fastgrad.compile(Value(1.0) * Value(2.0), inputs=[v]),
+    "batched rows": lambda v: batched_graph().forward(v),
+    "batched row": lambda v: batched_graph().forward([v]),
+    "Value(data)": lambda v: Value(v),
+    "Value(_children)": lambda v: Value(1.0, (v,), "+"),
+    "data setter": lambda v: setattr(Value(1.0), "data", v),
+    "grad setter": lambda v: setattr(Value(1.0), "grad", v),
+    "mse preds": lambda v: losses.mse([v], [1.0]),
+    "mse targets": lambda v: losses.mse([1.0], [v]),
+    "hinge scores": lambda v: losses.hinge(v, [1.0]),
+    "cross_entropy": lambda v: losses.cross_entropy([v], 0),
+    "Module.load_state_dict": lambda v: MLP(1, [1]).load_state_dict({name: v for name in MLP(1, [1]).state_dict()}),
+    "optimizer params": lambda v: optim.SGD([v], lr=0.1),
+    "optimizer lr": lambda v: optim.SGD([Value(1.0)], lr=v),
+    "optimizer state buffer": lambda v: optim.Adam([Value(1.0)]).load_state_dict(adam_state_with("exp_avg", v)),
+    "save": lambda v: fastgrad.save({"w": v}, "never-written.json"),
+}
+
+
+@pytest.mark.parametrize("call", FOREIGN_VALUE.values(), ids=FOREIGN_VALUE.keys())
+def test_a_micrograd_value_is_named_as_micrograd_s(call):
+    v = micrograd_value()
+    with pytest.raises(TypeError) as raised:
+        call(v)
+    assert "'micrograd.engine.Value'" in str(raised.value)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -252,7 +252,7 @@ def test_fortran_ordered_rows_are_refused_and_say_what_to_do():
 @pytest.mark.parametrize("rows, error, message", [
     ([[1.0, 2.0]], ValueError, r"rows\[0\] has 2 numbers; each row has 3"),
     ([[1.0, "a", 2.0]], TypeError, r"rows\[0\]\[1\] must be a real number, not 'str'"),
-    ([[1.0, Value(1.0), 2.0]], TypeError, r"rows\[0\]\[1\] must be a real number, not 'Value'"),
+    ([[1.0, Value(1.0), 2.0]], TypeError, r"rows\[0\]\[1\] must be a real number, not 'fastgrad.engine.Value'"),
     ([], ValueError, "rows is empty"),
     (np.zeros((0, 3)), ValueError, "rows is empty"),
     (np.zeros((4, 2)), ValueError, r"shape \(N, 3\)"),

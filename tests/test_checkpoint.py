@@ -172,14 +172,25 @@ def self_containing():
     return items
 
 
+def nested(depth, make):
+    obj = 1.0
+    for _ in range(depth):
+        obj = make(obj)
+    return obj
+
+
 @pytest.mark.parametrize("obj, error, fragment", [
-    (Value(1.0), TypeError, "can't save obj, of type 'Value' (save its .data, or the model's state_dict())"),
-    ({"model": MLP(2, [1])}, TypeError, "can't save obj['model'], of type 'MLP' (save its state_dict())"),
+    (Value(1.0), TypeError,
+     "can't save obj, of type 'fastgrad.engine.Value' (save its .data, or the model's state_dict())"),
+    ({"model": MLP(2, [1])}, TypeError,
+     "can't save obj['model'], of type 'fastgrad.micrograd.nn.MLP' (save its state_dict())"),
     ([1.0, {2, 3}], TypeError, "can't save obj[1], of type 'set': fastgrad.save takes dicts with str keys"),
     ({"w": [object()]}, TypeError, "can't save obj['w'][0], of type 'object'"),
     ({1: 2.0}, TypeError, "can't save obj: its key 1 is not a str but 'int'"),
     ([{"x": b"bytes"}], TypeError, "can't save obj[0]['x'], of type 'bytes'"),
     (self_containing(), ValueError, "can't save obj[1]: it contains itself"),
+    (nested(100_000, lambda obj: [obj]), ValueError, "can't save obj: it is nested too deeply"),
+    (nested(100_000, lambda obj: {"a": obj}), ValueError, "can't save obj: it is nested too deeply"),
 ])
 def test_what_cannot_be_saved_leaves_the_file_as_it_was(obj, error, fragment, tmp_path):
     path = tmp_path / "ck.json"

@@ -77,16 +77,28 @@ def test_the_demo_writes_its_files_and_logs_progress_as_lines(tmp_path):
     assert f"wrote {os.path.join('out/nested', 'neuron.svg')}" in result.stdout
 
 
-def test_it_replays_a_compiled_graph_unless_told_eager_and_both_train_alike(tmp_path):
-    compiled = run_demo(tmp_path, "demo", "--steps", "2", "--out", "compiled")
-    eager = run_demo(tmp_path, "demo", "--steps", "2", "--eager", "--out", "eager")
-    for result in (compiled, eager):
+def test_it_trains_batched_unless_told_compiled_or_eager_and_all_train_alike(tmp_path):
+    results = {path: run_demo(tmp_path, "demo", "--steps", "2", "--out", path, *([f"--{path}"] if path != "batched"
+                                                                                  else []))
+               for path in ("batched", "compiled", "eager")}
+    for path, result in results.items():
         assert_trained(result, 2)
-    assert "path: compiled" in compiled.stdout and "path: eager" in eager.stdout
+        assert f"path: {path}" in result.stdout
 
     def final(result):
         return next(line for line in result.stdout.splitlines() if line.startswith("done: loss")).split(",")[:2]
-    assert final(compiled) == final(eager)           # the same loss and accuracy, to the digits shown
+    assert final(results["batched"]) == final(results["compiled"]) == final(results["eager"])   # to the digits shown
+
+
+def test_points_sets_the_data_and_the_reference_is_compared_a_point(tmp_path):
+    result = run_demo(tmp_path, "demo", "--steps", "1", "--points", "300", "--out", "out")
+    assert_trained(result, 1)
+    assert "on 300 points" in result.stdout
+    assert "first 100 points and schedule, compared a point; fastgrad is" in result.stdout
+    refused = run_demo(tmp_path, "demo", "--points", "0")
+    assert refused.returncode == 2 and "--points: must be at least 1, not 0" in refused.stderr
+    both = run_demo(tmp_path, "demo", "--eager", "--compiled")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 
 def test_without_matplotlib_it_says_what_to_install_and_still_trains(tmp_path):
@@ -133,7 +145,7 @@ def test_version_and_help(tmp_path):
     for args in (["--help"], ["demo", "--help"]):
         shown = run_demo(tmp_path, *args)
         assert shown.returncode == 0 and shown.stdout.startswith("usage: python -m fastgrad")
-    assert all(option in shown.stdout for option in ("--steps", "--eager", "--out", "--seed"))
+    assert all(option in shown.stdout for option in ("--steps", "--points", "--compiled", "--eager", "--out", "--seed"))
 
 
 def test_the_fastgrad_command_runs_the_installed_package_even_beside_a_source_folder(tmp_path):
@@ -196,9 +208,9 @@ def test_the_timed_reference_trains_micrograds_model_as_the_demo_does():
     model = micrograd_nn.MLP(2, demo.SIZES)
     expected = [moons.train_step(model, micrograd_engine.Value, X, y, k, steps) for k in range(2)]
     histories = [reference_history]
-    for compiled in (False, True):
+    for path in demo.PATHS:
         random.seed(seed)
-        step = demo.make_step(fastgrad.micrograd.nn.MLP(2, demo.SIZES), X, y, steps, compiled)
+        step = demo.make_step(fastgrad.micrograd.nn.MLP(2, demo.SIZES), X, y, steps, path)
         histories.append([step(k) for k in range(2)])
     for history in histories:
         assert [loss for loss, _ in history] == pytest.approx([loss for loss, _ in expected], rel=1e-12)

@@ -207,7 +207,7 @@ BATCH_LOSSES = [losses.mse, losses.hinge, losses.binary_cross_entropy_with_logit
     ([], [], ValueError, "empty batch"),
     ([Value(1.0)], [1.0, 0.0], ValueError, "1 {first} but 2 {second}: one each per sample"),
     ([Value(1.0), Value(2.0)], [1.0], ValueError, "2 {first} but 1 {second}"),
-    (Value(1.0), [1.0], TypeError, "{first} must be a sequence of Values, not 'Value'"),
+    (Value(1.0), [1.0], TypeError, "{first} must be a sequence of Values, not 'fastgrad.engine.Value'"),
     ([Value(1.0)], 1.0, TypeError, "{second} must be a sequence, not 'float'"),
     ([Value(1.0), "a"], [1.0, 0.0], TypeError, "{first}[1] must be a Value or a real number, not 'str'"),
     ([Value(1.0)], [None], TypeError, "{second}[0] must be a real number or a Value, not 'NoneType'"),
@@ -228,7 +228,7 @@ def test_bad_batches(loss, first, second, error, fragment):
     ([Value(1.0), Value(2.0)], 1.0, TypeError, "target must be a class index (an int), not 'float'"),
     ([Value(1.0), Value(2.0)], True, TypeError, "not 'bool'"),
     ([Value(1.0), "x"], 0, TypeError, "logits[1] must be a Value or a real number, not 'str'"),
-    (Value(1.0), 0, TypeError, "logits must be a sequence of Values, not 'Value'"),
+    (Value(1.0), 0, TypeError, "logits must be a sequence of Values, not 'fastgrad.engine.Value'"),
 ])
 def test_bad_cross_entropy_arguments(logits, target, error, fragment):
     with pytest.raises(error) as raised:

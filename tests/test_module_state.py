@@ -3,6 +3,8 @@ fastgrad.nn, fastgrad.micrograd.nn and a Module of the user's own; loading that 
 import math
 import random
 import struct
+from decimal import Decimal
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -165,8 +167,9 @@ def test_load_without_strict_loads_what_matches():
     ("1.0", TypeError, "state['layers.0.neurons.1.b'] must be a real number, not 'str'"),
     (None, TypeError, "not 'NoneType'"),
     (True, TypeError, "not 'bool'"),
-    (Value(1.0), TypeError, "not 'Value'"),
+    (Value(1.0), TypeError, "not 'fastgrad.engine.Value'"),
     (10 ** 400, OverflowError, "state['layers.0.neurons.1.b'] = 1000"),
+    (Decimal("sNaN"), ValueError, "state['layers.0.neurons.1.b'] = Decimal('sNaN'): cannot convert signaling NaN"),
 ])
 def test_a_value_that_is_not_a_real_number_changes_nothing(bad, error, message):
     model, state = model_and_state()
@@ -176,6 +179,19 @@ def test_a_value_that_is_not_a_real_number_changes_nothing(bad, error, message):
         model.load_state_dict(state)
     assert message in str(raised.value)
     assert bits(model) == before
+
+
+@pytest.mark.parametrize("number", [Decimal("0.1"), Decimal("-1e400"), Fraction(1, 3), np.float32(0.1), np.int64(-7),
+                                    np.float64(2.5), np.array(0.25)], ids=repr)
+def test_what_value_data_takes_loads_as_value_data_takes_it(number):
+    """Value.data takes any number with __float__ or __index__ (Decimal is no numbers.Real, but Value takes it)."""
+    model, state = model_and_state()
+    state["layers.0.neurons.0.w.1"] = number
+    model.load_state_dict(state)
+    expected = Value(1.0)
+    expected.data = number
+    assert struct.pack("<d", model.parameters()[1].data) == struct.pack("<d", expected.data)
+    assert expected.data == float(number)
 
 
 def test_numbers_of_any_real_kind_are_loaded_as_floats():

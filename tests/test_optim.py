@@ -580,6 +580,19 @@ BAD_STATES = [
      "state['exp_avg'] must be a list of 3 numbers, not 'NoneType'"),
     ("Adam", lambda s: changed(s, exp_avg_sq=[0.0, 0.0, None]), TypeError, "state['exp_avg_sq'][2]"),
     ("AdamW", lambda s: changed(s, weight_decay=math.nan), ValueError, "Invalid weight_decay value: nan in state"),
+    # step() adds 1 to the count in a 64-bit int: the largest count it can take is 2**63 - 2
+    ("Adam", lambda s: changed(s, step_count=2**63 - 1), ValueError, "state['step_count'] is beyond what step()"),
+    ("AdamW", lambda s: changed(s, step_count=2**63), ValueError, "state['step_count'] is beyond what step()"),
+    # no step makes v negative, and a negative v makes the next step nan (sqrt)
+    ("Adam", lambda s: changed(s, exp_avg_sq=[0.0, -1e-300, 0.0]), ValueError,
+     "state['exp_avg_sq'][1] must be 0 or more"),
+    # ints beyond a float (fastgrad.load reads a 400-digit JSON number as an int, as json does)
+    ("SGD", lambda s: changed(s, lr=10**400), ValueError, "state['lr'] is beyond a float's range"),
+    ("Adam", lambda s: changed(s, betas=[0.9, -10**400]), ValueError, "state['betas'] is beyond a float's range"),
+    ("SGD", lambda s: changed(s, momentum_buffer=[1.0, 10**400, 3.0]), ValueError,
+     "state['momentum_buffer'][1] is beyond a float's range"),
+    ("Adam", lambda s: changed(s, exp_avg=[0.0, 0.0, -10**400]), ValueError,
+     "state['exp_avg'][2] is beyond a float's range"),
 ]
 
 
@@ -594,3 +607,54 @@ def test_bad_state_dicts_are_refused_and_change_nothing(name, mutate, error, mes
     assert message in str(raised.value)
     assert optimizer.state_dict() == before
     assert [p.data for p in params] == [-1.0, -2.0, -3.0]
+
+
+def test_a_400_digit_number_in_a_saved_state_is_a_value_error_naming_its_field(tmp_path):
+    state = valid_state("Adam")
+    state["eps"] = 10**400                   # what a hand-edited file holds: JSON has no limit on digits
+    fastgrad.save(state, tmp_path / "optim.json")
+    loaded = fastgrad.load(tmp_path / "optim.json")
+    assert loaded["eps"] == 10**400
+    optimizer = optim.Adam([Value(1.0), Value(2.0), Value(3.0)])
+    with pytest.raises(ValueError, match=r"state\['eps'\] is beyond a float's range"):
+        optimizer.load_state_dict(loaded)
+
+
+def test_the_largest_step_count_loads_and_takes_one_step_then_stops_without_changing_anything():
+    params = [Value(1.0)]
+    params[0].grad = 0.5
+    adam = optim.Adam(params, lr=0.1)
+    state = adam.state_dict()
+    state.update(step_count=2**63 - 2, exp_avg=[0.25], exp_avg_sq=[0.125])
+    adam.load_state_dict(state)
+    adam.step()
+    # torch's formula at t = 2**63 - 1, where beta**t is 0: m and v move once, bias corrections are 1
+    m, v = 0.9 * 0.25 + 0.1 * 0.5, 0.999 * 0.125 + (1 - 0.999) * 0.5 * 0.5
+    assert adam.step_count == 2**63 - 1
+    assert params[0].data == 1.0 - 0.1 * (m / (math.sqrt(v) + 1e-8))
+    before = adam.state_dict()
+    with pytest.raises(OverflowError):
+        adam.step()
+    assert adam.state_dict() == before and params[0].data == 1.0 - 0.1 * (m / (math.sqrt(v) + 1e-8))
+
+
+@pytest.mark.parametrize("name", ["SGD", "Adam"])
+def test_a_step_that_raises_changes_nothing_so_the_next_is_a_first_step(name):
+    """A failed first SGD step with momentum used to leave a zero momentum buffer behind (and Adam's count one
+    step ahead): the next step then took momentum * 0 + (1 - dampening) * g instead of torch's first b = g."""
+    params = [Value(1.0), Value(-2.0)]
+    for p, g in zip(params, [0.5, -3.0]):
+        p.grad = g
+    optimizer = optim.SGD(params, lr=0.1, momentum=0.9, dampening=0.5) if name == "SGD" else optim.Adam(params, lr=0.1)
+    before = optimizer.state_dict()
+    optimizer.lr = "0.1"                     # hyper-parameters are plain attributes: the step itself refuses it
+    with pytest.raises(TypeError):
+        optimizer.step()
+    optimizer.lr = 0.1
+    assert optimizer.state_dict() == before and [p.data for p in params] == [1.0, -2.0]
+    optimizer.step()
+    if name == "SGD":                        # torch: the first step's buffer is the gradient itself
+        assert optimizer.momentum_buffer.tolist() == [0.5, -3.0]
+        assert [p.data for p in params] == [1.0 - 0.1 * 0.5, -2.0 - 0.1 * -3.0]
+    else:
+        assert optimizer.step_count == 1

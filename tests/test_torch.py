@@ -2,6 +2,7 @@
 import math
 import operator
 import random
+import struct
 import sys
 
 import pytest
@@ -115,6 +116,57 @@ def test_two_input_op_matches_torch(name):
     f, points = TWO_INPUTS[name]
     for a, b in points:
         check(f, [a, b])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Where a local derivative is 0 whatever reaches it: torch gives 0, and so does fastgrad (0 * inf would be nan,
+# which micrograd gives for relu and raises ZeroDivisionError for 0 ** 0). Compared bit for bit, zeros' signs too.
+
+INF, NAN = math.inf, math.nan
+
+
+def bits_or_nan(x):
+    return "nan" if math.isnan(x) else struct.pack("<d", x).hex()
+
+
+MASKED = {
+    # relu: 0 where its output is <= 0, the incoming grad elsewhere (a nan output passes it on, as in torch)
+    "relu(x) * w below 0, inf above": (lambda x, w: x.relu() * w, [-1.0, INF]),
+    "relu(x) * w below 0, -inf above": (lambda x, w: x.relu() * w, [-1.0, -INF]),
+    "relu(x) * w below 0, nan above": (lambda x, w: x.relu() * w, [-1.0, NAN]),
+    "relu(x) * w at 0, inf above": (lambda x, w: x.relu() * w, [0.0, INF]),
+    "relu(x) * w at nan": (lambda x, w: x.relu() * w, [NAN, 2.0]),
+    # x ** 0 is 1 everywhere: its slope is 0, at x = 0 too (0 * 0 ** -1 would be 0 * inf)
+    "x ** 0 at 0": (lambda x: x ** 0, [0.0]),
+    "x ** 0.0 at -0.0": (lambda x: x ** 0.0, [-0.0]),
+    "x ** 0 * w at 2, inf above": (lambda x, w: x ** 0 * w, [2.0, INF]),
+    "x ** 0 * w at -3, nan above": (lambda x, w: x ** 0 * w, [-3.0, NAN]),
+    # v ** w with w = 0: the same for the base; the exponent's slope, 0 ** w's, is 0 at v = 0 for w >= 0
+    "v ** w at (0, 0)": (lambda v, w: v ** w, [0.0, 0.0]),
+    "v ** w at (0, 0.5)": (lambda v, w: v ** w, [0.0, 0.5]),
+    "v ** w * u at (2, 0), inf above": (lambda v, w, u: v ** w * u, [2.0, 0.0, INF]),
+}
+
+
+@pytest.mark.parametrize("name", MASKED)
+def test_a_zero_slope_gives_0_whatever_grad_reaches_it_as_in_torch(name):
+    f, inputs = MASKED[name]
+    data, grads = fastgrad_result(f, inputs)
+    expected_data, expected_grads = torch_result(f, inputs)
+    assert bits_or_nan(data) == bits_or_nan(expected_data)
+    assert [bits_or_nan(g) for g in grads] == [bits_or_nan(g) for g in expected_grads]
+
+
+def test_minus_zero_to_the_half_is_python_s_power_and_its_slope_c_s():
+    """(-0.0) ** 0.5 is +0.0 (Python's float power, micrograd's data) and its slope 0.5 * (-0.0) ** -0.5 is +inf
+    (C's pow; micrograd raises ZeroDivisionError): what torch gives with a tensor exponent. With the number 0.5
+    as exponent torch computes sqrt instead, and gives -0.0 and -inf: fastgrad does not special-case 0.5."""
+    data, grads = fastgrad_result(lambda x: x ** 0.5, [-0.0])
+    assert bits_or_nan(data) == bits_or_nan((-0.0) ** 0.5) == bits_or_nan(0.0)
+    exponent = torch.tensor(0.5, dtype=torch.float64)
+    expected_data, expected_grads = torch_result(lambda x: x ** exponent, [-0.0])
+    assert bits_or_nan(data) == bits_or_nan(expected_data)
+    assert grads == expected_grads == [INF]
 
 
 def micrograd_sanity_check(x):

@@ -8,7 +8,14 @@
 #define FG_EACH_LANE for (int l = 0; l < FG_LANES; l++)
 
 
-FG_KERNEL void fg_dot_forward(const int32_t *terms, const double *start, double *restrict out, const double *values) {
+/* A slot whose lanes all hold one number (a shared leaf's, a given one's): a term reads it once, as a scalar,
+   and its lane loop loads half as much. The numbers and their order are the same. */
+FG_KERNEL int fg_uniform(const fg_lane_program *program, int32_t slot) {
+    return program->uniform_begin <= slot && slot < program->uniform_end;
+}
+
+FG_KERNEL void fg_dot_forward(const fg_lane_program *program, const int32_t *terms, const double *start,
+                              double *restrict out, const double *values) {
     /* The sum as weighted_sum builds it: ((start + w1*x1) + w2*x2) + ..., each product rounded first. */
     double total[FG_LANES];
     int32_t n = terms[0];
@@ -16,20 +23,29 @@ FG_KERNEL void fg_dot_forward(const int32_t *terms, const double *start, double 
     for (int32_t j = 0; j < n; j++) {
         const double *w = values + (ptrdiff_t)terms[1 + 2 * j] * FG_LANES;
         const double *x = values + (ptrdiff_t)terms[2 + 2 * j] * FG_LANES;
-        FG_EACH_LANE {
-            double product;
-            fg_mul_forward(w[l], x[l], 0.0, &product);
-            fg_add_forward(total[l], product, 0.0, &total[l]);
+        double product;
+        if (fg_uniform(program, terms[1 + 2 * j])) {
+            const double weight = w[0];
+            FG_EACH_LANE {
+                fg_mul_forward(weight, x[l], 0.0, &product);
+                fg_add_forward(total[l], product, 0.0, &total[l]);
+            }
+        } else {
+            FG_EACH_LANE {
+                fg_mul_forward(w[l], x[l], 0.0, &product);
+                fg_add_forward(total[l], product, 0.0, &total[l]);
+            }
         }
     }
     FG_EACH_LANE out[l] = total[l];
 }
 
-FG_KERNEL void fg_dot_backward(const int32_t *terms, double *start_grad, const double *grad, const double *values,
-                               double *grads) {
+FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *terms, double *start_grad,
+                               const double *grad, const double *values, double *grads) {
     /* The eager graph's order, as the plain replay runs it: from the top term down, each product's grad into
        w and x. Every partial sum and product below the top has one parent and starts at 0, so its grad is
-       0.0 + the top's (which is the top's, but for the sign of a zero). */
+       0.0 + the top's (the top's, but for the sign of a zero); so is the start's (a sum has two terms or more:
+       the recorder leaves a sum of one term to two instructions). */
     double inner[FG_LANES];
     int32_t n = terms[0];
     FG_EACH_LANE inner[l] = 0.0 + grad[l];
@@ -38,18 +54,23 @@ FG_KERNEL void fg_dot_backward(const int32_t *terms, double *start_grad, const d
         const double *x = values + (ptrdiff_t)terms[2 + 2 * j] * FG_LANES;
         double *w_grad = grads + (ptrdiff_t)terms[1 + 2 * j] * FG_LANES;
         double *x_grad = grads + (ptrdiff_t)terms[2 + 2 * j] * FG_LANES;
-        FG_EACH_LANE {
-            double dw = 0.0, dx = 0.0;
-            fg_mul_derivative(inner[l], 0.0, w[l], x[l], 0.0, &dw, &dx);
-            w_grad[l] += dw;
-            x_grad[l] += dx;
+        double dw, dx;
+        if (fg_uniform(program, terms[1 + 2 * j])) {
+            const double weight = w[0];
+            FG_EACH_LANE {
+                fg_mul_derivative(inner[l], 0.0, weight, x[l], 0.0, &dw, &dx);
+                w_grad[l] += dw;
+                x_grad[l] += dx;
+            }
+        } else {
+            FG_EACH_LANE {
+                fg_mul_derivative(inner[l], 0.0, w[l], x[l], 0.0, &dw, &dx);
+                w_grad[l] += dw;
+                x_grad[l] += dx;
+            }
         }
     }
-    if (n == 1) {
-        FG_EACH_LANE start_grad[l] += grad[l];
-    } else {
-        FG_EACH_LANE start_grad[l] += inner[l];
-    }
+    FG_EACH_LANE start_grad[l] += inner[l];
 }
 
 FG_KERNEL fg_lane_failure fg_lanes_forward_body(const fg_lane_program *program, double *values) {
@@ -62,7 +83,7 @@ FG_KERNEL fg_lane_failure fg_lanes_forward_body(const fg_lane_program *program, 
         int refused = 0;
         switch (ins.op) {
         case FG_LANE_DOT:
-            fg_dot_forward(program->terms + ins.b, a, out, values);
+            fg_dot_forward(program, program->terms + ins.b, a, out, values);
             break;
 #define FG_FORWARD_LANES(code, kernel) \
         case code: FG_EACH_LANE refused |= kernel##_forward(a[l], b[l], b[l], &out[l]) != FG_OK; break;
@@ -98,7 +119,7 @@ FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const doub
         double *b_grad = grads + (ptrdiff_t)ins.b * FG_LANES;
         switch (ins.op) {
         case FG_LANE_DOT:
-            fg_dot_backward(program->terms + ins.b, a_grad, grad, values, grads);
+            fg_dot_backward(program, program->terms + ins.b, a_grad, grad, values, grads);
             break;
 #define FG_BACKWARD_LANES(code, kernel) \
         case code: \

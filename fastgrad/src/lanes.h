@@ -31,6 +31,7 @@ typedef struct {
     const fg_lane_instruction *code;
     const int32_t *terms;            /* per DOT: n, then w1, x1, ..., wn, xn (slots) */
     ptrdiff_t instructions;
+    int32_t uniform_begin, uniform_end;   /* slots whose lanes all hold one number (shared, given) */
 } fg_lane_program;
 
 /* A failed forward: the instruction and the lowest lane where a kernel reported status. */

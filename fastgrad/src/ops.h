@@ -12,7 +12,17 @@
    FG_KERNEL_OPS (at the end), and a method on Value (engine.pyx).
 
    Derivatives divide as IEEE does (x/0 -> inf, nan): a forward never admits a zero divisor, but a user may set
-   `data` to 0 afterwards, and an inf or nan grad is then the honest answer (as in PyTorch).
+   `data` to 0 afterwards, and an inf or nan grad is then the honest answer (as in PyTorch). Where a local
+   derivative is 0 whatever the data (relu below 0, x ** 0), it is 0 whatever grad reaches it, as in PyTorch:
+   0 * inf would make it nan.
+
+   NaN bits: a NaN operand gives the same NaN on every path (eager, replay, lanes), but for one case. Where two
+   NaNs meet in `x + y` or `x * y` (an op's, a derivative's, or an addition into a grad), x86 returns the first
+   operand's, and C lets the compiler put a commutative op's operands in either order, which it does differently
+   in each inlined copy: the result is a NaN, but which of the two may differ between paths. Picking it with a
+   select after each + and * cost 8-12% of the scalar replay's forward and 37% of the batched forward (or, the
+   select written the other way, 35-40% and 2-8%; a 2-core Intel Xeon VM, GCC 12), so it is documented instead.
+   x - y and x / y keep the first operand's (no compiler swaps them), pow is one libm function everywhere.
 
    Plain C with no Python in it, so the lane loops can be compiled for several SIMD widths in one module
    (lanes.h). Build with -ffp-contract=off: `acc + w * x` contracted into one FMA would round once where
@@ -165,7 +175,7 @@ FG_KERNEL fg_status fg_pow_const_forward(double a, double b, double k, double *o
 FG_KERNEL void fg_pow_const_derivative(double g, double out, double a, double b, double k,
                                        double *da, double *db) {
     (void)out; (void)b; (void)db;
-    *da = k * pow(a, k - 1.0) * g;
+    *da = k == 0.0 ? 0.0 : k * pow(a, k - 1.0) * g;     /* x ** 0 is flat, at 0 too */
 }
 FG_KERNEL fg_status fg_pow_forward(double a, double b, double k, double *out) {
     (void)k;
@@ -180,7 +190,7 @@ FG_KERNEL void fg_pow_derivative(double g, double out, double a, double b, doubl
         slope_in_exponent = 0.0;       /* 0**b is flat in b for b > 0, the only zero base forward admits */
     else
         slope_in_exponent = NAN;
-    *da = b * pow(a, b - 1.0) * g;
+    *da = b == 0.0 ? 0.0 : b * pow(a, b - 1.0) * g;     /* as x ** 0 */
     *db = slope_in_exponent * g;
 }
 
@@ -230,7 +240,7 @@ FG_KERNEL fg_status fg_relu_forward(double a, double b, double k, double *out) {
 }
 FG_KERNEL void fg_relu_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
     (void)a; (void)b; (void)k; (void)db;
-    *da = (out > 0.0 ? 1.0 : 0.0) * g;
+    *da = out <= 0.0 ? 0.0 : g;        /* PyTorch's mask: a nan output passes g on */
 }
 
 /* --- sigmoid(a), in the form that cannot overflow on either side */
