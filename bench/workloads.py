@@ -10,11 +10,13 @@ the whole life of a graph (build, backward, free).
 """
 import functools
 import gc
+import hashlib
 import math
 import os
 import random
 import subprocess
 import sys
+import threading
 import time
 
 from timing import clock
@@ -475,14 +477,16 @@ class BatchedMoonsStep(MoonsStep):
     inputs=[x1, x2, y]) makes a BatchedGraph), forward over the N rows, backward with weights 1/N (the mean), the
     L2 term compiled on its own, fastgrad.optim.SGD; one thread ("step", CPU time as in every row), and every
     core the process may use ("all threads, wall clock": CPU time would add the threads' times up). Not shown,
-    for the ratio of the two and what it owes to the load of the machine: "1 thread, wall clock" and "all
-    threads, CPU time". Beside it
+    for the ratio of the two and what it owes to the load of the machine: "1 thread, wall clock", "all
+    threads, CPU time", and a control that any machine parallelises, SHA-256 on one thread and on all
+    (gil_free_control): on a shared machine the process may get less than its cores. Beside it
     ("compiled graph") the plain compiled graph of all N points, as in the compiled row. PyTorch tensors and JAX
     run their whole-batch steps without the accuracy; micrograd its own step. Each way trains its own model
     from the same weights.
     """
 
-    phases = ("step", "all threads, wall clock", "compiled graph", "1 thread, wall clock", "all threads, CPU time")
+    phases = ("step", "all threads, wall clock", "compiled graph", "1 thread, wall clock", "all threads, CPU time",
+              "GIL-free control, 1 thread", "GIL-free control, all threads")
     shown_phases = phases[:3]
     COMPILED_MAX = 10_000   # the compiled graph holds N copies of the model: 674 MB at 10,000 points
     MICROGRAD_MAX = 100     # micrograd's step builds the N copies in Python: a second at 100 points
@@ -558,10 +562,32 @@ class BatchedMoonsStep(MoonsStep):
             if one:
                 times["step"], times["1 thread, wall clock"] = timed(one, k, inner)
                 times["all threads, CPU time"], times["all threads, wall clock"] = timed(every, k, inner)
+                times["GIL-free control, 1 thread"] = gil_free_control(1, inner)
+                times["GIL-free control, all threads"] = gil_free_control(self.threads(), inner)
             if compiled:
                 times["compiled graph"] = timed(lambda k: compiled(X, y, k), k, inner)[0]
             return times
         return sampler
+
+
+CONTROL_BYTES = bytes(1 << 18)
+
+
+def gil_free_control(threads, inner):
+    """Wall seconds to hash CONTROL_BYTES 8 * inner times, the hashes split over `threads` threads (hashlib releases
+    the GIL for a large buffer): against one thread, the share of its cores this process gets right now."""
+    def work(count):
+        for _ in range(count):
+            hashlib.sha256(CONTROL_BYTES).digest()
+    counts = [8 * inner // threads + (i < 8 * inner % threads) for i in range(threads)]
+    helpers = [threading.Thread(target=work, args=(count,)) for count in counts[1:]]
+    start = time.perf_counter()
+    for helper in helpers:
+        helper.start()
+    work(counts[0])
+    for helper in helpers:
+        helper.join()
+    return time.perf_counter() - start
 
 
 def batched_moons_step(engine, rows, threads):
