@@ -58,6 +58,8 @@ extensions = [
     Extension("fastgrad.batched", ["fastgrad/batched.pyx", "fastgrad/src/lanes.c"], include_dirs=["fastgrad/src"]),
     # The optimizers' loops over a C array of parameter nodes (engine.pxd's layout).
     Extension("fastgrad._optim", ["fastgrad/_optim.pyx"], include_dirs=["fastgrad/src"]),
+    # grad(): its sweeps, and the derivative graphs it builds out of nodes (engine.pxd's layout and makers).
+    Extension("fastgrad._grad", ["fastgrad/_grad.pyx"], include_dirs=["fastgrad/src"]),
 ]
 
 setup(

@@ -45,7 +45,8 @@ def make_workloads(settings):
     rest = [wl.Chain(), wl.TanhLayer(), wl.MoonsStep("micrograd")]
     if not settings["quick"]:
         rest.append(wl.MoonsStep("seed"))   # the seed's model on the seed's Value: seconds per step
-    compiled = [wl.CompiledMoonsStep(), wl.CompiledLayer(), wl.CompileCost(), wl.ProgramBytes()]
+    compiled = [wl.CompiledMoonsStep(), wl.CompiledLayer(), wl.CompileCost(), wl.ProgramBytes(), wl.GradCost(),
+                wl.MoonsHessianVectorProduct(), wl.PhysicsInformedStep()]
     batched = [wl.BatchedMoonsStep(points, micrograd=not settings["quick"]) for points in settings["batched"]]
     if not settings["quick"]:
         batched.append(wl.BatchedMemory())   # a fresh interpreter over a million rows: seconds
@@ -156,6 +157,14 @@ def targets(results, quick):
     compiled, eager = (median("compile", phase, "fastgrad") for phase in ("compile", "one eager backward"))
     r = compiled / eager if compiled and eager else None
     add("compiling the moons graph vs one eager backward()", "<= 3x", r, r and r <= 3, f"{r:.2f}x" if r else "")
+    built, eager = (median("grad", phase, "fastgrad") for phase in ("create_graph", "one eager backward"))
+    r = built / eager if built and eager else None
+    add("grad(create_graph=True) on the moons graph vs one eager backward()", "<= 3x", r, r and r <= 3,
+        f"{r:.2f}x" if r else "")
+    for name, figure in (("hvp", "compiled Hessian-vector product (moons loss) vs PyTorch's double backward"),
+                         ("pinn", "physics-informed step, batched, vs PyTorch's")):
+        r = ratio(name, "total", "speedup_vs_torch-tensor")
+        add(figure, "<= 0.5x", r and 1 / r, r and 1 / r <= 0.5, f"{1 / r:.2f}x ({r:.1f}x faster)" if r else "")
     b = median("program", "bytes, unfused", "fastgrad")
     fused = median("program", "bytes", "fastgrad")
     add("compiled program bytes per node (moons graph)", "<= 32", b, b and b <= 32,

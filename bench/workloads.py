@@ -793,16 +793,209 @@ class ProgramBytes(Workload):
                               "bytes, unfused": sys.getsizeof(unfused) / len(unfused)}
 
 
+class GradCost(CompileCost):
+    """fastgrad.grad(loss, params, create_graph=True) on micrograd's moons loss graph, beside grad's floats and
+    one eager backward() on it; the title says how many nodes the gradient graph adds per node of the loss's."""
+
+    name = "grad"
+    title = "grad by the parameters, moons loss graph"
+    phases = ("create_graph", "floats", "one eager backward")
+
+    def sampler(self, engine):
+        if engine.name != "fastgrad":
+            raise Unsupported("no higher-order gradients")
+        import fastgrad
+
+        loss, params = moons_loss_and_parameters()
+        old = {id(n) for n in fastgrad.trace(loss)[0]}
+        built = fastgrad.grad(loss, params, create_graph=True)
+        new = {id(n) for g in built for n in fastgrad.trace(g)[0]} - old
+        self.nodes = len(old)
+        self.title = f"grad by the parameters, moons loss graph ({len(new) / len(old):.2f} new nodes per node)"
+        del built
+
+        def sampler(inner):
+            times = {phase: 0.0 for phase in self.phases}
+            for _ in range(inner):       # the gradient graph is freed outside the timed part
+                start = clock()
+                built = fastgrad.grad(loss, params, create_graph=True)
+                times["create_graph"] += clock() - start
+                del built
+            start = clock()
+            for _ in range(inner):
+                fastgrad.grad(loss, params)
+            middle = clock()
+            for _ in range(inner):
+                loss.backward()
+            times["floats"], times["one eager backward"] = middle - start, clock() - middle
+            return times
+        return sampler
+
+
+class MoonsHessianVectorProduct(Workload):
+    """H v for micrograd's moons loss by its 337 parameters, v fixed. fastgrad: the gradient as Values (grad with
+    create_graph=True) dotted with v and compiled once; each product is a forward and backward of that graph.
+    PyTorch: double backward (autograd.grad with create_graph=True, then again) through the model as its users
+    write it (nn.Linear in float64 over the whole batch, one thread)."""
+
+    name = "hvp"
+    title = "Hessian-vector product, moons loss"
+    unit = "step"
+    whole_models = True
+
+    def sampler(self, engine):
+        if engine.name == "fastgrad":
+            return self.fastgrad_sampler()
+        if engine.name == "torch-tensor":
+            return self.torch_sampler(engine)
+        raise Unsupported("no higher-order gradients")
+
+    @staticmethod
+    def fastgrad_sampler():
+        import fastgrad
+        import fastgrad.optim
+
+        loss, params = moons_loss_and_parameters()
+        rng = random.Random(2)
+        v = [rng.uniform(-1, 1) for _ in params]
+        gradient = fastgrad.grad(loss, params, create_graph=True)
+        graph = fastgrad.compile(sum(g * vi for g, vi in zip(gradient, v)))
+        zero = fastgrad.optim.SGD(params, lr=0.0)
+
+        def sampler(inner):
+            start = clock()
+            for _ in range(inner):
+                graph.forward()
+                zero.zero_grad()
+                graph.backward()          # H v is in the parameters' grads
+            return {"total": clock() - start}
+        return sampler
+
+    @staticmethod
+    def torch_sampler(engine):
+        import torch
+
+        from baselines import ALPHA
+        from fastgrad import moons
+
+        X, y = moons.make_moons(100, noise=0.1, seed=0)
+        random.seed(1)
+        model = engine.moons_model(X, y, MoonsStep.SIZES)
+        params = list(model.model.parameters())
+        rng = random.Random(2)
+        v = [torch.tensor([rng.uniform(-1, 1) for _ in range(p.numel())], dtype=torch.float64).reshape(p.shape)
+             for p in params]
+
+        def sampler(inner):
+            start = clock()
+            for _ in range(inner):
+                scores = model.model(model.X).squeeze(1)
+                loss = torch.relu(1 - model.y * scores).mean() + ALPHA * sum((p * p).sum() for p in params)
+                gradient = torch.autograd.grad(loss, params, create_graph=True)
+                torch.autograd.grad(sum((g * vi).sum() for g, vi in zip(gradient, v)), params)
+            return {"total": clock() - start}
+        return sampler
+
+
+class PhysicsInformedStep(Workload):
+    """A training step of the README's physics-informed fit (u'' + u = 0, u(0) = 0, u'(0) = 1) on 1,000
+    collocation points, the notebook's tanh MLP(1, [16, 16, 1]), Adam, one thread. fastgrad: (u'' + u)^2 as a
+    gradient graph, batched over the points (compile(..., inputs=[x], threads=1)), the initial conditions
+    compiled. PyTorch: the same network as nn.Linear + Tanh in float64 over all points at once, u' and u'' by
+    autograd.grad(create_graph=True)."""
+
+    name = "pinn"
+    title = "physics-informed step, 1,000 points"
+    unit = "step"
+    whole_models = True
+    POINTS = 1000
+
+    def sampler(self, engine):
+        points = [[math.pi * (i + 0.5) / self.POINTS] for i in range(self.POINTS)]
+        if engine.name == "fastgrad":
+            return self.fastgrad_sampler(points)
+        if engine.name == "torch-tensor":
+            return self.torch_sampler(points)
+        raise Unsupported("no higher-order gradients")
+
+    @staticmethod
+    def fastgrad_sampler(points):
+        import fastgrad
+        from fastgrad import MLP, Value, grad, optim
+
+        random.seed(0)
+        model = MLP(1, [16, 16, 1])
+        x = Value(0.0)
+        u = model([x])
+        (du,) = grad(u, [x], create_graph=True)
+        (d2u,) = grad(du, [x], create_graph=True)
+        equation = fastgrad.compile((d2u + u) ** 2, inputs=[x], threads=1)
+        x0 = Value(0.0)
+        u0 = model([x0])
+        (du0,) = grad(u0, [x0], create_graph=True)
+        initial = fastgrad.compile(u0 ** 2 + (du0 - 1.0) ** 2)
+        adam = optim.Adam(model.parameters(), lr=1e-3)
+
+        def sampler(inner):
+            start = clock()
+            for _ in range(inner):
+                adam.zero_grad()
+                equation.forward(points)
+                equation.backward(1.0 / len(points))
+                initial.forward()
+                initial.backward()
+                adam.step()
+            return {"total": clock() - start}
+        return sampler
+
+    @staticmethod
+    def torch_sampler(points):
+        import torch
+
+        torch.set_num_threads(1)
+        layers = []
+        for nin, nout in ((1, 16), (16, 16), (16, 1)):
+            layers += [torch.nn.Linear(nin, nout, dtype=torch.float64), torch.nn.Tanh()]
+        model = torch.nn.Sequential(*layers)
+        x = torch.tensor(points, dtype=torch.float64, requires_grad=True)
+        x0 = torch.zeros((1, 1), dtype=torch.float64, requires_grad=True)
+        adam = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+        def sampler(inner):
+            start = clock()
+            for _ in range(inner):
+                u = model(x)
+                (du,) = torch.autograd.grad(u.sum(), x, create_graph=True)
+                (d2u,) = torch.autograd.grad(du.sum(), x, create_graph=True)
+                u0 = model(x0)
+                (du0,) = torch.autograd.grad(u0.sum(), x0, create_graph=True)
+                loss = ((d2u + u) ** 2).mean() + (u0 ** 2 + (du0 - 1.0) ** 2).sum()
+                adam.zero_grad()
+                loss.backward()
+                adam.step()
+            return {"total": clock() - start}
+        return sampler
+
+
 def moons_loss_graph():
     """micrograd's demo loss on fastgrad (65,818 nodes) and its compiled graph."""
+    import fastgrad
+
+    loss, _ = moons_loss_and_parameters()
+    return loss, fastgrad.compile(loss)
+
+
+def moons_loss_and_parameters():
+    """micrograd's demo loss on fastgrad and its model's parameters."""
     import fastgrad
     import fastgrad.micrograd.nn
     from fastgrad import moons
 
     X, y = moons.make_moons(100, noise=0.1, seed=0)
     random.seed(1)
-    loss, _ = moons.svm_graph(fastgrad.micrograd.nn.MLP(2, MoonsStep.SIZES), fastgrad.Value, X, y)
-    return loss, fastgrad.compile(loss)
+    model = fastgrad.micrograd.nn.MLP(2, MoonsStep.SIZES)
+    loss, _ = moons.svm_graph(model, fastgrad.Value, X, y)
+    return loss, model.parameters()
 
 
 # --- the optimizer's loops -------------------------------------------------------------------------------

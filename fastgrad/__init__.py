@@ -12,6 +12,7 @@ except ModuleNotFoundError as missing:
         "another directory (after `pip install .`), or run the demo as the `fastgrad` command."
     ) from missing
 from fastgrad import losses, optim
+from fastgrad._grad import grad
 from fastgrad._version import __version__
 from fastgrad.checkpoint import load, save
 from fastgrad.micrograd import install_as_micrograd
@@ -20,5 +21,5 @@ from fastgrad.batched import BatchedGraph
 from fastgrad.replay import CompiledGraph, compile
 from fastgrad.viz import draw_dot, trace
 
-__all__ = ["Value", "compile", "CompiledGraph", "BatchedGraph", "Module", "Neuron", "Layer", "MLP", "trace", "draw_dot",
-           "install_as_micrograd", "optim", "losses", "save", "load", "__version__"]
+__all__ = ["Value", "grad", "compile", "CompiledGraph", "BatchedGraph", "Module", "Neuron", "Layer", "MLP", "trace",
+           "draw_dot", "install_as_micrograd", "optim", "losses", "save", "load", "__version__"]

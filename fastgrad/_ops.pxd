@@ -20,6 +20,7 @@ cdef extern from "ops.h" nogil:
         RELU "FG_RELU"
         SIGMOID "FG_SIGMOID"
         SOFTPLUS "FG_SOFTPLUS"
+        GATE "FG_GATE"
         OP_COUNT "FG_OP_COUNT"
 
     ctypedef struct OpFacts "fg_op_facts":
@@ -77,10 +78,33 @@ cdef extern from "ops.h" nogil:
     Status softplus_forward "fg_softplus_forward" (double a, double b, double k, double* out) noexcept
     void softplus_derivative "fg_softplus_derivative" (double g, double out, double a, double b, double k,
         double* da, double* db) noexcept
+    Status gate_forward "fg_gate_forward" (double a, double b, double k, double* out) noexcept
+    void gate_derivative "fg_gate_derivative" (double g, double out, double a, double b, double k,
+        double* da, double* db) noexcept
     double logistic "fg_logistic" (double x) noexcept
     Status forward "fg_forward" (int op, double a, double b, double k, double* out) noexcept
     void derivative "fg_derivative" (int op, double g, double out, double a, double b, double k,
                                      double* da, double* db) noexcept
+
+    # Derivatives as ops (ops.h), for grad(create_graph=True)
+    ctypedef enum Register "fg_register":
+        R_NONE "FG_R_NONE"
+        R_G "FG_R_G"
+        R_OUT "FG_R_OUT"
+        R_A "FG_R_A"
+        R_B "FG_R_B"
+        R_ONE "FG_R_ONE"
+        R_K "FG_R_K"
+        R_DB1 "FG_R_DB1"
+        R_T0 "FG_R_T0"
+    ctypedef struct Step "fg_step":
+        unsigned char op, x, y
+    ctypedef struct DerivativeSteps "fg_derivative_steps":
+        int steps
+        Step step[4]
+        unsigned char result
+    void derivative_ops "fg_derivative_ops" (int op, double a, double b, double k, const DerivativeSteps** da,
+                                             const DerivativeSteps** db) noexcept
 
 
 cdef inline object op_error(Status status):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastgrad import Value
+from fastgrad import Value, grad, trace
 from fastgrad.engine import OPS, kernel_derivative, kernel_forward
 from support import same_float
 
@@ -28,6 +28,10 @@ EAGER = {
     "RELU": lambda a, b, k: a.relu(),
     "SIGMOID": lambda a, b, k: a.sigmoid(),
     "SOFTPLUS": lambda a, b, k: a.softplus(),
+    # No method makes it: grad builds relu's derivative as gate(relu(a), g), which is gate(a, g); with g = b.
+    # Its derivative in its first child is 0: what its _backward() adds into relu(a) leaves a's grad at 0.0 + 0.0.
+    "GATE": lambda a, b, k: next(n for n in trace(grad(a.relu(), a, grad_outputs=b, create_graph=True)[0])[0]
+                                 if n._op == "gate"),
 }
 numbers = st.one_of(st.floats(), st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5, -2.0, 710.0, -745.0]))
 
@@ -66,6 +70,28 @@ def test_the_dispatched_kernels_are_the_eager_ops(name, a, b, k, g):
         assert same_float(leaf_b.grad, 0.0 + db)
     else:
         assert leaf_b.grad == 0.0
+
+
+@pytest.mark.parametrize("name", sorted(EAGER))
+@settings(max_examples=300, deadline=None)
+@given(a=numbers, b=numbers, k=st.one_of(numbers, st.integers(-4, 4).map(float)), g=numbers)
+def test_each_derivative_as_ops_is_its_derivative_kernel(name, a, b, k, g):
+    # grad(create_graph=True) builds each op's derivative from its steps in ops.h: node by node, the same bits
+    # as the derivative kernel, or, where a step leaves its op's domain, the eager op's exception.
+    code = CODE[name]
+    leaf_a, leaf_b = Value(a), Value(b)
+    try:
+        node = EAGER[name](leaf_a, leaf_b, k)
+    except (ArithmeticError, ValueError):
+        return
+    da, db = kernel_derivative(code, g, node.data, a, b, k)
+    try:
+        got_a, got_b = grad(node, [leaf_a, leaf_b], grad_outputs=Value(g), create_graph=True)
+    except (ArithmeticError, ValueError):
+        assert not (math.isfinite(da) and math.isfinite(db))     # backward() has inf or nan there
+        return
+    assert same_float(got_a.data, 0.0 + da)
+    assert same_float(got_b.data, 0.0 + db if OPS[code].arity == 2 else 0.0)
 
 
 def test_leaves_and_hand_made_nodes_have_no_kernels():

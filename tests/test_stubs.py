@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-COMPILED = ["fastgrad.engine", "fastgrad.replay", "fastgrad.batched", "fastgrad._optim"]
+COMPILED = ["fastgrad.engine", "fastgrad.replay", "fastgrad.batched", "fastgrad._optim", "fastgrad._grad"]
 
 
 def stub_tree(module):
@@ -44,7 +44,7 @@ def test_each_public_name_of_a_compiled_module_is_in_its_stub(name):
     assert public_names(defined_names(stub_tree(module).body)) == defined
 
 
-@pytest.mark.parametrize("name", COMPILED)
+@pytest.mark.parametrize("name", [name for name in COMPILED if name != "fastgrad._grad"])   # it has no class
 def test_stub_classes_have_the_runtime_members_and_are_final_when_the_runtime_is(name):
     module = importlib.import_module(name)
     classes = [node for node in stub_tree(module).body if isinstance(node, ast.ClassDef) and node.name[0].isupper()

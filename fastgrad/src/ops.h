@@ -7,8 +7,10 @@
                                                   exponent of `x ** k`); returns FG_OK, or the domain error,
                                                   and then leaves out as it was;
      fg_<op>_derivative(g, out, a, b, k, &da, &db)  what the node's grad g adds to each child's grad (db only
-                                                  for two-child ops), given the node's data `out`.
-   Adding an op: its code in fg_op and its row in fg_facts' table, its two kernels, its entry in
+                                                  for two-child ops), given the node's data `out`;
+     fg_<op>_derivative_ops(a, b, k, &da, &db)    the same derivative as steps of ops (see "Derivatives as
+                                                  ops"), which grad(create_graph=True) builds into nodes.
+   Adding an op: its code in fg_op and its row in fg_facts' table, its three kernels, its entry in
    FG_KERNEL_OPS (at the end), and a method on Value (engine.pyx).
 
    Derivatives divide as IEEE does (x/0 -> inf, nan): a forward never admits a zero divisor, but a user may set
@@ -49,6 +51,7 @@ typedef enum {
     FG_RELU,
     FG_SIGMOID,
     FG_SOFTPLUS,
+    FG_GATE,          /* b where a > 0 (or is nan), else 0: relu's derivative, for grad(create_graph=True) */
     FG_OP_COUNT
 } fg_op;
 
@@ -76,6 +79,7 @@ static inline fg_op_facts fg_facts(int op) {
         [FG_RELU]      = {"RELU",       1,    "ReLU"},
         [FG_SIGMOID]   = {"SIGMOID",    1,    "sigmoid"},
         [FG_SOFTPLUS]  = {"SOFTPLUS",   1,    "softplus"},
+        [FG_GATE]      = {"GATE",       2,    "gate"},
     };
     fg_op_facts none = {"", -2, ""};          /* not an op: no arity matches */
     return 0 <= op && op < FG_OP_COUNT ? table[op] : none;
@@ -91,6 +95,40 @@ typedef enum {
     FG_LOG_DOMAIN
 } fg_status;
 
+/* Derivatives as ops. grad(create_graph=True) (_grad.pyx) needs each derivative as nodes, so that it can be
+   differentiated again: beside each derivative kernel, the same formula as a few steps, each one op on
+   registers, which the builder makes into one node each with that op's own kernels, in order. The same
+   operations in the same order give the derivative kernel's bits. fg_<op>_derivative_ops(a, b, k, &da, &db)
+   points da and db at the steps for each child (the children's data and k choose between forms where the kernel
+   branches on them). */
+typedef enum {
+    FG_R_NONE,        /* no steps: the kernel adds 0.0 to that child's grad (its derivative is 0 there) */
+    FG_R_G,           /* the node's gradient */
+    FG_R_OUT,         /* the node itself, its data `out` */
+    FG_R_A,           /* its children */
+    FG_R_B,
+    FG_R_ONE,         /* the constant 1.0 */
+    FG_R_K,           /* the constant k, the node's exponent */
+    FG_R_DB1,         /* the derivative kernel's db at g = 1, as a constant: a factor flat in every leaf */
+    FG_R_T0,          /* the steps' results, in order */
+    FG_R_T1,
+    FG_R_T2,
+    FG_R_T3
+} fg_register;
+
+typedef struct {
+    unsigned char op, x, y;   /* an fg_op on registers; y unused by one-child ops; POW_CONST's exponent is k - 1 */
+} fg_step;
+
+typedef struct {
+    int steps;
+    fg_step step[4];
+    unsigned char result;     /* the register that holds the derivative, once the steps are made */
+} fg_derivative_steps;
+
+static const fg_derivative_steps fg_nothing = {0, {{0, 0, 0}}, FG_R_NONE};
+static const fg_derivative_steps fg_just_g = {0, {{0, 0, 0}}, FG_R_G};
+
 
 /* --- a + b */
 FG_KERNEL fg_status fg_add_forward(double a, double b, double k, double *out) {
@@ -102,6 +140,11 @@ FG_KERNEL void fg_add_derivative(double g, double out, double a, double b, doubl
     (void)out; (void)a; (void)b; (void)k;
     *da = g;
     *db = g;
+}
+FG_KERNEL void fg_add_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
+                                     const fg_derivative_steps **db) {
+    (void)a; (void)b; (void)k;
+    *da = *db = &fg_just_g;
 }
 
 /* --- a - b */
@@ -115,6 +158,13 @@ FG_KERNEL void fg_sub_derivative(double g, double out, double a, double b, doubl
     *da = g;
     *db = -g;
 }
+FG_KERNEL void fg_sub_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
+                                     const fg_derivative_steps **db) {
+    static const fg_derivative_steps minus_g = {1, {{FG_NEG, FG_R_G}}, FG_R_T0};
+    (void)a; (void)b; (void)k;
+    *da = &fg_just_g;
+    *db = &minus_g;
+}
 
 /* --- a * b */
 FG_KERNEL fg_status fg_mul_forward(double a, double b, double k, double *out) {
@@ -126,6 +176,14 @@ FG_KERNEL void fg_mul_derivative(double g, double out, double a, double b, doubl
     (void)out; (void)k;
     *da = b * g;
     *db = a * g;
+}
+FG_KERNEL void fg_mul_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
+                                     const fg_derivative_steps **db) {
+    static const fg_derivative_steps b_g = {1, {{FG_MUL, FG_R_B, FG_R_G}}, FG_R_T0};
+    static const fg_derivative_steps a_g = {1, {{FG_MUL, FG_R_A, FG_R_G}}, FG_R_T0};
+    (void)a; (void)b; (void)k;
+    *da = &b_g;
+    *db = &a_g;
 }
 
 /* --- a / b */
@@ -141,6 +199,15 @@ FG_KERNEL void fg_div_derivative(double g, double out, double a, double b, doubl
     *da = g / b;
     *db = -(g * out / b);
 }
+FG_KERNEL void fg_div_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
+                                     const fg_derivative_steps **db) {
+    static const fg_derivative_steps g_over_b = {1, {{FG_DIV, FG_R_G, FG_R_B}}, FG_R_T0};
+    static const fg_derivative_steps minus_g_out_over_b = {3, {
+        {FG_MUL, FG_R_G, FG_R_OUT}, {FG_DIV, FG_R_T0, FG_R_B}, {FG_NEG, FG_R_T1}}, FG_R_T2};
+    (void)a; (void)b; (void)k;
+    *da = &g_over_b;
+    *db = &minus_g_out_over_b;
+}
 
 /* --- -a */
 FG_KERNEL fg_status fg_neg_forward(double a, double b, double k, double *out) {
@@ -151,6 +218,12 @@ FG_KERNEL fg_status fg_neg_forward(double a, double b, double k, double *out) {
 FG_KERNEL void fg_neg_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
     (void)out; (void)a; (void)b; (void)k; (void)db;
     *da = -g;
+}
+FG_KERNEL void fg_neg_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
+                                     const fg_derivative_steps **db) {
+    static const fg_derivative_steps minus_g = {1, {{FG_NEG, FG_R_G}}, FG_R_T0};
+    (void)a; (void)b; (void)k; (void)db;
+    *da = &minus_g;
 }
 
 /* --- a ** k and a ** b: Python's float power, with ValueError where Python would go complex */
@@ -177,6 +250,18 @@ FG_KERNEL void fg_pow_const_derivative(double g, double out, double a, double b,
     (void)out; (void)b; (void)db;
     *da = k == 0.0 ? 0.0 : k * pow(a, k - 1.0) * g;     /* x ** 0 is flat, at 0 too */
 }
+FG_KERNEL void fg_pow_const_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
+                                           const fg_derivative_steps **db) {
+    static const fg_derivative_steps k_a_to_k_minus_1_g = {3, {
+        {FG_POW_CONST, FG_R_A}, {FG_MUL, FG_R_K, FG_R_T0}, {FG_MUL, FG_R_T1, FG_R_G}}, FG_R_T2};
+    (void)a; (void)b; (void)db;
+    if (k == 1.0)          /* 1 * a ** 0 * g is g for every a: no a ** 0 node to differentiate again */
+        *da = &fg_just_g;
+    else if (k == 0.0)
+        *da = &fg_nothing;
+    else
+        *da = &k_a_to_k_minus_1_g;
+}
 FG_KERNEL fg_status fg_pow_forward(double a, double b, double k, double *out) {
     (void)k;
     return fg_power(a, b, out);
@@ -193,6 +278,19 @@ FG_KERNEL void fg_pow_derivative(double g, double out, double a, double b, doubl
     *da = b == 0.0 ? 0.0 : b * pow(a, b - 1.0) * g;     /* as x ** 0 */
     *db = slope_in_exponent * g;
 }
+FG_KERNEL void fg_pow_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
+                                     const fg_derivative_steps **db) {
+    static const fg_derivative_steps b_a_to_b_minus_1_g = {4, {
+        {FG_SUB, FG_R_B, FG_R_ONE}, {FG_POW, FG_R_A, FG_R_T0}, {FG_MUL, FG_R_B, FG_R_T1},
+        {FG_MUL, FG_R_T2, FG_R_G}}, FG_R_T3};
+    static const fg_derivative_steps out_log_a_g = {3, {
+        {FG_LOG, FG_R_A}, {FG_MUL, FG_R_OUT, FG_R_T0}, {FG_MUL, FG_R_T1, FG_R_G}}, FG_R_T2};
+    static const fg_derivative_steps constant_g = {1, {{FG_MUL, FG_R_DB1, FG_R_G}}, FG_R_T0};
+    (void)k;
+    /* where the kernel branches on the children's data, the branch is chosen when the node is built */
+    *da = b == 0.0 ? &fg_nothing : &b_a_to_b_minus_1_g;
+    *db = a > 0.0 ? &out_log_a_g : &constant_g;    /* the kernel's constant slope at a == 0 and below */
+}
 
 /* --- tanh(a): C's tanh, stable where the seed's (e^2x - 1)/(e^2x + 1) overflows */
 FG_KERNEL fg_status fg_tanh_forward(double a, double b, double k, double *out) {
@@ -203,6 +301,13 @@ FG_KERNEL fg_status fg_tanh_forward(double a, double b, double k, double *out) {
 FG_KERNEL void fg_tanh_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
     (void)a; (void)b; (void)k; (void)db;
     *da = (1.0 - out * out) * g;
+}
+FG_KERNEL void fg_tanh_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
+                                      const fg_derivative_steps **db) {
+    static const fg_derivative_steps one_minus_out_squared_g = {3, {
+        {FG_MUL, FG_R_OUT, FG_R_OUT}, {FG_SUB, FG_R_ONE, FG_R_T0}, {FG_MUL, FG_R_T1, FG_R_G}}, FG_R_T2};
+    (void)a; (void)b; (void)k; (void)db;
+    *da = &one_minus_out_squared_g;
 }
 
 /* --- exp(a) */
@@ -218,6 +323,12 @@ FG_KERNEL void fg_exp_derivative(double g, double out, double a, double b, doubl
     (void)a; (void)b; (void)k; (void)db;
     *da = out * g;
 }
+FG_KERNEL void fg_exp_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
+                                     const fg_derivative_steps **db) {
+    static const fg_derivative_steps out_g = {1, {{FG_MUL, FG_R_OUT, FG_R_G}}, FG_R_T0};
+    (void)a; (void)b; (void)k; (void)db;
+    *da = &out_g;
+}
 
 /* --- log(a) */
 FG_KERNEL fg_status fg_log_forward(double a, double b, double k, double *out) {
@@ -231,6 +342,12 @@ FG_KERNEL void fg_log_derivative(double g, double out, double a, double b, doubl
     (void)out; (void)b; (void)k; (void)db;
     *da = g / a;
 }
+FG_KERNEL void fg_log_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
+                                     const fg_derivative_steps **db) {
+    static const fg_derivative_steps g_over_a = {1, {{FG_DIV, FG_R_G, FG_R_A}}, FG_R_T0};
+    (void)a; (void)b; (void)k; (void)db;
+    *da = &g_over_a;
+}
 
 /* --- relu(a) */
 FG_KERNEL fg_status fg_relu_forward(double a, double b, double k, double *out) {
@@ -241,6 +358,12 @@ FG_KERNEL fg_status fg_relu_forward(double a, double b, double k, double *out) {
 FG_KERNEL void fg_relu_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
     (void)a; (void)b; (void)k; (void)db;
     *da = out <= 0.0 ? 0.0 : g;        /* PyTorch's mask: a nan output passes g on */
+}
+FG_KERNEL void fg_relu_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
+                                      const fg_derivative_steps **db) {
+    static const fg_derivative_steps gate_out_g = {1, {{FG_GATE, FG_R_OUT, FG_R_G}}, FG_R_T0};
+    (void)a; (void)b; (void)k; (void)db;
+    *da = &gate_out_g;
 }
 
 /* --- sigmoid(a), in the form that cannot overflow on either side */
@@ -261,6 +384,13 @@ FG_KERNEL void fg_sigmoid_derivative(double g, double out, double a, double b, d
     (void)a; (void)b; (void)k; (void)db;
     *da = out * (1.0 - out) * g;
 }
+FG_KERNEL void fg_sigmoid_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
+                                         const fg_derivative_steps **db) {
+    static const fg_derivative_steps out_one_minus_out_g = {3, {
+        {FG_SUB, FG_R_ONE, FG_R_OUT}, {FG_MUL, FG_R_OUT, FG_R_T0}, {FG_MUL, FG_R_T1, FG_R_G}}, FG_R_T2};
+    (void)a; (void)b; (void)k; (void)db;
+    *da = &out_one_minus_out_g;
+}
 
 /* --- softplus(a) = log(1 + e^a), as a + log(1 + e^-a) for a > 0 so that it cannot overflow */
 FG_KERNEL fg_status fg_softplus_forward(double a, double b, double k, double *out) {
@@ -273,14 +403,39 @@ FG_KERNEL void fg_softplus_derivative(double g, double out, double a, double b, 
     (void)out; (void)b; (void)k; (void)db;
     *da = fg_logistic(a) * g;
 }
+FG_KERNEL void fg_softplus_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
+                                          const fg_derivative_steps **db) {
+    static const fg_derivative_steps sigmoid_a_g = {2, {{FG_SIGMOID, FG_R_A}, {FG_MUL, FG_R_T0, FG_R_G}}, FG_R_T1};
+    (void)a; (void)b; (void)k; (void)db;
+    *da = &sigmoid_a_g;
+}
 
+/* --- gate(a, b): b where a > 0 or a is nan, else 0.0: relu's derivative kernel as an op (a: relu's output,
+   b: its grad), so that grad(create_graph=True) gives relu's bits. Flat in a; in b, it is itself. */
+FG_KERNEL fg_status fg_gate_forward(double a, double b, double k, double *out) {
+    (void)k;
+    *out = a <= 0.0 ? 0.0 : b;
+    return FG_OK;
+}
+FG_KERNEL void fg_gate_derivative(double g, double out, double a, double b, double k, double *da, double *db) {
+    (void)out; (void)b; (void)k;
+    *da = 0.0;
+    *db = a <= 0.0 ? 0.0 : g;
+}
+FG_KERNEL void fg_gate_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
+                                      const fg_derivative_steps **db) {
+    static const fg_derivative_steps gate_a_g = {1, {{FG_GATE, FG_R_A, FG_R_G}}, FG_R_T0};
+    (void)a; (void)b; (void)k;
+    *da = &fg_nothing;
+    *db = &gate_a_g;
+}
 
 /* --- dispatch on the op code. Every op with kernels, once: fg_forward(), fg_derivative() and the batched
    replay's lane loops (lanes.c) each make their switch from this list. */
 #define FG_KERNEL_OPS(X) \
     X(FG_ADD, fg_add) X(FG_SUB, fg_sub) X(FG_MUL, fg_mul) X(FG_DIV, fg_div) X(FG_NEG, fg_neg) \
     X(FG_POW_CONST, fg_pow_const) X(FG_POW, fg_pow) X(FG_TANH, fg_tanh) X(FG_EXP, fg_exp) X(FG_LOG, fg_log) \
-    X(FG_RELU, fg_relu) X(FG_SIGMOID, fg_sigmoid) X(FG_SOFTPLUS, fg_softplus)
+    X(FG_RELU, fg_relu) X(FG_SIGMOID, fg_sigmoid) X(FG_SOFTPLUS, fg_softplus) X(FG_GATE, fg_gate)
 
 /* The op's forward; LEAF and CUSTOM have none (their data is given) and leave out as it was. */
 FG_KERNEL fg_status fg_forward(int op, double a, double b, double k, double *out) {
@@ -300,6 +455,18 @@ FG_KERNEL void fg_derivative(int op, double g, double out, double a, double b, d
     default: break;
     }
 #undef FG_DERIVATIVE_CASE
+}
+
+/* The op's derivative as ops, for each child (nothing for a child the op has not; LEAF and CUSTOM: nothing). */
+FG_KERNEL void fg_derivative_ops(int op, double a, double b, double k, const fg_derivative_steps **da,
+                                 const fg_derivative_steps **db) {
+#define FG_DERIVATIVE_OPS_CASE(code, kernel) case code: kernel##_derivative_ops(a, b, k, da, db); break;
+    *da = *db = &fg_nothing;
+    switch (op) {
+    FG_KERNEL_OPS(FG_DERIVATIVE_OPS_CASE)
+    default: break;
+    }
+#undef FG_DERIVATIVE_OPS_CASE
 }
 
 #endif

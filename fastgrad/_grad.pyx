@@ -1,0 +1,445 @@
+"""fastgrad.grad: the gradients of some outputs with respect to some inputs, without touching any node's .grad;
+with create_graph=True, as Values whose graphs express them in terms of the original leaves, so that they can
+be differentiated again (Newton steps, Hessian-vector products, losses that hold u'(x)).
+
+Two phases.
+
+make_plan(): the engine's C topological sort over every output's graph, then one pass that gives each node a
+place (inner nodes in the sort's order, then the leaves as they are met) and records each inner node's
+children's places. A node's place is kept in its `gradient` for the length of that pass (the grads saved
+beside it, and put back), as the replay's recorder does; every mark and grad is restored before make_plan()
+returns, on every path. What follows works on arrays indexed by place, and may run Python code freely.
+
+The sweep, in backward()'s order and with its order of additions (each node's grad into its first child,
+then into its second), into a side array instead of the nodes' grads, only along paths that reach an input
+(as PyTorch does: a derivative nobody asked for is not built, and cannot fail):
+- floats: the kernels' derivatives (_ops.pxd), the very code backward() runs, so the same bits;
+- Values: each op's derivative as ops (ops.h, beside its kernels), the same formula as its derivative kernel,
+  each op made into a node with that op's own kernels, so that the first derivatives are backward()'s bits
+  as well.
+"""
+cimport cython
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF, Py_XDECREF
+from libc.math cimport signbit
+from libc.string cimport memset
+
+cimport fastgrad._ops as ops
+from fastgrad.engine cimport (NodeArray, Value, binary_node, catch_up, count_reach_in, free_array, leaf,
+                              sort_topologically, unary_node)
+
+
+def grad(outputs, inputs, *, grad_outputs=None, bint create_graph=False):
+    """The gradients of outputs (a Value or a sequence of Values, weighted by grad_outputs: one number or
+    Value each, default 1.0) with respect to each of inputs, as a list in the order of inputs.
+
+    No node's .grad changes. create_graph=False: floats, the numbers backward() would add into the inputs'
+    grads. create_graph=True: Values built from the original nodes, to use in further expressions, to
+    backward() or grad() again (higher orders), or to compile(). An input outside the outputs' graphs gets
+    0.0 (a new zero Value with create_graph).
+    """
+    cdef tuple outs = as_values(outputs, "outputs")
+    cdef tuple ins = as_values(inputs, "inputs")
+    cdef list seeds = seed_list(grad_outputs, len(outs), create_graph)
+    cdef Plan own
+    cdef Plan* plan = &kept
+    cdef Py_ssize_t* out_places = NULL
+    cdef Py_ssize_t* in_places = NULL
+    global kept_busy
+    if kept_busy:              # grad called from a finalizer that ran during grad: it gets its own arrays
+        own = Plan(NodeArray(NULL, 0, 0), NodeArray(NULL, 0, 0), 0, 0, NULL, 0, NULL, 0)
+        plan = &own
+    kept_busy |= plan == &kept
+    try:
+        # per output its place, then per output whether it is the first at its place; per input its place
+        out_places = <Py_ssize_t*>PyMem_Malloc((2 * len(outs) + len(ins) + 1) * sizeof(Py_ssize_t))
+        if out_places == NULL:
+            raise MemoryError()
+        in_places = out_places + 2 * len(outs)
+        # Compiled graphs write their numbers back into the nodes read here; and with create_graph, Python
+        # gets hold of inner nodes through the new graph (see engine.pyx, "Graphs ahead of their nodes").
+        catch_up()
+        count_reach_in()
+        make_plan(plan, outs, ins, out_places, in_places)
+        if create_graph:
+            return sweep_values(plan, seeds, out_places, in_places, len(ins))
+        return sweep_floats(plan, seeds, out_places, in_places, len(ins))
+    finally:
+        PyMem_Free(out_places)
+        release(plan, plan != &kept)
+        if plan == &kept:
+            kept_busy = False
+
+
+cdef tuple as_values(object values, str what):
+    """values as a tuple of Values (one Value: a tuple of one). The tuple keeps the graphs alive."""
+    cdef tuple result
+    try:
+        result = (values,) if type(values) is Value else tuple(values)
+    except TypeError:
+        raise TypeError(f"grad's {what} must be a Value or a sequence of Values, not {type(values).__name__!r}")
+    for v in result:
+        if type(v) is not Value:
+            raise TypeError(f"grad's {what} must be Values, not {type(v).__name__!r}")
+    return result
+
+
+cdef list seed_list(object grad_outputs, Py_ssize_t count, bint create_graph):
+    """grad_outputs, one per output, as floats, or with create_graph as Values (a number becomes a leaf)."""
+    cdef list seeds
+    if grad_outputs is None or type(grad_outputs) is Value or not hasattr(grad_outputs, "__len__"):
+        seeds = [grad_outputs] * count if count == 1 or grad_outputs is None else None
+        if seeds is None:
+            raise TypeError(f"grad_outputs must be a sequence of {count}, one per output")
+    else:
+        seeds = list(grad_outputs)
+        if len(seeds) != count:
+            raise ValueError(f"grad_outputs has {len(seeds)} entries for {count} outputs")
+    for i, seed in enumerate(seeds):
+        if seed is None:
+            seed = 1.0
+        if type(seed) is Value:
+            seeds[i] = seed if create_graph else (<Value>seed).value
+        elif isinstance(seed, (int, float)) or hasattr(type(seed), "__float__"):
+            seeds[i] = leaf(float(seed)) if create_graph else float(seed)
+        else:
+            raise TypeError(f"grad_outputs must be numbers or Values, not {type(seed).__name__!r}")
+    return seeds
+
+
+# ---------------------------------------------------------------------------------------------------
+# The plan
+
+cdef enum:
+    PLACED = 1               # sort_topologically's mark (True), and place_leaf's: its place is in `gradient`
+    INPUT = 2                # an input lies at or below the node
+    SEEDED = 4               # an output, given a weight already
+
+
+cdef struct Plan:
+    NodeArray nodes          # borrowed (the outputs hold them): inner nodes children first, then the leaves
+    NodeArray stack          # the sort's
+    Py_ssize_t inner         # how many of nodes are inner
+    Py_ssize_t spare         # a place after the nodes' (the last of numbers), which nothing reads
+    Py_ssize_t* children     # inner node i's children's places: 2 * i and 2 * i + 1; `spare`: no such
+    Py_ssize_t children_capacity     # child, or none of the inputs lies at or below it
+    double* numbers          # while planning, each placed node's grad (its `gradient` holds its place);
+    Py_ssize_t numbers_capacity      # then the sweep's gradients by place, floats or Value pointers
+
+
+# The arrays are kept from one call to the next, as backward()'s are: a training loop (a physics-informed
+# loss, a gradient penalty) calls grad on a graph of about the same size every step, and fresh arrays of
+# that size come from the system each time, page fault after page fault.
+cdef Plan kept = Plan(NodeArray(NULL, 0, 0), NodeArray(NULL, 0, 0), 0, 0, NULL, 0, NULL, 0)
+cdef bint kept_busy = False
+cdef enum:
+    KEPT_CAPACITY = 1 << 20       # entries; a bigger array is returned after the call
+
+
+cdef void release(Plan* plan, bint everything) noexcept:
+    if everything or plan.nodes.capacity > KEPT_CAPACITY:
+        free_array(&plan.nodes)
+    if everything or plan.stack.capacity > KEPT_CAPACITY:
+        free_array(&plan.stack)
+    if everything or plan.children_capacity > 2 * KEPT_CAPACITY:
+        PyMem_Free(plan.children)
+        plan.children = NULL
+        plan.children_capacity = 0
+    if everything or plan.numbers_capacity > KEPT_CAPACITY:
+        PyMem_Free(plan.numbers)
+        plan.numbers = NULL
+        plan.numbers_capacity = 0
+
+
+cdef int reserve(void** array, Py_ssize_t* capacity, Py_ssize_t needed, size_t item_size) noexcept:
+    """Make room for needed items in *array, keeping what it holds; 0, or -1 if memory ran out."""
+    cdef void* grown
+    if needed <= capacity[0]:
+        return 0
+    grown = PyMem_Realloc(array[0], needed * item_size)
+    if grown == NULL:
+        return -1
+    array[0] = grown
+    capacity[0] = needed
+    return 0
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef int make_plan(Plan* plan, tuple outs, tuple ins, Py_ssize_t* out_places,
+                   Py_ssize_t* in_places) except -1:
+    cdef double* saved                   # each placed node's grad, while its `gradient` holds its place
+    cdef Py_ssize_t i, j, count, capacity
+    cdef PyObject* node
+    cdef PyObject* child
+    cdef NodeArray* nodes = &plan.nodes
+    nodes.length = 0
+    for root in outs:           # the union of the graphs, children first: a valid order for all outputs
+        if not (<Value>root).visited:          # an output below another, or given twice, is placed once
+            sort_topologically(<Value>root, nodes, &plan.stack)
+    plan.inner = nodes.length
+    # Every leaf is a child of an inner node or an output: room for all of them, so nothing fails below.
+    capacity = 3 * nodes.length + len(outs) + 1
+    if (reserve(<void**>&nodes.items, &nodes.capacity, capacity, sizeof(PyObject*)) < 0
+            or reserve(<void**>&plan.numbers, &plan.numbers_capacity, capacity, sizeof(double)) < 0
+            or reserve(<void**>&plan.children, &plan.children_capacity, 2 * nodes.length + 1,
+                       sizeof(Py_ssize_t)) < 0):
+        for i in range(nodes.length):
+            (<Value>nodes.items[i]).visited = False
+        raise MemoryError()
+    saved = plan.numbers
+    # No Python code and no failure from here to the end: the marks are all cleared below. An input is marked
+    # INPUT first; an inner node gets the mark when a child has it (children come first).
+    for j in range(len(ins)):
+        (<Value>ins[j]).visited |= INPUT
+    plan.spare = capacity - 1
+    count = nodes.length
+    for i in range(plan.inner):
+        node = nodes.items[i]
+        saved[i] = (<Value>node).gradient
+        (<Value>node).gradient = <double>i
+        for j in range(2):
+            child = (<Value>node).child_a if j == 0 else (<Value>node).child_b
+            plan.children[2 * i + j] = plan.spare
+            if child == NULL:
+                continue
+            if not (<Value>child).visited & PLACED:     # a leaf met for the first time (the sort placed the rest)
+                place_leaf(nodes, saved, &count, child)
+            if (<Value>child).visited & INPUT:
+                plan.children[2 * i + j] = <Py_ssize_t>(<Value>child).gradient
+                (<Value>node).visited |= INPUT
+    # An output's weight is its gradient, as backward() sets the root's grad (-0.0 stays -0.0); an output given
+    # again, or below another, adds its weight: the first at its place is told by a mark, SEEDED.
+    for j in range(len(outs)):
+        node = <PyObject*>outs[j]
+        if not (<Value>node).visited & PLACED:          # an output that is a leaf
+            place_leaf(nodes, saved, &count, node)
+        out_places[j] = <Py_ssize_t>(<Value>node).gradient
+        out_places[len(outs) + j] = not (<Value>node).visited & SEEDED
+        (<Value>node).visited |= SEEDED
+    for j in range(len(ins)):
+        node = <PyObject*>ins[j]
+        in_places[j] = <Py_ssize_t>(<Value>node).gradient if (<Value>node).visited & PLACED else -1
+        (<Value>node).visited = 0                        # an input outside the graphs was marked too
+    nodes.length = count
+    for i in range(count):
+        (<Value>nodes.items[i]).gradient = saved[i]
+        (<Value>nodes.items[i]).visited = 0
+    return 0
+
+
+cdef inline void place_leaf(NodeArray* nodes, double* saved, Py_ssize_t* count, PyObject* node) noexcept:
+    saved[count[0]] = (<Value>node).gradient
+    (<Value>node).gradient = <double>count[0]
+    (<Value>node).visited |= PLACED
+    nodes.items[count[0]] = node
+    count[0] += 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# The sweep into floats: backward()'s, into an array
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef list sweep_floats(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_t* in_places,
+                       Py_ssize_t count):
+    cdef double* grads = plan.numbers         # the spare place is added into, never read: not zeroed
+    cdef Py_ssize_t i, j
+    cdef PyObject* node
+    cdef PyObject* a
+    cdef PyObject* b
+    cdef unsigned char op
+    cdef double da, db
+    memset(grads, 0, plan.nodes.length * sizeof(double))
+    for j in range(len(seeds)):
+        if out_places[len(seeds) + j]:          # the first output at its place: see make_plan
+            grads[out_places[j]] = <double>seeds[j]
+        else:
+            grads[out_places[j]] += <double>seeds[j]
+    for i in range(plan.inner - 1, -1, -1):
+        node = plan.nodes.items[i]
+        op = (<Value>node).op
+        if op <= ops.CUSTOM:       # a hand-made node: nothing flows through it, as in backward()
+            continue
+        a = (<Value>node).child_a
+        b = (<Value>node).child_b
+        da = db = 0.0
+        ops.derivative(op, grads[i], (<Value>node).value, (<Value>a).value,
+                       0.0 if b == NULL else (<Value>b).value, (<Value>node).constant, &da, &db)
+        grads[plan.children[2 * i]] += da       # into the spare place for a pruned child
+        grads[plan.children[2 * i + 1]] += db
+    return [grads[in_places[j]] if in_places[j] >= 0 else 0.0 for j in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The sweep into Values
+
+@cython.final
+cdef class _Sweep:
+    """The gradient built so far for each place (NULL: nothing has flowed into it), the constants, and the
+    registers of the derivative being built."""
+    cdef PyObject** grads          # owned references, in the plan's numbers (a pointer is as big as a double)
+    cdef Py_ssize_t spare
+    cdef Value one
+    cdef Value zero
+    cdef Value t0, t1, t2, t3      # the results of its steps so far (ops.h: FG_R_T0 ...)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int add_to(self, Py_ssize_t place, Value term) except -1:
+        """Add term into the gradient at place, as backward() adds into a grad that starts at 0.0. None: the
+        kernel adds 0.0, which changes a grad only if it is -0.0 (a place nothing flowed into yet stays
+        empty, which the sweep reads as 0.0)."""
+        cdef PyObject* total = self.grads[place]
+        if term is None:
+            if total != NULL and (<Value>total).value == 0.0 and signbit((<Value>total).value):
+                term = self.zero                      # -0.0 + 0.0 is 0.0
+            else:
+                return 0
+        if total != NULL:
+            term = apply2(ops.ADD, <Value>total, term)        # it holds total now
+            Py_DECREF(<object>total)
+        elif term.value == 0.0 and signbit(term.value):
+            term = apply2(ops.ADD, self.zero, term)    # 0.0 + -0.0 is 0.0, as backward() has it
+        Py_INCREF(term)
+        self.grads[place] = <PyObject*>term
+        return 0
+
+    cdef Value build(self, const ops.DerivativeSteps* steps, Value g, Value out, Value a, Value b):
+        """The node a derivative's steps (ops.h) make, one node a step, each with its op's own kernels; None
+        where the kernel adds 0.0."""
+        cdef int i
+        cdef ops.Step step
+        cdef Value made
+        for i in range(steps.steps):
+            step = steps.step[i]
+            if step.op == ops.POW_CONST:
+                made = pow_const(self.operand(step.x, g, out, a, b), out.constant - 1.0, out)
+            elif ops.op_facts(step.op).arity == 1:
+                made = apply1(step.op, self.operand(step.x, g, out, a, b))
+            else:
+                made = apply2(step.op, self.operand(step.x, g, out, a, b), self.operand(step.y, g, out, a, b))
+            if i == 0:
+                self.t0 = made
+            elif i == 1:
+                self.t1 = made
+            elif i == 2:
+                self.t2 = made
+            else:
+                self.t3 = made
+        return self.operand(steps.result, g, out, a, b)
+
+    cdef Value operand(self, int register, Value g, Value out, Value a, Value b):
+        cdef double da = 0.0, db = 0.0
+        if register == ops.R_NONE:
+            return None
+        if register == ops.R_G:
+            return g
+        if register == ops.R_OUT:
+            return out
+        if register == ops.R_A:
+            return a
+        if register == ops.R_B:
+            return b
+        if register == ops.R_ONE:
+            return self.one
+        if register == ops.R_K:
+            return leaf(out.constant)
+        if register == ops.R_DB1:
+            ops.derivative(out.op, 1.0, out.value, a.value, b.value, out.constant, &da, &db)
+            return leaf(db)
+        if register == ops.R_T0:
+            return self.t0
+        if register == ops.R_T0 + 1:
+            return self.t1
+        if register == ops.R_T0 + 2:
+            return self.t2
+        return self.t3
+
+
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef list sweep_values(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_t* in_places,
+                       Py_ssize_t count):
+    cdef _Sweep sweep = _Sweep.__new__(_Sweep)
+    cdef Py_ssize_t i, j
+    cdef Value node
+    cdef PyObject* g
+    sweep.grads = <PyObject**>plan.numbers
+    memset(sweep.grads, 0, plan.nodes.length * sizeof(PyObject*))   # derivative_values never adds to spare
+    sweep.spare = plan.spare
+    sweep.one = leaf(1.0)
+    sweep.zero = leaf(0.0)
+    try:
+        for j in range(len(seeds)):
+            if out_places[len(seeds) + j]:
+                Py_INCREF(seeds[j])
+                sweep.grads[out_places[j]] = <PyObject*>seeds[j]
+            else:
+                sweep.add_to(out_places[j], <Value>seeds[j])
+        for i in range(plan.inner - 1, -1, -1):
+            node = <Value>plan.nodes.items[i]
+            g = sweep.grads[i]
+            if node.op <= ops.CUSTOM:    # nothing flows through a hand-made node, as in backward()
+                continue
+            # A node nothing but 0.0 flowed into (under x ** 0, or a hand-made node) still sends its children
+            # 0 times its local derivative, as backward() does: nan where that derivative is inf or nan.
+            derivative_values(sweep, sweep.zero if g == NULL else <Value>g, node, <Value>node.child_a,
+                              None if node.child_b == NULL else <Value>node.child_b,
+                              plan.children[2 * i], plan.children[2 * i + 1])
+        result = []
+        for j in range(count):
+            g = sweep.grads[in_places[j]] if in_places[j] >= 0 else NULL
+            result.append(leaf(0.0) if g == NULL else <Value>g)
+        return result
+    finally:
+        for i in range(plan.nodes.length):
+            Py_XDECREF(sweep.grads[i])
+
+
+# Each op's derivative as Values is a table beside its kernels in ops.h ("Derivatives as ops"), which build()
+# interprets: the alternative, a Cython function per op building nodes, could not sit beside the kernel (a
+# Value cannot appear in C, and the kernels sit below the engine), so an op's derivative would be written in
+# two places in two languages; as steps of ops it is written once more, next to the kernel it must match.
+cdef int derivative_values(_Sweep s, Value g, Value out, Value a, Value b, Py_ssize_t pa,
+                           Py_ssize_t pb) except -1:
+    """Add what out's gradient g gives its children into their gradients at places pa and pb (s.spare:
+    a child no input lies below, whose term is not built)."""
+    cdef const ops.DerivativeSteps* da
+    cdef const ops.DerivativeSteps* db
+    ops.derivative_ops(out.op, a.value, 0.0 if b is None else b.value, out.constant, &da, &db)
+    if pa != s.spare:
+        s.add_to(pa, s.build(da, g, out, a, b))
+    if pb != s.spare:
+        s.add_to(pb, s.build(db, g, out, a, b))
+    return 0
+
+
+cdef inline Value apply2(int op, Value x, Value y):
+    """The node op(x, y), its data from the op's kernel, or the eager op's exception."""
+    cdef double value = 0.0
+    cdef ops.Status status = ops.forward(op, x.value, y.value, 0.0, &value)
+    if status != ops.OK:
+        raise ops.op_error(status)
+    return binary_node(op, value, x, y)
+
+
+cdef inline Value apply1(int op, Value x):
+    cdef double value = 0.0
+    cdef ops.Status status = ops.forward(op, x.value, 0.0, 0.0, &value)
+    if status != ops.OK:
+        raise ops.op_error(status)
+    return unary_node(op, value, x)
+
+
+cdef Value pow_const(Value x, double k, Value spelled_like):
+    """x ** k, spelled `**2` rather than `**2.0` if the exponent it comes from was given as an int."""
+    cdef double value = 0.0
+    cdef ops.Status status = ops.pow_const_forward(x.value, 0.0, k, &value)
+    if status != ops.OK:
+        raise ops.op_error(status)
+    cdef Value n = unary_node(ops.POW_CONST, value, x)
+    n.constant = k
+    n.constant_is_int = spelled_like.constant_is_int
+    return n

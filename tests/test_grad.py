@@ -1,0 +1,468 @@
+"""fastgrad.grad: first derivatives bit for bit backward()'s (floats and create_graph=True alike), second and
+third derivatives against PyTorch float64 autograd and against finite differences, no .grad touched, the
+gradient graph an ordinary graph (backward, compile, pickling), deep chains, errors and memory."""
+import math
+import pickle
+import random
+import sys
+
+import pytest
+from hypothesis import assume, event, given, settings
+from hypothesis import strategies as st
+
+import fastgrad
+from fastgrad import Value, grad, trace
+from support import UNARY_OPS, apply_step, readme_code, recipe_strategy, recipes, run_python, same_float
+
+torch = pytest.importorskip("torch")
+
+
+def build(recipe):
+    """The recipe's graph in fastgrad, its failing steps skipped: (leaves, nodes made, root)."""
+    numbers, steps = recipe
+    leaves = [Value(x) for x in numbers]
+    pool = list(leaves)
+    kept = []
+    for step in steps:
+        try:
+            pool.append(apply_step(step, pool))
+        except (ArithmeticError, ValueError):
+            continue
+        kept.append(step)
+    return leaves, pool, kept
+
+
+def all_grads(root):
+    nodes, _ = trace(root)
+    return {node: node.grad for node in nodes}
+
+
+def backward_grads(root, leaves):
+    """What root.backward() adds into the leaves' grads, on grads that start at 0."""
+    nodes, _ = trace(root)
+    for node in nodes:
+        node.grad = 0.0
+    root.backward()
+    result = [leaf.grad for leaf in leaves]
+    for node in nodes:
+        node.grad = 0.0
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# First derivatives: backward()'s bits, and no .grad touched
+
+@settings(max_examples=400, deadline=None)
+@given(recipe=recipes)
+def test_first_derivatives_are_backwards_bits_in_both_modes_and_no_grad_changes(recipe):
+    leaves, pool, _ = build(recipe)
+    root = pool[-1]
+    nodes, _ = trace(root)
+    for i, node in enumerate(nodes):           # grads left over from earlier passes: grad must keep them
+        node.grad = 0.25 + i
+    before = all_grads(root)
+
+    floats = grad(root, leaves)
+    try:
+        values = grad(root, leaves, create_graph=True)
+    except (ArithmeticError, ValueError) as error:
+        # A derivative term outside its op's domain (0.0 ** -0.5): backward() makes it inf or nan, and a
+        # non-finite term stays non-finite all the way down to the input it flows to.
+        event(f"create_graph raised {type(error).__name__}")
+        assert not all(math.isfinite(g) for g in floats), (error, floats)
+        values = None
+    after = all_grads(root)
+    assert all(same_float(before[node], after[node]) for node in nodes)
+
+    expected = backward_grads(root, leaves)      # also proves grad left no mark behind: the sort sees all
+    assert all(same_float(g, e) for g, e in zip(floats, expected)), (floats, expected)
+    if values is not None:
+        assert all(same_float(v.data, e) for v, e in zip(values, expected)), ([v.data for v in values], expected)
+
+
+def test_an_input_outside_the_graph_gets_zero_and_an_output_gets_its_seed():
+    x, y, z = Value(2.0), Value(3.0), Value(5.0)
+    f = x * y
+    assert grad(f, [x, z, y, f, x * z]) == [3.0, 0.0, 2.0, 1.0, 0.0]
+    values = grad(f, [z, f, x], create_graph=True, grad_outputs=2.0)
+    assert all(type(v) is Value for v in values)
+    assert [v.data for v in values] == [0.0, 2.0, 6.0]
+    assert grad(x, [x, y]) == [1.0, 0.0]               # an output that is a leaf
+    assert grad(f, x) == [3.0]                         # one Value is a sequence of one
+    assert grad(f, []) == []
+
+
+def test_a_hand_made_node_passes_nothing_on_as_in_backward():
+    x = Value(3.0)
+    made = Value(9.0, (x,), "square")          # the seed's hand-made node: its _backward does nothing
+    f = made * x
+    assert grad(f, [x, made]) == backward_grads(f, [x, made]) == [9.0, 3.0]
+    assert [v.data for v in grad(f, [x, made], create_graph=True)] == [9.0, 3.0]
+
+
+def test_several_outputs_weighted_by_grad_outputs_as_pytorch():
+    leaves = [Value(0.3), Value(-1.2), Value(2.0)]
+    a, b, c = leaves
+    u = (a * b).tanh() + c.log()
+    v = u * c + a.exp()                  # u is below v: its gradient is its seed plus what v gives it
+    w = Value(0.7)
+    result = grad([u, v], leaves, grad_outputs=[-1.5, w], create_graph=True)
+
+    t = [torch.tensor(x.data, dtype=torch.float64, requires_grad=True) for x in leaves]
+    tu = (t[0] * t[1]).tanh() + t[2].log()
+    tv = tu * t[2] + t[0].exp()
+    expected = torch.autograd.grad([tu, tv], t, grad_outputs=[torch.tensor(-1.5, dtype=torch.float64),
+                                                              torch.tensor(0.7, dtype=torch.float64)])
+    for r, e in zip(result, expected):
+        assert r.data == pytest.approx(e.item(), rel=1e-15)
+    # w, a seed given as a Value, is in the gradient graph: the derivative by w is the plain gradient of v
+    assert grad(result[0], [w]) == pytest.approx(grad(v, [a]), rel=1e-15)
+    assert grad([u, v], leaves, grad_outputs=[-1.5, 0.7]) == [r.data for r in result]
+    before = all_grads(v)
+    assert grad([v, u, v], leaves, grad_outputs=[0.7, -1.5, 0.0]) == [r.data for r in result]   # u placed once
+    assert all_grads(v) == before
+
+
+# ---------------------------------------------------------------------------------------------------
+# Higher orders against PyTorch float64 autograd
+
+TORCH_UNARY = {
+    "neg": lambda t: -t,
+    "tanh": torch.tanh,
+    "exp": torch.exp,
+    "log": torch.log,
+    "relu": torch.relu,
+    "sigmoid": torch.sigmoid,
+    # PyTorch's softplus is x itself above its threshold (20); fastgrad's is log(1 + e^x) everywhere
+    "softplus": lambda t: torch.nn.functional.softplus(t, threshold=1000.0),
+}
+assert set(TORCH_UNARY) == set(UNARY_OPS)
+
+
+def torch_program(numbers, kept):
+    leaves = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in numbers]
+    pool = list(leaves)
+    for kind, op, *operands in kept:
+        if kind == "unary":
+            pool.append(TORCH_UNARY[op](pool[-1 - operands[0] % len(pool)]))
+        else:
+            pool.append(apply_step((kind, op, *operands), pool))
+    return leaves, pool[-1]
+
+
+def torch_grads(output, leaves, create_graph):
+    if not output.requires_grad:
+        return [torch.zeros((), dtype=torch.float64) for _ in leaves]
+    grads = torch.autograd.grad(output, leaves, create_graph=create_graph, retain_graph=True, allow_unused=True)
+    return [torch.zeros((), dtype=torch.float64) if g is None else g for g in grads]
+
+
+def error_scale(value):
+    """How far two correct evaluations of value may differ, over eps: the sum over the nodes n of its graph
+    of |n| * |d value / d n| (each node's rounding, carried to the result), at least |value|."""
+    nodes, _ = trace(value)
+    for node in nodes:
+        node.grad = 0.0
+    value.backward()
+    scale = sum(abs(node.data * node.grad) for node in nodes)
+    for node in nodes:
+        node.grad = 0.0
+    return scale
+
+
+def assert_close(fg, expected, what):
+    """fg's data is PyTorch's number within 1e-12 of its rounding scale; False if either is not finite."""
+    e = expected.item()
+    if not (math.isfinite(fg.data) and math.isfinite(e)):
+        event("a non-finite derivative: not compared")
+        return False
+    scale = error_scale(fg)
+    assume(math.isfinite(scale))
+    assert abs(fg.data - e) <= 1e-12 * max(scale, abs(e)) + 1e-300, (what, fg.data, e, scale)
+    return True
+
+
+moderate_recipes = recipe_strategy(
+    st.one_of(st.floats(-3, 3), st.sampled_from([0.0, 1.0, -1.0, 0.5, 2.0, -2.0])),
+    st.one_of(st.integers(-3, 3), st.sampled_from([0.5, -0.5, 1.5, 2.0, 0.0]), st.floats(-3, 3)),
+    max_leaves=3, max_steps=10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(recipe=moderate_recipes)
+def test_second_and_third_derivatives_of_random_programs_match_pytorch(recipe):
+    leaves, pool, kept = build(recipe)
+    t_leaves, t_root = torch_program(recipe[0], kept)
+    try:
+        first = grad(pool[-1], leaves, create_graph=True)
+        second = [grad(g, leaves, create_graph=True) for g in first]
+        third = [[grad(h, leaves, create_graph=True) for h in row] for row in second]
+    except (ArithmeticError, ValueError) as error:
+        event(f"grad raised {type(error).__name__}: a derivative outside its domain")
+        return
+    # A derivative of a nan is compared only as far as it is finite: beyond a nan the engines' choices differ
+    # (PyTorch gives d/da (a ** b * log(a)) at a = -1, b = 0 as -1, though the first derivative is nan).
+    t_first = torch_grads(t_root, t_leaves, True)
+    for i, (g, t_g) in enumerate(zip(first, t_first)):
+        if assert_close(g, t_g, ("first", i)):
+            t_second = torch_grads(t_g, t_leaves, True)
+            for j, (h, t_h) in enumerate(zip(second[i], t_second)):
+                if assert_close(h, t_h, ("second", i, j)):
+                    for k, (d3, t_d3) in enumerate(zip(third[i][j], torch_grads(t_h, t_leaves, False))):
+                        assert_close(d3, t_d3, ("third", i, j, k))
+
+
+def test_x_to_the_x_has_its_closed_form_third_derivative():
+    # The third derivative of x^x is x^x ((log x + 1)^3 + 3 (log x + 1) / x - 1 / x^2).
+    for t in (0.5, 1.5, 2.0):
+        x = Value(t)
+        derivatives = [x ** x]
+        for _ in range(3):
+            derivatives += grad(derivatives[-1], [x], create_graph=True)
+        closed = t ** t * ((math.log(t) + 1) ** 3 + 3 * (math.log(t) + 1) / t - 1 / t ** 2)
+        assert derivatives[3].data == pytest.approx(closed, rel=1e-13)
+
+
+def test_the_hessian_of_a_function_of_every_op_is_pytorchs():
+    def f(x, y, z, tanh, exp, log, relu, sigmoid, softplus):
+        return (tanh(x * y) * z + exp(x / z) - y ** 3 + log(z) * sigmoid(y) + softplus(x ** z)
+                + relu(x - y) * relu(z) ** 2.5 + (y * y + 1.0) ** -0.5 - 2.0 ** (x * z) + (-x) / y)
+
+    point = [0.7, -1.3, 1.9]
+    leaves = [Value(p) for p in point]
+    value = f(*leaves, Value.tanh, Value.exp, Value.log, Value.relu, Value.sigmoid, Value.softplus)
+    first = grad(value, leaves, create_graph=True)
+    hessian = [grad(g, leaves) for g in first]
+
+    expected = torch.autograd.functional.hessian(
+        lambda t: f(*t, torch.tanh, torch.exp, torch.log, torch.relu, torch.sigmoid,
+                    lambda u: torch.nn.functional.softplus(u, threshold=1000.0)),
+        torch.tensor(point, dtype=torch.float64))
+    for i in range(3):
+        for j in range(3):
+            assert hessian[i][j] == pytest.approx(expected[i, j].item(), rel=1e-12, abs=1e-12)
+    assert hessian[0][1] == hessian[1][0] or hessian[0][1] == pytest.approx(hessian[1][0], rel=1e-14)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Finite differences of the first derivatives, a second oracle
+
+smooth_recipes = recipe_strategy(
+    st.floats(0.5, 2.0),
+    st.one_of(st.integers(1, 3), st.sampled_from([0.5, 1.5, 2.0]), st.floats(0.5, 2.0)),
+    max_leaves=3, max_steps=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(recipe=smooth_recipes)
+def test_second_derivatives_are_the_finite_differences_of_the_first(recipe):
+    numbers, steps = recipe
+    assume(not any(step[0] == "unary" and step[1] == "relu" for step in steps))   # no kink
+    leaves, pool, kept = build(recipe)
+    assume(len(kept) == len(steps) and all(abs(v.data) < 1e3 for v in pool))
+    try:
+        hessian = [grad(g, leaves) for g in grad(pool[-1], leaves, create_graph=True)]
+    except (ArithmeticError, ValueError):
+        return
+    assume(all(math.isfinite(h) for row in hessian for h in row))    # (x - y) ** y at x = y: 0 * 0 ** -1
+
+    def gradient_at(point):
+        moved_leaves, moved_pool, moved_kept = build((point, steps))
+        assume(len(moved_kept) == len(steps))
+        return grad(moved_pool[-1], moved_leaves)
+
+    h = 1e-5
+    for j in range(len(numbers)):
+        up = gradient_at([x + h if i == j else x for i, x in enumerate(numbers)])
+        down = gradient_at([x - h if i == j else x for i, x in enumerate(numbers)])
+        for i in range(len(numbers)):
+            difference = (up[i] - down[i]) / (2 * h)
+            assume(math.isfinite(difference))
+            assert hessian[i][j] == pytest.approx(difference, rel=1e-5, abs=1e-5 * (1 + abs(up[i]))), (i, j)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The gradient graph is an ordinary graph
+
+def hvp_root(x_value=0.8, y_value=-0.4):
+    """The Hessian-vector product of a small smooth function as one Value, and its leaves."""
+    x, y = Value(x_value, label="x"), Value(y_value, label="y")
+    f = (x * y).tanh() + x ** 3 * y.sigmoid() + (x - y).softplus() + (y * y + 1.0).log() / x + (x - y).relu() * x
+    gx, gy = grad(f, [x, y], create_graph=True)            # relu's derivative holds a gate node
+    return gx * 0.3 + gy * -1.1, [x, y]
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+def test_a_compiled_gradient_graph_replays_bit_for_bit(fuse):
+    root, leaves = hvp_root()
+    graph = fastgrad.compile(root, fuse=fuse)
+    assert same_float(graph.forward(), root.data)
+    graph.backward()
+    replayed = [leaf.grad for leaf in leaves]
+    fresh, fresh_leaves = hvp_root()
+    fresh.backward()
+    assert all(same_float(a, b.grad) for a, b in zip(replayed, fresh_leaves))
+
+    for x, y in [(1.3, 0.2), (-0.6, 1.7), (2.5, -2.0)]:     # new data, the same structure
+        leaves[0].data, leaves[1].data = x, y
+        rebuilt, _ = hvp_root(x, y)
+        assert same_float(graph.forward(), rebuilt.data)
+
+
+def test_a_gradient_graph_pickles_and_differentiates_like_any_graph():
+    root, leaves = hvp_root()
+    copy = pickle.loads(pickle.dumps((root, leaves)))
+    assert same_float(copy[0].data, root.data)
+    assert grad(copy[0], copy[1]) == grad(root, leaves)
+    root.backward()
+    assert [leaf.grad for leaf in leaves] == grad(root, leaves)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Deep graphs, errors, memory
+
+def test_a_million_node_chain_without_recursion():
+    x = Value(0.5)
+    v = x
+    for _ in range(250_000):        # 4 nodes a step: *, the wrapped 0.999, +, the wrapped 1e-6 ... 1e6 nodes
+        v = v * 0.999 + 1e-6 * x
+    assert grad(v, [x]) == backward_grads(v, [x])
+    (g,) = grad(v, [x], create_graph=True)
+    assert same_float(g.data, backward_grads(v, [x])[0])
+    assert grad(g, [x]) == [0.0]               # v is linear in x
+    del g, v                                     # the deep gradient graph and the chain go, iteratively
+
+
+def test_type_errors_and_wrong_seeds():
+    x = Value(1.0)
+    f = x * 2
+    with pytest.raises(TypeError, match="inputs must be Values"):
+        grad(f, [x, 1.0])
+    with pytest.raises(TypeError, match="outputs must be Values"):
+        grad([f, 3], [x])
+    with pytest.raises(TypeError, match="outputs must be a Value or a sequence of Values, not 'Tensor'"):
+        grad(torch.tensor(1.0), [x])
+    with pytest.raises(TypeError, match="inputs must be a Value or a sequence of Values, not 'float'"):
+        grad(f, 1.0)
+    with pytest.raises(ValueError, match="2 entries for 1 outputs"):
+        grad(f, [x], grad_outputs=[1.0, 2.0])
+    with pytest.raises(TypeError, match="one per output"):
+        grad([f, f], [x], grad_outputs=1.0)
+    with pytest.raises(TypeError, match="numbers or Values"):
+        grad(f, [x], grad_outputs=["1"])
+
+
+@pytest.mark.parametrize("make, eager", [
+    (lambda x: (x ** 0.5, [x]), lambda: Value(0.0) ** -0.5),      # d/dx x ** 0.5 = 0.5 * x ** -0.5, at 0
+    (lambda x: (x ** Value(0.5), [x]), lambda: Value(0.0) ** Value(-0.5)),
+    (lambda x: (lambda a: (a ** (x - 1.5), [a]))(Value(1e-200)), lambda: Value(1e-200) ** Value(-2.5)),
+])
+def test_a_derivative_outside_its_domain_raises_what_eager_raises_and_leaves_no_mark(make, eager):
+    f, inputs = make(Value(0.0))
+    with pytest.raises((ArithmeticError, ValueError)) as eager_error:
+        eager()
+    with pytest.raises(type(eager_error.value), match=str(eager_error.value)):
+        grad(f, inputs, create_graph=True)
+    assert not all(math.isfinite(g) for g in grad(f, inputs))          # backward() says inf or nan
+    assert grad(f * 1.0, inputs) == backward_grads(f * 1.0, inputs)     # no mark left on the graph
+
+
+def test_x_to_an_integer_power_has_every_derivative_at_zero():
+    x = Value(0.0)
+    derivatives = []
+    g = x ** 4 + x ** 1 * 3.0
+    for _ in range(5):
+        (g,) = grad(g, [x], create_graph=True)
+        derivatives.append(g.data)
+    assert derivatives == [3.0, 0.0, 0.0, 24.0, 0.0]
+
+
+def test_a_thousand_rounds_of_grad_of_grad_leave_no_block_behind(tmp_path):
+    # Under the debug allocator every node is one of Python's blocks, so a node leaked is a block counted.
+    printed = run_python("""
+        import sys
+        from fastgrad import Value, grad
+        x, y = Value(0.3), Value(1.7)
+        counts = []
+        for round in range(1000):
+            f = (x * y).tanh() * x.exp() + (x / y).log() ** 2 + (x ** y).softplus() - y.sigmoid() * x.relu()
+            first = grad(f, [x, y], create_graph=True)
+            hvp = grad(first[0] * 2.0 + first[1], [x, y], create_graph=True, grad_outputs=0.5)
+            grad(hvp, [x, y])
+            del f, first, hvp
+            if round in (99, 999):
+                counts.append(sys.getallocatedblocks())
+        print(*counts, file=sys.stderr)
+        print("ok")
+    """, tmp_path, PYTHONMALLOC="debug")
+    early, late = map(int, printed.split()[-2:])
+    assert late - early < 50, (early, late)
+
+
+def test_the_gradient_graph_is_freed_with_its_values():
+    x, y = Value(0.3), Value(1.7)
+    f = (x * y).tanh() * x.exp() + (x / y).log() ** 2
+    counts = [sys.getrefcount(n) for n in (x, y, f)]
+    for _ in range(1000):
+        first = grad(f, [x, y], create_graph=True)
+        hvp = grad(first[0] * 2.0 + first[1], [x, y], create_graph=True)
+        hvp[0].backward()
+        del first, hvp
+    assert [sys.getrefcount(n) for n in (x, y, f)] == counts
+
+
+# ---------------------------------------------------------------------------------------------------
+# The README's examples, run as written
+
+def test_the_readmes_newton_step_finds_the_minimum(capsys):
+    namespace = {}
+    exec(readme_code("Higher-order gradients"), namespace)
+    assert abs(namespace["x"].data - 1.0) < 1e-12 and abs(namespace["y"].data - 1.0) < 1e-12
+    assert capsys.readouterr().out.split() == ["0.9999999999999999", "0.9999999999999757"]
+
+
+def test_the_readmes_hessian_vector_product_is_the_finite_difference_of_the_gradient():
+    namespace = {}
+    exec(readme_code("Higher-order gradients", 1), namespace)
+    hvp, difference = namespace["hvp"], namespace["finite_difference"]
+    assert len(hvp) == 337 and max(map(abs, hvp)) > 0.1
+    assert max(abs(a - b) for a, b in zip(hvp, difference)) <= 1e-6 * max(map(abs, hvp))
+    assert all(p.grad == 0.0 for p in namespace["params"])       # grad touched no .grad
+
+
+def test_the_readmes_physics_informed_fit_is_sin_and_writes_its_picture(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    namespace = {}
+    exec(readme_code("Higher-order gradients", 2), namespace)
+    model, curve = namespace["model"], namespace["curve"]
+    assert curve[-1] < 1e-3 < curve[0]
+    assert max(abs(model([Value(t)]).data - math.sin(t)) for t in [i * math.pi / 50 for i in range(51)]) < 0.06
+    assert (tmp_path / "physics_informed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_batched_gradient_graph_is_eager_grad_of_grad_per_sample_bit_for_bit():
+    random.seed(3)
+    model = fastgrad.MLP(1, [8, 8, 1])
+
+    def residual_at(t):
+        x = Value(t)
+        u = model([x]) + x.relu() * x                    # relu: a gate node in each derivative
+        (du,) = grad(u, [x], create_graph=True)
+        (d2u,) = grad(du, [x], create_graph=True)
+        return x, (d2u + u * du) ** 2
+
+    x, residual = residual_at(0.0)
+    batch = fastgrad.compile(residual, inputs=[x])
+    assert "gate" in {n._op for n in trace(residual)[0]}
+    points = [-1.5, -0.2, 0.0, 0.4, 1.1, 2.9]
+    outputs = batch.forward([[t] for t in points])
+    assert all(same_float(o, residual_at(t)[1].data) for o, t in zip(outputs, points))
+
+    params = model.parameters()
+    batch.forward([[0.4]])
+    batch.backward()
+    batched = [p.grad for p in params]
+    model.zero_grad()
+    residual_at(0.4)[1].backward()
+    assert all(same_float(a, p.grad) for a, p in zip(batched, params))
