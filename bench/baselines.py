@@ -1,5 +1,5 @@
-"""micrograd's moons model for the engines that have none: PyTorch scalars, plain floats, and the two that a user
-would pick instead of a scalar engine, PyTorch tensors and CasADi.
+"""micrograd's moons model for the engines that have none: PyTorch scalars, plain floats, and the three that a user
+would pick instead of a scalar engine, PyTorch tensors, CasADi and JAX.
 
 All draw their weights as micrograd's MLP does (random.uniform(-1, 1), each neuron's weights in turn, layer by
 layer; biases start at 0), so after the same random.seed() every engine starts from the same model.
@@ -111,6 +111,11 @@ class TorchTensorMoons:
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=learning_rate(0))
 
     def train_step(self, X, y, k):
+        loss, scores = self.update(k)
+        return loss, ((scores > 0) == (self.y > 0)).double().mean().item()
+
+    def update(self, k):
+        """Step k without the accuracy: (the loss, the scores)."""
         scores = self.model(self.X).squeeze(1)
         data_loss = self.torch.relu(1 - self.y * scores).mean()
         loss = data_loss + ALPHA * sum((p * p).sum() for p in self.model.parameters())
@@ -119,7 +124,7 @@ class TorchTensorMoons:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(k)
         self.optimizer.step()
-        return loss.item(), ((scores > 0) == (self.y > 0)).double().mean().item()
+        return loss.item(), scores
 
 
 class CasadiMoons:
@@ -165,3 +170,46 @@ class CasadiMoons:
         self.params -= learning_rate(k) * self.numpy.asarray(grad).ravel()
         right = (self.numpy.asarray(scores).ravel() > 0) == (self.labels > 0)
         return float(loss), float(right.mean())
+
+
+class JaxMoons:
+    """The demo as a JAX user writes it: the same hinge loss and L2 term over the whole batch, and the whole step
+    (loss, gradient, the SGD update) one jax.jit, in float64, the parameters' buffers donated to the update.
+    The engine that makes it (engines.jax_engine) sets float64 and one thread before JAX is imported."""
+
+    def __init__(self, X, y, nouts):
+        import jax
+        import jax.numpy as jnp
+
+        def loss_of(params, X, y):
+            x = X
+            for i, (w, b) in enumerate(params):
+                x = x @ w.T + b
+                if i < len(params) - 1:
+                    x = jax.nn.relu(x)
+            scores = x[:, 0]
+            data_loss = jnp.mean(jax.nn.relu(1 - y * scores))
+            return data_loss + ALPHA * sum(jnp.sum(w * w) + jnp.sum(b * b) for w, b in params), scores
+
+        def step(params, X, y, lr):
+            (loss, scores), grads = jax.value_and_grad(loss_of, has_aux=True)(params, X, y)
+            # The accuracy, as the other engines' train_step gives it: fused into the step, a compare per point.
+            accuracy = jnp.mean((scores > 0) == (y > 0))
+            return [(w - lr * gw, b - lr * gb) for (w, b), (gw, gb) in zip(params, grads)], loss, accuracy
+
+        self.jax = jax
+        self.step = jax.jit(step, donate_argnums=0)
+        self.params = [(jnp.asarray(rows, dtype=jnp.float64), jnp.asarray(biases, dtype=jnp.float64))
+                       for rows, biases in micrograd_weights(len(X[0]), nouts)]
+        self.X = jnp.asarray(X, dtype=jnp.float64)
+        self.y = jnp.asarray(y, dtype=jnp.float64)
+
+    def train_step(self, X, y, k):
+        loss, accuracy = self.update(k)
+        return loss, float(accuracy)
+
+    def update(self, k):
+        """Step k: (the loss, the accuracy as a JAX array: reading it is another transfer from the device)."""
+        self.params, loss, accuracy = self.jax.block_until_ready(
+            self.step(self.params, self.X, self.y, learning_rate(k)))
+        return float(loss), accuracy

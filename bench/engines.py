@@ -5,6 +5,7 @@ Every graph engine is used through the same few calls (`leaf(x)`, `*`, `+`, `.ta
 the same arithmetic with a hand-written backward instead (the floor any graph engine is measured against).
 """
 import importlib.metadata
+import os
 import sys
 
 
@@ -14,7 +15,7 @@ class Engine:
     mlp: micrograd's MLP(nin, nouts) on this engine (ReLU layers, linear output), or None;
     seed_mlp: the notebook's tanh MLP(nin, nouts) on this engine, or None;
     moons_model: for an engine that computes a whole model at once rather than node by node (PyTorch tensors,
-    CasADi), moons_model(X, y, nouts) with train_step(X, y, k); such an engine runs the moons demo rows only.
+    CasADi, JAX), moons_model(X, y, nouts) with train_step(X, y, k); such an engine runs the moons demo rows only.
     """
 
     def __init__(self, name, version, leaf, note, *, has_tanh=True, mlp=None, seed_mlp=None, moons_model=None):
@@ -105,6 +106,35 @@ def casadi_engine():
                   moons_model=CasadiMoons)
 
 
+JAX_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def jax_engine():
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + JAX_XLA_FLAGS).strip()   # read at import
+    import jax
+
+    from baselines import JaxMoons
+
+    jax.config.update("jax_enable_x64", True)
+    # The flags alone still leave XLA's CPU client a thread pool of one thread per core, over which it spreads
+    # a step (measured here: two threads busy at 100,000 points). It sizes that pool from the CPUs the process
+    # may use when the client is made, so the client is made while the process may use one CPU; the affinity
+    # is given back at once, for the engines that run threads of their own.
+    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    if allowed and len(allowed) > 1:
+        os.sched_setaffinity(0, {min(allowed)})
+    try:
+        platform = jax.devices()[0].platform
+    finally:
+        if allowed and len(allowed) > 1:
+            os.sched_setaffinity(0, allowed)
+    return Engine("jax", jax.__version__, None,
+                  f"JAX as its users write the demo: the whole step (loss, gradient, SGD update) one jax.jit, float64 "
+                  f"(jax_enable_x64), block_until_ready, on {platform}; one thread: XLA_FLAGS='{JAX_XLA_FLAGS}' and "
+                  "its CPU client made while the process may use one core (its pool is sized from that)",
+                  moons_model=JaxMoons)
+
+
 FINDERS = {
     "fastgrad": fastgrad_engine,
     "micrograd": micrograd_engine,
@@ -113,6 +143,7 @@ FINDERS = {
     "torch": torch_engine,
     "torch-tensor": torch_tensor_engine,
     "casadi": casadi_engine,
+    "jax": jax_engine,
 }
 
 

@@ -6,6 +6,7 @@ import sys
 
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 NOISY = 0.10   # a median whose interquartile range exceeds this fraction of it is marked "~"
+PEERS = ("micrograd", "seed", "torch-tensor", "jax")   # the engines each row gives fastgrad's ratio to
 
 
 def machine():
@@ -32,7 +33,8 @@ def machine():
 
 def scale(unit):
     """(label, factor from seconds) for a unit: single ops and nodes in ns, steps in µs, bytes as they are."""
-    return {"op": ("ns/op", 1e9), "node": ("ns/node", 1e9), "step": ("µs/step", 1e6), "byte": ("bytes/node", 1)}[unit]
+    return {"op": ("ns/op", 1e9), "node": ("ns/node", 1e9), "step": ("µs/step", 1e6), "byte": ("bytes/node", 1),
+            "MB": ("MB", 1e-6)}[unit]
 
 
 def fmt(value):
@@ -58,13 +60,14 @@ def fmt_advantage(speedup, unit):
 
 
 def ratios(results, phase):
-    """fastgrad against the others in one row: speedups over micrograd and the seed, cost over floats."""
+    """fastgrad against the others in one row: speedups over micrograd, the seed, PyTorch tensors and JAX, cost over
+    floats."""
     def median(engine):
         return results.get(engine, {}).get(phase, {}).get("median")
     fg = median("fastgrad")
     out = {}
     if fg:
-        for other in ("micrograd", "seed", "torch-tensor"):
+        for other in PEERS:
             if median(other):
                 out[f"speedup_vs_{other}"] = median(other) / fg
         if median("floats"):
@@ -93,12 +96,13 @@ def rows(report):
 
 def table(report, markdown=False):
     engines = [e["name"] for e in report["engines"] if e["available"]]
-    head = ["workload", "unit"] + engines + ["fastgrad vs micrograd", "vs seed", "vs torch-tensor", "vs floats"]
+    head = ["workload", "unit"] + engines + ["fastgrad vs micrograd"] + [f"vs {other}" for other in PEERS[1:]] + [
+        "vs floats"]
     body = []
     for _, title, unit, values, noisy, r in rows(report):
         cells = [fmt(values.get(e)) + ("~" if noisy.get(e) else "") for e in engines]
         body.append([title, unit] + cells + [
-            fmt_advantage(r.get(f"speedup_vs_{other}"), unit) for other in ("micrograd", "seed", "torch-tensor")
+            fmt_advantage(r.get(f"speedup_vs_{other}"), unit) for other in PEERS
         ] + [fmt_ratio(r.get("times_floats"))])
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
@@ -112,8 +116,8 @@ def table(report, markdown=False):
 
 def legend():
     return ("Medians of interleaved repeats; ~ marks an interquartile range over 10% of the median (noise). "
-            "'vs micrograd', 'vs seed' and 'vs torch-tensor': their time / fastgrad's time ('faster'), or its "
-            "inverse when fastgrad takes longer ('slower'); 'vs floats': fastgrad's time / the plain-float time.")
+            "'vs micrograd', 'vs seed', 'vs torch-tensor' and 'vs jax': their time / fastgrad's time ('faster'), or "
+            "its inverse when fastgrad takes longer ('slower'); 'vs floats': fastgrad's time / the plain-float time.")
 
 
 def header(report):
@@ -155,7 +159,7 @@ def text(report):
 # --- the chart -------------------------------------------------------------------------------------------
 
 COLORS = {"fastgrad": "#d62728", "micrograd": "#1f77b4", "seed": "#9467bd", "floats": "#7f7f7f", "torch": "#ff7f0e",
-          "torch-tensor": "#8c564b", "casadi": "#2ca02c"}
+          "torch-tensor": "#8c564b", "casadi": "#2ca02c", "jax": "#17becf"}
 
 
 def chart(report, path):
@@ -165,7 +169,9 @@ def chart(report, path):
     import matplotlib.pyplot as plt
 
     engines = [e["name"] for e in report["engines"] if e["available"]]
-    timed = [r[1:] for r in rows(report) if not r[0].startswith("sweep") and r[2] != "bytes/node"]
+    # The batched rows have a chart of their own (batched_chart), the figures in bytes no time axis.
+    timed = [r[1:] for r in rows(report)
+             if not r[0].startswith(("sweep", "moons-batched")) and r[2] not in ("bytes/node", "MB")]
     sweep = [w for w in report["workloads"] if w["name"].startswith("sweep")]
     memory = [w for w in report["workloads"] if w["name"] == "memory"]
 
@@ -181,9 +187,11 @@ def chart(report, path):
     ax.set_yticks([i + 0.4 - bar / 2 for i in range(len(timed))])
     ax.set_yticklabels([f"{r[0]} ({r[1]})" for r in timed], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xscale("log")
+    if timed:                 # a run of --only rows drawn elsewhere leaves this axis empty: nothing to log-scale
+        ax.set_xscale("log")
     ax.set_xlabel("time per unit (log scale; shorter is faster)")
-    ax.legend(ncol=len(engines), loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=8, frameon=False)
+    if timed:
+        ax.legend(ncol=len(engines), loc="lower center", bbox_to_anchor=(0.5, 1.0), fontsize=8, frameon=False)
     ax.grid(axis="x", which="both", alpha=0.3)
     fig.suptitle(f"fastgrad benchmark suite ({report['mode']} run), {report['date']}, "
                  f"{report['machine']['cpu']}, {report['machine']['cores']} cores, {report['machine']['python']}",
@@ -220,6 +228,57 @@ def chart(report, path):
     plt.close(fig)
 
 
+def has_batched_rows(report):
+    return any(w["name"].startswith("moons-batched-") and w["unit"] == "step" for w in report["workloads"])
+
+
+def batched_path(path):
+    """Where the batched rows' chart goes: beside the main chart (a path or a link), -batched after the first word
+    of its name, so that it keeps the rest (bench-latest.png: bench-batched-latest.png, which git ignores too)."""
+    folder, name = os.path.split(path)
+    stem, ext = os.path.splitext(name)
+    first, dash, rest = stem.partition("-")
+    return os.path.join(folder, f"{first}-batched{dash}{rest}{ext}")
+
+
+def batched_chart(report, path):
+    """A PNG: time per point of the batched moons step against the number of points N, a line per engine
+    (fastgrad's one-thread, all-threads and compiled-graph ways each a line of their own), log-log."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"step": "fastgrad batched, 1 thread", "all threads, wall clock": "fastgrad batched, all threads (wall "
+              "clock)", "compiled graph": "fastgrad compiled graph"}
+    lines = {}
+    for w in report["workloads"]:
+        if not has_batched_rows({"workloads": [w]}):
+            continue
+        points = int(float(w["name"].rsplit("-", 1)[1]))     # moons-batched-1e4: 10,000 points
+        for engine, phases in w["results"].items():
+            for phase in set(phases) & set(w["shown_phases"]):
+                label = labels[phase] if engine == "fastgrad" else engine
+                lines.setdefault(label, []).append((points, phases[phase]["median"] * 1e9 / points))
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    styles = dict(zip(labels.values(), (("-", "o"), ("--", "s"), (":", "^"))))   # fastgrad's three ways
+    for label, points in sorted(lines.items()):
+        line, marker = styles.get(label, ("-", "o"))
+        ax.plot(*zip(*sorted(points)), marker=marker, linestyle=line, label=label, color=COLORS.get(label.split()[0]))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("points N in the batch")
+    ax.set_ylabel("ns per point (one training step / N)")
+    m = report["machine"]
+    ax.set_title(f"micrograd's moons step over N points ({report['mode']} run, {report['date']})\n"
+                 f"{m['cpu']}, {m['cores']} cores, {m['python']}", fontsize=9)
+    ax.grid(which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 # --- the README block ------------------------------------------------------------------------------------
 
 # The README's pictures link the repository's files (pyproject.toml's Source URL): a relative link shows nothing
@@ -248,6 +307,8 @@ def readme_block(report, chart_link, command):
         "",
         f"![fastgrad benchmark]({chart_link})",
         "",
+        *([f"![the batched moons step: time per point against N]({batched_path(chart_link)})", ""]
+          if has_batched_rows(report) else []),
         "Targets:",
         "",
         "\n".join(f"- {t['figure']}: {t['shown']} (target {t['target']}"

@@ -29,9 +29,9 @@ REPO_DIR = os.path.dirname(BENCH_DIR)
 SETTINGS = {
     # repeats per engine, least seconds per sample, sweep sizes, largest sweep for the pure-Python engines
     "quick": dict(repeats=3, min_seconds=0.01, sweep=[10**3, 10**4, 10**5], slow_sweep_max=10**4,
-                  memory_repeats=1, quick=True),
+                  memory_repeats=1, quick=True, batched=[100, 1000]),
     "full": dict(repeats=11, min_seconds=0.1, sweep=[10**3, 10**4, 10**5, 10**6, 10**7], slow_sweep_max=10**5,
-                 memory_repeats=3, quick=False),
+                 memory_repeats=3, quick=False, batched=[100, 1000, 10**4, 10**5]),
 }
 FAST_ENGINES = ("fastgrad", "floats")   # the only ones the sweep runs past slow_sweep_max
 
@@ -47,8 +47,11 @@ def make_workloads(settings):
         rest.append(wl.MoonsStep("seed"))   # the seed's model on the seed's Value: seconds per step
     compiled = [wl.CompiledMoonsStep(), wl.CompiledLayer(), wl.CompileCost(), wl.ProgramBytes(), wl.GradCost(),
                 wl.MoonsHessianVectorProduct(), wl.PhysicsInformedStep()]
+    batched = [wl.BatchedMoonsStep(points, micrograd=not settings["quick"]) for points in settings["batched"]]
+    if not settings["quick"]:
+        batched.append(wl.BatchedMemory())   # a fresh interpreter over a million rows: seconds
     optim = [wl.OptimizerStep(kind) for kind in wl.OptimizerStep.KINDS]
-    return (ops + rest + compiled + optim + [wl.Sweep(size) for size in settings["sweep"]]
+    return (ops + rest + compiled + batched + optim + [wl.Sweep(size) for size in settings["sweep"]]
             + [wl.BytesPerNode()])
 
 
@@ -175,6 +178,7 @@ def targets(results, quick):
     mg = median("memory", "bytes", "micrograd")
     add("bytes per node", "<= 96 (micrograd ~690)", b, b and b <= 96,
         f"{b:.0f} (micrograd {mg:.0f})" if b and mg else f"{b:.0f}" if b else "")
+    out += batched_targets(median)
     sweep = [(w["units"], w["results"]["fastgrad"]["total"]["median"]) for w in results
              if w["name"].startswith("sweep") and "fastgrad" in w["results"]]
     if len(sweep) >= 2:
@@ -185,6 +189,43 @@ def targets(results, quick):
             f"max/min {flat:.2f}x over {span}" + (" (quick run: not up to 1e7)" if quick else ""))
     else:
         add("cost per node across the sweep", "within 2x from 1e3 to 1e7", None, None, "")
+    return out
+
+
+def batched_targets(median):
+    """The batched replay's figures, each from this run's medians; median(workload, phase, engine) reads one."""
+    out = []
+
+    def add(figure, target, measured, met, shown):
+        out.append({"figure": figure, "target": target, "measured": measured,
+                    "met": None if measured is None else bool(met), "shown": shown if measured is not None else "n/a"})
+
+    row = wl.BatchedMoonsStep.row_name
+    for points, limits in ((100, {"jax": 0.5, "torch-tensor": 0.1}), (10**4, {"jax": 1.0, "torch-tensor": 0.3})):
+        batched = median(row(points), "step", "fastgrad")
+        for other, limit in limits.items():
+            theirs = median(row(points), "step", other)
+            r = batched / theirs if batched and theirs else None
+            add(f"batched moons step at N={points:,} vs {other}, 1 thread each", f"<= {limit}x", r, r and r <= limit,
+                f"{r:.2f}x" if r else "")
+    small, large = (median(row(points), "step", "fastgrad") for points in (10**3, 10**5))
+    r = (large / 10**5) / (small / 10**3) if small and large else None
+    add("batched moons step, time per point at N=100,000 vs N=1,000", "<= 1.3x", r, r and r <= 1.3,
+        f"{r:.2f}x" if r else "")
+    one, every, one_cpu, every_cpu, control_one, control_every = (median(row(10**4), phase, "fastgrad") for phase in (
+        "1 thread, wall clock", "all threads, wall clock", "step", "all threads, CPU time",
+        "GIL-free control, 1 thread", "GIL-free control, all threads"))
+    r = one / every if one and every else None
+    # On a shared machine the threads wait for cores: the CPU times say what the threads cost, the control how
+    # much of its cores the process got.
+    add(f"batched moons step at N=10,000, all {wl.BatchedMoonsStep.threads()} threads vs 1 (wall clock)",
+        ">= 1.7x faster", r, r and r >= 1.7,
+        f"{report.fmt_advantage(r, 'µs/step')} (CPU time of all threads {every_cpu / one_cpu:.2f}x one thread's; "
+        f"SHA-256 on all threads, as a control: {report.fmt_advantage(control_one / control_every, 'µs/step')})"
+        if r else "")
+    growth = median("moons-batched-memory", "RSS growth beyond the rows", "fastgrad")
+    add(f"RSS growth training batched over {wl.BatchedMemory.ROWS:,} rows, beyond the rows", "< 100 MB", growth,
+        growth is not None and growth < 100e6, f"{growth / 1e6:.1f} MB" if growth is not None else "")
     return out
 
 
@@ -212,6 +253,7 @@ def notes(results, missing, overhead, workloads, kernel):
         for engine, seconds in getattr(w, "build_seconds", {}).items():
             out.append(f"{w.name}: {engine} built its model once, untimed in the rows: {seconds:.2f} s (its graph "
                        "and the graph of its gradient)")
+        out += [f"{w.name}: {note}" for note in getattr(w, "notes", [])]
         losses = getattr(w, "first_loss", None)
         if losses and len(losses) > 1:
             spread = max(losses.values()) - min(losses.values())
@@ -302,6 +344,9 @@ def main(argv=None):
         try:
             report.chart(data, chart_path)
             print(f"chart: {chart_path}", file=sys.stderr)
+            if report.has_batched_rows(data):
+                report.batched_chart(data, report.batched_path(chart_path))
+                print(f"chart: {report.batched_path(chart_path)}", file=sys.stderr)
         except ImportError:
             print("matplotlib not installed (pip install fastgrad[bench]): no chart", file=sys.stderr)
     if args.update_readme:

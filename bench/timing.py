@@ -41,6 +41,8 @@ def interleaved(samplers, units, repeats, min_seconds, progress=None):
     phases also gets a "total" phase, their sum.
     """
     engines = list(samplers)
+    if not engines:           # every engine skipped this workload
+        return {}
     inner, warm_up = {}, {}
     for name in engines:
         if progress:

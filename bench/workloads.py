@@ -8,10 +8,16 @@ Graph engines all run the same workload body; plain floats run the same arithmet
 backward and no graph. Graphs are dropped outside the timed phases, except in the scaling sweep, which times
 the whole life of a graph (build, backward, free).
 """
+import functools
 import gc
+import hashlib
 import math
+import os
 import random
+import subprocess
 import sys
+import threading
+import time
 
 from timing import clock
 
@@ -334,6 +340,7 @@ class MoonsStep(Workload):
     unit = "step"
     phases = ("step",)
     SIZES = [16, 16, 1]
+    points = 100
 
     def __init__(self, family):
         self.family = family
@@ -350,13 +357,13 @@ class MoonsStep(Workload):
 
         from fastgrad import moons
 
-        X, y = moons.make_moons(100, noise=0.1, seed=0)
+        X, y = moons_data(self.points)
         random.seed(1)
         if engine.moons_model:
             model = engine.moons_model(X, y, self.SIZES)
             if hasattr(model, "build_seconds"):
                 self.build_seconds[engine.name] = model.build_seconds
-            step = model.train_step
+            step = self.whole_model_step(model)
         elif not engine.is_graph:
             if self.family != "micrograd":
                 raise Unsupported("no hand-written version of the tanh model")
@@ -373,6 +380,11 @@ class MoonsStep(Workload):
         first = step(X, y, 0)
         self.first_loss[engine.name] = float(first[0])
         return self.timed_steps(step, X, y)
+
+    @staticmethod
+    def whole_model_step(model):
+        """The step an engine that computes whole models runs in this row: step(X, y, k) -> (loss, ...)."""
+        return model.train_step
 
     @staticmethod
     def timed_steps(step, X, y, phase="step"):
@@ -404,39 +416,285 @@ class CompiledMoonsStep(MoonsStep):
     def sampler(self, engine):
         if engine.name != "fastgrad":
             return super().sampler(engine)
-        import fastgrad
-        import fastgrad.optim
-        from fastgrad import moons
-
-        X, y = moons.make_moons(100, noise=0.1, seed=0)
-        random.seed(1)
-        model = engine.mlp(2, self.SIZES)
-        loss, _ = moons.svm_graph(model, engine.leaf, X, y)
-        graph = fastgrad.compile(loss)
-        params = model.parameters()
-        sgd = fastgrad.optim.SGD(params, lr=moons.learning_rate(0))
-
-        def with_optimizer(X, y, k):
-            graph.forward()
-            sgd.zero_grad()
-            graph.backward()
-            sgd.lr = moons.learning_rate(k)
-            sgd.step()
-            return loss.data
-
-        def with_python_loop(X, y, k):
-            graph.forward()
-            model.zero_grad()
-            graph.backward()
-            rate = moons.learning_rate(k)
-            for p in params:
-                p.data -= rate * p.grad
-            return loss.data
-
-        self.first_loss[engine.name] = with_optimizer(X, y, 0)
+        X, y = moons_data(self.points)
+        first, with_optimizer, with_python_loop = compiled_moons_steps(engine, X, y)
+        self.first_loss[engine.name] = first
         optimizer, loop = (self.timed_steps(step, X, y, phase) for step, phase in zip(
             (with_optimizer, with_python_loop), self.phases))
         return lambda inner: {**optimizer(inner), **loop(inner)}
+
+
+@functools.lru_cache(maxsize=1)      # the engines of a row take turns on the same points
+def moons_data(points):
+    """micrograd's moons points (X, y), the same for every engine (which only read them)."""
+    from fastgrad import moons
+    return moons.make_moons(points, noise=0.1, seed=0)
+
+
+def compiled_moons_steps(engine, X, y):
+    """micrograd's demo loss over X, y on fastgrad, built once from input leaves and compiled (fastgrad.compile).
+
+    Returns (the loss of step 0, step with fastgrad.optim.SGD, step with the Python loop a micrograd user writes):
+    step(X, y, k) runs forward, zero_grad, backward and the update on the one graph, and returns the loss.
+    """
+    import fastgrad
+    import fastgrad.optim
+    from fastgrad import moons
+
+    random.seed(1)
+    model = engine.mlp(2, MoonsStep.SIZES)
+    loss, _ = moons.svm_graph(model, engine.leaf, X, y)
+    graph = fastgrad.compile(loss)
+    params = model.parameters()
+    sgd = fastgrad.optim.SGD(params, lr=moons.learning_rate(0))
+
+    def with_optimizer(X, y, k):
+        graph.forward()
+        sgd.zero_grad()
+        graph.backward()
+        sgd.lr = moons.learning_rate(k)
+        sgd.step()
+        return loss.data
+
+    def with_python_loop(X, y, k):
+        graph.forward()
+        model.zero_grad()
+        graph.backward()
+        rate = moons.learning_rate(k)
+        for p in params:
+            p.data -= rate * p.grad
+        return loss.data
+
+    return with_optimizer(X, y, 0), with_optimizer, with_python_loop
+
+
+# --- the batched replay: one point's graph over N points --------------------------------------------------
+
+class BatchedMoonsStep(MoonsStep):
+    """The demo's step over N moons points, as each engine does it best once the model is fixed.
+
+    fastgrad: one point's loss, (1 + -y*score).relu(), compiled with its inputs (fastgrad.compile(loss,
+    inputs=[x1, x2, y]) makes a BatchedGraph), forward over the N rows, backward with weights 1/N (the mean), the
+    L2 term compiled on its own, fastgrad.optim.SGD; one thread ("step", CPU time as in every row), and every
+    core the process may use ("all threads, wall clock": CPU time would add the threads' times up). Not shown,
+    for the ratio of the two and what it owes to the load of the machine: "1 thread, wall clock", "all
+    threads, CPU time", and a control that any machine parallelises, SHA-256 on one thread and on all
+    (gil_free_control): on a shared machine the process may get less than its cores. Beside it
+    ("compiled graph") the plain compiled graph of all N points, as in the compiled row. PyTorch tensors and JAX
+    run their whole-batch steps without the accuracy; micrograd its own step. Each way trains its own model
+    from the same weights.
+    """
+
+    phases = ("step", "all threads, wall clock", "compiled graph", "1 thread, wall clock", "all threads, CPU time",
+              "GIL-free control, 1 thread", "GIL-free control, all threads")
+    shown_phases = phases[:3]
+    COMPILED_MAX = 10_000   # the compiled graph holds N copies of the model: 674 MB at 10,000 points
+    MICROGRAD_MAX = 100     # micrograd's step builds the N copies in Python: a second at 100 points
+
+    def __init__(self, points, micrograd=True):
+        super().__init__("micrograd")
+        self.points = points
+        self.micrograd = micrograd    # a second a step: the quick run leaves it to the moons row
+        self.name = self.row_name(points)
+        self.title = f"moons step, batched, N={points:,}"
+        self.notes = []
+
+    @staticmethod
+    def row_name(points):
+        return f"moons-batched-{points:.0e}".replace("+0", "")     # moons-batched-1e4: 10,000 points
+
+    @staticmethod
+    def threads():
+        """How many threads threads=None means: the cores this process may use."""
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+    def sampler(self, engine):
+        if engine.name == "fastgrad":
+            return self.fastgrad_sampler(engine)
+        if engine.name == "micrograd" and not self.micrograd:
+            raise Unsupported("left out of the quick run: the moons row times its step at 100 points")
+        if engine.name == "micrograd" and self.points > self.MICROGRAD_MAX:
+            raise Unsupported(f"a step builds the graph of every point: run up to {self.MICROGRAD_MAX} points")
+        if engine.name not in ("micrograd", "torch-tensor", "jax"):
+            raise Unsupported("the batched rows run fastgrad, PyTorch tensors, JAX and micrograd")
+        return super().sampler(engine)
+
+    @staticmethod
+    def whole_model_step(model):
+        return lambda X, y, k: model.update(k)
+
+    def fastgrad_sampler(self, engine):
+        import fastgrad
+
+        X, y = moons_data(self.points)
+        one = every = compiled = None
+        if hasattr(fastgrad, "BatchedGraph"):
+            import numpy
+            rows = numpy.array([[x1, x2, label] for (x1, x2), label in zip(X, y)], dtype=numpy.float64)
+            one, first = batched_moons_step(engine, rows, threads=1)
+            every, _ = batched_moons_step(engine, rows, threads=None)
+            self.first_loss[engine.name] = first
+            self.notes.append(f"fastgrad batched: all threads are {self.threads()} here")
+        else:
+            self.notes.append("fastgrad batched: n/a (needs fastgrad.BatchedGraph)")
+        if self.points <= self.COMPILED_MAX:
+            first, compiled, _ = compiled_moons_steps(engine, X, y)
+            self.first_loss.setdefault(engine.name, first)
+        else:
+            self.notes.append(f"fastgrad compiled graph: up to {self.COMPILED_MAX:,} points (it holds a copy of the "
+                              "model per point)")
+        counter = [1]
+
+        def timed(step, k, inner):
+            """(CPU seconds, wall seconds) of inner steps, after one untimed: the first pass of a compiled graph
+            after another's catches the live graphs up (measured here: 7 ms after the compiled graph of 1,000
+            points), which a training loop, running one graph, never pays."""
+            step(k % 100)
+            start, wall = clock(), time.perf_counter()
+            for i in range(k, k + inner):
+                step(i % 100)
+            return clock() - start, time.perf_counter() - wall
+
+        def sampler(inner):
+            k = counter[0]
+            counter[0] = k + inner + 1
+            times = {}
+            if one:
+                times["step"], times["1 thread, wall clock"] = timed(one, k, inner)
+                times["all threads, CPU time"], times["all threads, wall clock"] = timed(every, k, inner)
+                times["GIL-free control, 1 thread"] = gil_free_control(1, inner)
+                times["GIL-free control, all threads"] = gil_free_control(self.threads(), inner)
+            if compiled:
+                times["compiled graph"] = timed(lambda k: compiled(X, y, k), k, inner)[0]
+            return times
+        return sampler
+
+
+CONTROL_BYTES = bytes(1 << 18)
+
+
+def gil_free_control(threads, inner):
+    """Wall seconds to hash CONTROL_BYTES 8 * inner times, the hashes split over `threads` threads (hashlib releases
+    the GIL for a large buffer): against one thread, the share of its cores this process gets right now."""
+    def work(count):
+        for _ in range(count):
+            hashlib.sha256(CONTROL_BYTES).digest()
+    counts = [8 * inner // threads + (i < 8 * inner % threads) for i in range(threads)]
+    helpers = [threading.Thread(target=work, args=(count,)) for count in counts[1:]]
+    start = time.perf_counter()
+    for helper in helpers:
+        helper.start()
+    work(counts[0])
+    for helper in helpers:
+        helper.join()
+    return time.perf_counter() - start
+
+
+def batched_moons_step(engine, rows, threads):
+    """micrograd's demo step over rows (N x [x1, x2, label]) on a fastgrad BatchedGraph of one point's loss.
+
+    Returns (step(k), the loss of step 0). The data loss is the mean of the points' losses (backward's weights
+    1/N), the L2 term a compiled graph of its own, as in fastgrad.moons.svm_loss; the update fastgrad.optim.SGD.
+    """
+    import fastgrad
+    import fastgrad.optim
+    from baselines import ALPHA
+
+    from fastgrad import moons
+
+    random.seed(1)
+    model = engine.mlp(2, MoonsStep.SIZES)
+    loss, inputs = moons_point_loss(model, engine.leaf)
+    graph = fastgrad.compile(loss, inputs=inputs, threads=threads)
+    params = model.parameters()
+    regulariser = fastgrad.compile(ALPHA * sum(p * p for p in params))
+    sgd = fastgrad.optim.SGD(params, lr=moons.learning_rate(0))
+    weight = 1.0 / len(rows)
+
+    def step(k):
+        losses = graph.forward(rows)
+        penalty = regulariser.forward()
+        sgd.zero_grad()
+        graph.backward(weights=weight)
+        regulariser.backward()
+        sgd.lr = moons.learning_rate(k)
+        sgd.step()
+        return losses, penalty
+
+    losses, penalty = step(0)
+    return step, math.fsum(memoryview(losses).cast("B").cast("d")) / len(rows) + penalty
+
+
+def moons_point_loss(model, leaf):
+    """One point's loss in the demo, (1 + -y*score).relu() as fastgrad.moons writes it, and its inputs [x1, x2, y]."""
+    inputs = [leaf(0.0) for _ in range(3)]
+    x1, x2, label = inputs
+    return (1 + -label * model([x1, x2])).relu(), inputs
+
+
+class BatchedMemory(Workload):
+    """What training batched costs in memory beyond the data: in a fresh interpreter, the growth of the resident
+    set (its peak after, over its size before) from making ROWS moons rows, compiling one point's loss of the demo
+    model and running forward and backward over them once, less the rows' own bytes."""
+
+    name = "moons-batched-memory"
+    unit = "MB"
+    exact = True
+    whole_models = True    # the engines that compute whole models get this row's reason, not the moons rows'
+    phases = shown_phases = ("RSS growth beyond the rows",)
+    ROWS = 10**6
+
+    def __init__(self):
+        self.title = f"batched moons, {self.ROWS:,} rows"
+
+    def sampler(self, engine):
+        import fastgrad
+
+        if engine.name != "fastgrad":
+            raise Unsupported("fastgrad's batched replay only")
+        if not hasattr(fastgrad, "BatchedGraph"):
+            raise Unsupported("n/a (needs fastgrad.BatchedGraph)")
+        if not os.path.exists("/proc/self/status"):
+            raise Unsupported("reads the resident set from /proc (Linux)")
+        return lambda inner: {self.phases[0]: float(run_here(f"batched_rss_growth({self.ROWS})"))}
+
+
+def run_here(call):
+    """What a call of this module prints, run in a fresh interpreter (for figures of a whole process)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return subprocess.run([sys.executable, "-c", f"import workloads; print(workloads.{call})"], cwd=here,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def batched_rss_growth(count):
+    """BatchedMemory's figure, in bytes, for count rows, measured in this process (see BatchedMemory)."""
+    import numpy
+
+    import fastgrad
+    import fastgrad.micrograd.nn
+    from fastgrad import moons
+
+    random.seed(1)
+    loss, inputs = moons_point_loss(fastgrad.micrograd.nn.MLP(2, MoonsStep.SIZES), fastgrad.Value)
+    gc.collect()
+    before = resident_bytes("VmRSS")
+    rows = numpy.empty((count, 3))
+    chunk = 10_000            # the moons made a chunk at a time, so that their Python lists stay small
+    for start in range(0, count, chunk):
+        X, y = moons.make_moons(min(chunk, count - start), noise=0.1, seed=start)
+        rows[start:start + len(X), :2] = X
+        rows[start:start + len(X), 2] = y
+    graph = fastgrad.compile(loss, inputs=inputs)
+    graph.forward(rows)
+    graph.backward(weights=1.0 / count)
+    return resident_bytes("VmHWM") - before - rows.nbytes
+
+
+def resident_bytes(field):
+    """VmRSS (the resident set now) or VmHWM (its peak), from /proc/self/status."""
+    with open("/proc/self/status") as f:
+        kib = next(line.split()[1] for line in f if line.startswith(field + ":"))
+    return int(kib) * 1024
 
 
 # --- the compiled replay on its own ---------------------------------------------------------------------

@@ -28,18 +28,20 @@ def bench_module(name):
 report = bench_module("report")
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    """One `bench/run.py --quick` of three cheap workloads, as a user or CI runs it."""
-    out = tmp_path_factory.mktemp("bench") / "results.json"
-    proc = subprocess.run(
-        [sys.executable, os.path.join(BENCH, "run.py"), "--quick", "--only", "chain,memory,optim-adam",
-         "--json", str(out), "--no-chart"],
-        capture_output=True, text=True, timeout=300, cwd=REPO,
-    )
+def run_quick(folder, *args):
+    """`bench/run.py --quick *args` as a user or CI runs it: (the finished process, its JSON results)."""
+    out = folder / "results.json"
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "run.py"), "--quick", *args, "--json", str(out),
+                           "--no-chart"], capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     with open(out) as f:
         return proc, json.load(f)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One quick run of three cheap workloads."""
+    return run_quick(tmp_path_factory.mktemp("bench"), "--only", "chain,memory,optim-adam")
 
 
 def test_quick_run_reports_every_installed_engine(quick_run):
@@ -214,3 +216,181 @@ def test_torch_model_trains_exactly_as_micrograd():
         twin_loss, twin_accuracy = moons.train_step(twin, leaf, X, y, k)
         assert float(twin_loss) == pytest.approx(loss, rel=1e-12)
         assert float(twin_accuracy) == pytest.approx(accuracy)
+
+
+# --- the batched rows (issue 16) ---------------------------------------------------------------------------
+
+def has_batched_replay():
+    import fastgrad
+    return hasattr(fastgrad, "BatchedGraph")
+
+
+@pytest.fixture(scope="module")
+def batched_run(tmp_path_factory):
+    """A quick run of the batched row at 100 points, without micrograd (a second a step)."""
+    return run_quick(tmp_path_factory.mktemp("bench"), "--only", "moons-batched-1e2",
+                     "--engines", "fastgrad,torch-tensor,jax,seed")
+
+
+def test_batched_row_runs_every_way_of_taking_the_step(batched_run):
+    proc, data = batched_run
+    row = next(w for w in data["workloads"] if w["name"] == "moons-batched-1e2")
+    assert row["unit"] == "step" and row["title"] == "moons step, batched, N=100"
+    fastgrad = row["results"]["fastgrad"]
+    assert "compiled graph" in fastgrad
+    if has_batched_replay():
+        assert {"step", "all threads, wall clock", "1 thread, wall clock", "all threads, CPU time",
+                "GIL-free control, 1 thread", "GIL-free control, all threads"} <= set(fastgrad)
+    else:
+        assert "step" not in fastgrad
+        assert "moons-batched-1e2: fastgrad batched: n/a (needs fastgrad.BatchedGraph)" in data["notes"]
+    for engine in {"torch-tensor", "jax"} & {e["name"] for e in data["engines"] if e["available"]}:
+        assert set(row["results"][engine]) == {"step"}, engine
+    assert "seed" in row["skipped"]
+    # Every way trains the same model on the same points: their losses at step 0 agree.
+    assert any(note.startswith("moons-batched-1e2: step-0 loss on each engine agree") for note in data["notes"])
+
+
+def test_batched_targets_are_reported_as_ratios_of_the_runs_medians(batched_run):
+    _, data = batched_run
+    targets = {t["figure"]: t for t in data["targets"]}
+    row = next(w for w in data["workloads"] if w["name"] == "moons-batched-1e2")["results"]
+    for other in ("jax", "torch-tensor"):
+        target = targets[f"batched moons step at N=100 vs {other}, 1 thread each"]
+        if "step" in row["fastgrad"] and other in row:
+            assert target["measured"] == pytest.approx(row["fastgrad"]["step"]["median"] / row[other]["step"]["median"])
+        else:
+            assert target["measured"] is None and target["shown"] == "n/a"
+    # The quick run stops at 1,000 points: the larger figures say they were not measured.
+    assert targets["batched moons step at N=10,000 vs jax, 1 thread each"]["measured"] is None
+    assert targets["RSS growth training batched over 1,000,000 rows, beyond the rows"]["measured"] is None
+
+
+def test_bench_runs_without_jax(tmp_path):
+    """JAX is optional: where it cannot be imported, its column is skipped with the reason and the run goes on."""
+    (tmp_path / "jax.py").write_text("raise ImportError('hidden by the test')\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    proc = subprocess.run([sys.executable, os.path.join(BENCH, "run.py"), "--quick", "--only", "moons-batched-1e2",
+                           "--engines", "fastgrad,jax", "--no-chart"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "jax: not installed (hidden by the test): skipped" in proc.stdout
+
+
+def test_batched_targets_from_given_medians(monkeypatch):
+    monkeypatch.syspath_prepend(BENCH)
+    run = bench_module("run")
+    medians = {("moons-batched-1e2", "step", "fastgrad"): 20e-6, ("moons-batched-1e2", "step", "jax"): 70e-6,
+               ("moons-batched-1e2", "step", "torch-tensor"): 150e-6,
+               ("moons-batched-1e3", "step", "fastgrad"): 100e-6, ("moons-batched-1e5", "step", "fastgrad"): 14e-3,
+               ("moons-batched-1e4", "1 thread, wall clock", "fastgrad"): 1e-3,
+               ("moons-batched-1e4", "all threads, wall clock", "fastgrad"): 0.5e-3,
+               ("moons-batched-1e4", "step", "fastgrad"): 0.9e-3,
+               ("moons-batched-1e4", "all threads, CPU time", "fastgrad"): 0.95e-3,
+               ("moons-batched-1e4", "GIL-free control, 1 thread", "fastgrad"): 2e-3,
+               ("moons-batched-1e4", "GIL-free control, all threads", "fastgrad"): 1.05e-3,
+               ("moons-batched-memory", "RSS growth beyond the rows", "fastgrad"): 30e6}
+    targets = {t["figure"]: t for t in run.batched_targets(lambda *key: medians.get(key))}
+    at_100 = targets["batched moons step at N=100 vs jax, 1 thread each"]
+    assert at_100["measured"] == pytest.approx(20 / 70) and at_100["met"]
+    assert not targets["batched moons step at N=100 vs torch-tensor, 1 thread each"]["met"]     # 0.13x > 0.1x
+    per_point = targets["batched moons step, time per point at N=100,000 vs N=1,000"]
+    assert per_point["measured"] == pytest.approx(1.4) and not per_point["met"]
+    threads = next(t for figure, t in targets.items() if figure.startswith("batched moons step at N=10,000, all"))
+    assert threads["measured"] == pytest.approx(2.0) and threads["met"]
+    assert threads["shown"] == ("2x faster (CPU time of all threads 1.06x one thread's; SHA-256 on all threads, "
+                                "as a control: 1.9x faster)")
+    memory = targets["RSS growth training batched over 1,000,000 rows, beyond the rows"]
+    assert memory["met"] and memory["shown"] == "30.0 MB"
+    assert targets["batched moons step at N=10,000 vs jax, 1 thread each"]["met"] is None
+
+
+def test_batched_chart_draws_time_per_point_against_n(tmp_path):
+    pytest.importorskip("matplotlib")
+    def timed(seconds):
+        return {"median": seconds, "q1": seconds, "q3": seconds}
+
+    rows = [{"name": f"moons-batched-{n:.0e}".replace("+0", ""), "unit": "step", "title": f"N={n}",
+             "shown_phases": ["step", "all threads, wall clock", "compiled graph"],
+             "results": {"fastgrad": {"step": timed(n * 1e-7), "1 thread, wall clock": timed(n * 1e-7)},
+                         "jax": {"step": timed(n * 3e-7)}}} for n in (100, 1000)]
+    data = {"workloads": rows, "mode": "quick", "date": "2026-12-02",
+            "machine": {"cpu": "a CPU", "cores": 2, "python": "CPython"}}
+    assert report.has_batched_rows(data)
+    path = tmp_path / "bench-batched.png"
+    report.batched_chart(data, str(path))
+    assert path.read_bytes().startswith(b"\x89PNG")
+    assert report.batched_path("bench/results/bench.png") == "bench/results/bench-batched.png"
+    # Beside a chart git ignores, the batched chart is ignored too (a run leaves the checkout as it was).
+    ignored = os.path.join(BENCH, "results", ".gitignore")
+    if os.path.exists(ignored):
+        with open(ignored) as f:
+            patterns = [p.strip() for p in f if p.strip()]
+        for quick in (False, True):
+            path = report.batched_path(report.chart_path(BENCH, quick=quick, update_readme=False))
+            assert any(fnmatch.fnmatch(os.path.basename(path), p) for p in patterns), path
+    block = report.readme_block({**data, "engines": [], "targets": []}, "bench/results/bench.png",
+                                "python bench/run.py")
+    assert "](bench/results/bench-batched.png)" in block
+
+
+def test_jax_model_trains_exactly_as_micrograd():
+    """bench's JAX step is micrograd's demo step, so its column times the same work."""
+    micrograd_engine = pytest.importorskip("micrograd.engine")
+    micrograd_nn = pytest.importorskip("micrograd.nn")
+    pytest.importorskip("jax")
+    from fastgrad import moons
+    sys.path.insert(0, BENCH)     # the engine sets JAX up (float64) as the suite does
+    try:
+        engine = bench_module("engines").jax_engine()
+    finally:
+        sys.path.remove(BENCH)
+
+    X, y = moons.make_moons(30, noise=0.1, seed=2)
+    random.seed(5)
+    model = micrograd_nn.MLP(2, [16, 16, 1])
+    random.seed(5)
+    twin = engine.moons_model(X, y, [16, 16, 1])
+    for k in range(4):
+        loss, accuracy = moons.train_step(model, micrograd_engine.Value, X, y, k)
+        twin_loss, twin_accuracy = twin.train_step(X, y, k)
+        assert twin_loss == pytest.approx(loss, rel=1e-12)
+        assert twin_accuracy == pytest.approx(accuracy)
+    first_layer = [p.data for neuron in model.layers[0].neurons for p in neuron.w]
+    assert twin.params[0][0].ravel().tolist() == pytest.approx(first_layer, rel=1e-12)
+
+
+def test_batched_step_trains_exactly_as_micrograd(monkeypatch):
+    """The batched row's fastgrad step (one point's loss over the rows, the L2 term apart) is micrograd's demo step."""
+    if not has_batched_replay():
+        pytest.skip("needs fastgrad.BatchedGraph")
+    micrograd_engine = pytest.importorskip("micrograd.engine")
+    micrograd_nn = pytest.importorskip("micrograd.nn")
+    from fastgrad import moons
+    monkeypatch.syspath_prepend(BENCH)
+    workloads = bench_module("workloads")
+    engine = bench_module("engines").fastgrad_engine()
+
+    X, y = moons.make_moons(30, noise=0.1, seed=2)
+    rows = [[x1, x2, label] for (x1, x2), label in zip(X, y)]
+    random.seed(1)      # the seed batched_moons_step draws its model from
+    model = micrograd_nn.MLP(2, [16, 16, 1])
+    step, first = workloads.batched_moons_step(engine, rows, threads=2)
+    loss, _ = moons.train_step(model, micrograd_engine.Value, X, y, 0)
+    assert first == pytest.approx(loss, rel=1e-12)
+    for k in range(1, 4):
+        losses, penalty = step(k)
+        loss, _ = moons.train_step(model, micrograd_engine.Value, X, y, k)
+        assert math.fsum(losses) / len(rows) + penalty == pytest.approx(loss, rel=1e-12)
+
+
+def test_batched_memory_is_measured_in_a_fresh_interpreter(monkeypatch):
+    if not has_batched_replay():
+        pytest.skip("needs fastgrad.BatchedGraph")
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("the figure reads /proc")
+    monkeypatch.syspath_prepend(BENCH)
+    workloads = bench_module("workloads")
+    growth = float(workloads.run_here("batched_rss_growth(20_000)"))
+    # The rows (480 kB) are not counted; the program, the scratch and the 20,000 outputs are.
+    assert 0 <= growth < 50e6
