@@ -180,7 +180,7 @@ FG_KERNEL void fg_sub_derivative(double g, double out, double a, double b, doubl
 }
 FG_KERNEL void fg_sub_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
                                      const fg_derivative_steps **db) {
-    static const fg_derivative_steps minus_g = {1, {{FG_NEG, FG_R_G}}, FG_R_T0};
+    static const fg_derivative_steps minus_g = {1, {{FG_NEG, FG_R_G, FG_R_NONE}}, FG_R_T0};
     (void)a; (void)b; (void)k;
     *da = &fg_just_g;
     *db = &minus_g;
@@ -218,7 +218,7 @@ FG_KERNEL void fg_neg_derivative(double g, double out, double a, double b, doubl
 }
 FG_KERNEL void fg_neg_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
                                      const fg_derivative_steps **db) {
-    static const fg_derivative_steps minus_g = {1, {{FG_NEG, FG_R_G}}, FG_R_T0};
+    static const fg_derivative_steps minus_g = {1, {{FG_NEG, FG_R_G, FG_R_NONE}}, FG_R_T0};
     (void)a; (void)b; (void)k; (void)db;
     *da = &minus_g;
 }
@@ -281,7 +281,7 @@ FG_KERNEL void fg_pow_derivative_ops(double a, double b, double k, const fg_deri
         {FG_SUB, FG_R_B, FG_R_ONE}, {FG_POW, FG_R_A, FG_R_T0}, {FG_MUL, FG_R_B, FG_R_T1},
         {FG_MUL, FG_R_T2, FG_R_G}}, FG_R_T3};
     static const fg_derivative_steps out_log_a_g = {3, {
-        {FG_LOG, FG_R_A}, {FG_MUL, FG_R_OUT, FG_R_T0}, {FG_MUL, FG_R_T1, FG_R_G}}, FG_R_T2};
+        {FG_LOG, FG_R_A, FG_R_NONE}, {FG_MUL, FG_R_OUT, FG_R_T0}, {FG_MUL, FG_R_T1, FG_R_G}}, FG_R_T2};
     static const fg_derivative_steps constant_g = {1, {{FG_MUL, FG_R_DB1, FG_R_G}}, FG_R_T0};
     (void)k;
     /* where the kernel branches on the children's data, the branch is chosen when the node is built */
@@ -329,7 +329,7 @@ FG_KERNEL void fg_div_derivative_ops(double a, double b, double k, const fg_deri
     static const fg_derivative_steps inverse_b_g = {2, {
         {FG_POW_CONST, FG_R_B, FG_R_MINUS_ONE}, {FG_MUL, FG_R_T0, FG_R_G}}, FG_R_T1};
     static const fg_derivative_steps minus_inverse_square_b_a_g = {5, {
-        {FG_POW_CONST, FG_R_B, FG_R_MINUS_TWO}, {FG_NEG, FG_R_T0}, {FG_MUL, FG_R_A, FG_R_G},
+        {FG_POW_CONST, FG_R_B, FG_R_MINUS_TWO}, {FG_NEG, FG_R_T0, FG_R_NONE}, {FG_MUL, FG_R_A, FG_R_G},
         {FG_ADD, FG_R_ZERO, FG_R_T2}, {FG_MUL, FG_R_T1, FG_R_T3}}, FG_R_T4};
     (void)a; (void)b; (void)k;
     *da = &inverse_b_g;
@@ -352,7 +352,7 @@ FG_KERNEL void fg_quotient_derivative_ops(double a, double b, double k, const fg
                                           const fg_derivative_steps **db) {
     static const fg_derivative_steps g_over_b = {1, {{FG_QUOTIENT, FG_R_G, FG_R_B}}, FG_R_T0};
     static const fg_derivative_steps minus_g_out_over_b = {3, {
-        {FG_MUL, FG_R_G, FG_R_OUT}, {FG_QUOTIENT, FG_R_T0, FG_R_B}, {FG_NEG, FG_R_T1}}, FG_R_T2};
+        {FG_MUL, FG_R_G, FG_R_OUT}, {FG_QUOTIENT, FG_R_T0, FG_R_B}, {FG_NEG, FG_R_T1, FG_R_NONE}}, FG_R_T2};
     (void)a; (void)b; (void)k;
     *da = &g_over_b;
     *db = &minus_g_out_over_b;
@@ -471,7 +471,8 @@ FG_KERNEL void fg_softplus_derivative(double g, double out, double a, double b, 
 }
 FG_KERNEL void fg_softplus_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
                                           const fg_derivative_steps **db) {
-    static const fg_derivative_steps sigmoid_a_g = {2, {{FG_SIGMOID, FG_R_A}, {FG_MUL, FG_R_T0, FG_R_G}}, FG_R_T1};
+    static const fg_derivative_steps sigmoid_a_g = {
+        2, {{FG_SIGMOID, FG_R_A, FG_R_NONE}, {FG_MUL, FG_R_T0, FG_R_G}}, FG_R_T1};
     (void)a; (void)b; (void)k; (void)db;
     *da = &sigmoid_a_g;
 }
@@ -510,7 +511,7 @@ FG_KERNEL void fg_sin_derivative(double g, double out, double a, double b, doubl
 }
 FG_KERNEL void fg_sin_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
                                      const fg_derivative_steps **db) {
-    static const fg_derivative_steps cos_a_g = {2, {{FG_COS, FG_R_A}, {FG_MUL, FG_R_T0, FG_R_G}}, FG_R_T1};
+    static const fg_derivative_steps cos_a_g = {2, {{FG_COS, FG_R_A, FG_R_NONE}, {FG_MUL, FG_R_T0, FG_R_G}}, FG_R_T1};
     (void)a; (void)b; (void)k; (void)db;
     *da = &cos_a_g;
 }
@@ -528,7 +529,7 @@ FG_KERNEL void fg_cos_derivative(double g, double out, double a, double b, doubl
 FG_KERNEL void fg_cos_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
                                      const fg_derivative_steps **db) {
     static const fg_derivative_steps minus_sin_a_g = {3, {
-        {FG_SIN, FG_R_A}, {FG_NEG, FG_R_T0}, {FG_MUL, FG_R_T1, FG_R_G}}, FG_R_T2};
+        {FG_SIN, FG_R_A, FG_R_NONE}, {FG_NEG, FG_R_T0, FG_R_NONE}, {FG_MUL, FG_R_T1, FG_R_G}}, FG_R_T2};
     (void)a; (void)b; (void)k; (void)db;
     *da = &minus_sin_a_g;
 }
@@ -568,7 +569,7 @@ FG_KERNEL void fg_abs_derivative(double g, double out, double a, double b, doubl
 }
 FG_KERNEL void fg_abs_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
                                      const fg_derivative_steps **db) {
-    static const fg_derivative_steps sign_a_g = {2, {{FG_SIGN, FG_R_A}, {FG_MUL, FG_R_T0, FG_R_G}}, FG_R_T1};
+    static const fg_derivative_steps sign_a_g = {2, {{FG_SIGN, FG_R_A, FG_R_NONE}, {FG_MUL, FG_R_T0, FG_R_G}}, FG_R_T1};
     (void)a; (void)b; (void)k; (void)db;
     *da = &sign_a_g;
 }
