@@ -38,6 +38,7 @@ cdef extern from "lanes.h" nogil:
         const int32_t* terms
         ptrdiff_t instructions
         int32_t uniform_begin, uniform_end
+        const double* uniform_values
     ctypedef struct fg_lane_failure:
         ptrdiff_t instruction
         int lane
@@ -275,7 +276,8 @@ cdef class BatchedGraph(Recording):
         finally:
             PyMem_Free(lane_of)
         self.program = fg_lane_program(self.lane_code, self.lane_terms, computed,
-                                       <int32_t>(computed + self.input_count), <int32_t>(self.lane_slots - 1))
+                                       <int32_t>(computed + self.input_count), <int32_t>(self.lane_slots - 1),
+                                       self.given_values)
         return 0
 
     # -- what Python sees
@@ -497,8 +499,13 @@ cdef class BatchedGraph(Recording):
         cdef double* values = self.block_values[worker]
         cdef double* grads = values + self.lane_slots * FG_LANES
         cdef fg_lane_failure failure
+        # A short block's unused lanes must not reach the shared grads: its loops add lane by lane (no slot is
+        # taken for uniform, so nothing is folded across lanes), and run_chunk clears the unused lanes.
+        cdef fg_lane_program program = self.program
+        if lanes < FG_LANES:
+            program.uniform_end = program.uniform_begin
         self.load_block(values, block, lanes)
-        failure = lane_loops.forward(&self.program, values)
+        failure = lane_loops.forward(&program, values)
         if failure.instruction >= 0:
             self.failures[worker] = failure
             self.failed_blocks[worker] = block
@@ -507,7 +514,7 @@ cdef class BatchedGraph(Recording):
         if with_backward:
             memset(grads, 0, self.computed * FG_LANES * sizeof(double))
             self.set_root_grads(grads, block, lanes)
-            lane_loops.backward(&self.program, values, grads)
+            lane_loops.backward(&program, values, grads)
         else:
             memcpy(self.outputs + block * FG_LANES, values + self.root_lane * FG_LANES, lanes * sizeof(double))
         return True

@@ -25,7 +25,7 @@ FG_KERNEL void fg_dot_forward(const fg_lane_program *program, const int32_t *ter
         const double *x = values + (ptrdiff_t)terms[2 + 2 * j] * FG_LANES;
         double product;
         if (fg_uniform(program, terms[1 + 2 * j])) {
-            const double weight = w[0];
+            const double weight = program->uniform_values[terms[1 + 2 * j] - program->uniform_begin];
             FG_EACH_LANE {
                 fg_mul_forward(weight, x[l], 0.0, &product);
                 fg_add_forward(total[l], product, 0.0, &total[l]);
@@ -40,7 +40,20 @@ FG_KERNEL void fg_dot_forward(const fg_lane_program *program, const int32_t *ter
     FG_EACH_LANE out[l] = total[l];
 }
 
-FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *terms, double *start_grad,
+/* A shared leaf's grad from a block, folded into the first 8 lanes of its slot: every eighth lane summed in lane
+   order, then added once. The slot's other lanes stay as they are, for the ops that add lane by lane, and
+   take_lane_sums sums them all. So a term stores one vector instead of a block's (a weight's grads then fit
+   in one cache line each, in L1 with the rest of the block), in the same order at every SIMD width. */
+FG_KERNEL void fg_fold_into(double *shared_grad, const double *block_grads) {
+    for (int i = 0; i < 8; i++) {
+        double part = block_grads[i];
+        for (int group = 1; group < FG_LANES / 8; group++)
+            part += block_grads[group * 8 + i];
+        shared_grad[i] += part;
+    }
+}
+
+FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *terms, int32_t start,
                                const double *grad, const double *values, double *grads) {
     /* The eager graph's order, as the plain replay runs it: from the top term down, each product's grad into
        w and x. Every partial sum and product below the top has one parent and starts at 0, so its grad is
@@ -54,23 +67,26 @@ FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *te
         const double *x = values + (ptrdiff_t)terms[2 + 2 * j] * FG_LANES;
         double *w_grad = grads + (ptrdiff_t)terms[1 + 2 * j] * FG_LANES;
         double *x_grad = grads + (ptrdiff_t)terms[2 + 2 * j] * FG_LANES;
-        double dw, dx;
+        double dw[FG_LANES], dx;
         if (fg_uniform(program, terms[1 + 2 * j])) {
-            const double weight = w[0];
+            const double weight = program->uniform_values[terms[1 + 2 * j] - program->uniform_begin];
             FG_EACH_LANE {
-                fg_mul_derivative(inner[l], 0.0, weight, x[l], 0.0, &dw, &dx);
-                w_grad[l] += dw;
+                fg_mul_derivative(inner[l], 0.0, weight, x[l], 0.0, &dw[l], &dx);
                 x_grad[l] += dx;
             }
+            fg_fold_into(w_grad, dw);
         } else {
             FG_EACH_LANE {
-                fg_mul_derivative(inner[l], 0.0, w[l], x[l], 0.0, &dw, &dx);
-                w_grad[l] += dw;
+                fg_mul_derivative(inner[l], 0.0, w[l], x[l], 0.0, &dw[l], &dx);
+                w_grad[l] += dw[l];
                 x_grad[l] += dx;
             }
         }
     }
-    FG_EACH_LANE start_grad[l] += inner[l];
+    if (fg_uniform(program, start))
+        fg_fold_into(grads + (ptrdiff_t)start * FG_LANES, inner);
+    else
+        FG_EACH_LANE grads[(ptrdiff_t)start * FG_LANES + l] += inner[l];
 }
 
 FG_KERNEL fg_lane_failure fg_lanes_forward_body(const fg_lane_program *program, double *values) {
@@ -119,7 +135,7 @@ FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const doub
         double *b_grad = grads + (ptrdiff_t)ins.b * FG_LANES;
         switch (ins.op) {
         case FG_LANE_DOT:
-            fg_dot_backward(program, program->terms + ins.b, a_grad, grad, values, grads);
+            fg_dot_backward(program, program->terms + ins.b, ins.a, grad, values, grads);
             break;
 #define FG_BACKWARD_LANES(code, kernel) \
         case code: \

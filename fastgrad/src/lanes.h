@@ -32,6 +32,9 @@ typedef struct {
     const int32_t *terms;            /* per DOT: n, then w1, x1, ..., wn, xn (slots) */
     ptrdiff_t instructions;
     int32_t uniform_begin, uniform_end;   /* slots whose lanes all hold one number (shared, given) */
+    /* Those numbers once each, contiguous: a neuron's weights read from here take a few cache lines, not one
+       a weight, and leave L1 to the block. */
+    const double *uniform_values;
 } fg_lane_program;
 
 /* A failed forward: the instruction and the lowest lane where a kernel reported status. */
