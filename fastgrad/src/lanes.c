@@ -89,8 +89,16 @@ FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *te
         FG_EACH_LANE grads[(ptrdiff_t)start * FG_LANES + l] += inner[l];
 }
 
+/* The loops read the program through a copy of its header on their own stack: Python's headers make the build
+   -fno-strict-aliasing, so any double stored through `values` or `grads` might otherwise have changed the
+   header, and every term would wait on reloading it (perf: the weight's broadcast was the hottest instruction). */
+#define FG_LOCAL_PROGRAM(program) \
+    const fg_lane_program local_program = *(program); \
+    program = &local_program
+
 FG_KERNEL fg_lane_failure fg_lanes_forward_body(const fg_lane_program *program, double *values) {
     fg_lane_failure failure = {-1, 0, FG_OK};
+    FG_LOCAL_PROGRAM(program);
     for (ptrdiff_t i = 0; i < program->instructions; i++) {
         const fg_lane_instruction ins = program->code[i];
         double *restrict out = values + (ptrdiff_t)ins.out * FG_LANES;
@@ -125,6 +133,7 @@ FG_KERNEL fg_lane_failure fg_lanes_forward_body(const fg_lane_program *program, 
 }
 
 FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const double *values, double *grads) {
+    FG_LOCAL_PROGRAM(program);
     for (ptrdiff_t i = program->instructions - 1; i >= 0; i--) {
         const fg_lane_instruction ins = program->code[i];
         const double *out = values + (ptrdiff_t)ins.out * FG_LANES;
