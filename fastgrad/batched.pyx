@@ -12,7 +12,7 @@ written but for the shared leaves' grads after backward(): the recorded graph st
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
-from libc.stdint cimport int32_t, uint32_t
+from libc.stdint cimport int32_t, uint32_t, uintptr_t
 from libc.string cimport memcpy, memset
 
 cimport fastgrad._ops as ops
@@ -57,6 +57,7 @@ cdef enum:
     CHUNK_BLOCKS = 16         # blocks a chunk at least: each chunk's lanes are summed once, at its end
     MAX_CHUNKS = 256          # chunks a pass is cut into at most, so that their sums take little memory
     WORKER_ROWS = 2048        # rows a thread at least: fewer do not pay for waking it
+    CACHE_LINE = 64
 
 cdef const fg_lane_loops* lane_loops = NULL
 
@@ -166,6 +167,11 @@ cdef class BatchedGraph(Recording):
                 + self.term_words * sizeof(int32_t)
                 + (self.shared_count + self.given_count) * (sizeof(PyObject*) + sizeof(double))
                 + self.workers_allocated * 2 * self.lane_slots * FG_LANES * sizeof(double))
+
+    cdef inline double* block_of(self, Py_ssize_t worker) noexcept nogil:
+        """A worker's block, from a cache line's start: a lane loop's vectors then never straddle two lines
+        (PyMem_Malloc aligns to 16 bytes only: most 64-byte loads and stores took two lines each)."""
+        return <double*>((<uintptr_t>self.block_values[worker] + CACHE_LINE - 1) & ~<uintptr_t>(CACHE_LINE - 1))
 
     @property
     def inputs(self):
@@ -473,7 +479,7 @@ cdef class BatchedGraph(Recording):
         """One chunk's blocks; with backward, its sums of the shared leaves' grads in partials. False if a row
         failed. The last chunk also takes the rows after the last whole block, as a short block first: its
         unused lanes' sums are cleared before the chunk's other blocks add to them."""
-        cdef double* values = self.block_values[worker]
+        cdef double* values = self.block_of(worker)
         cdef double* grads = values + self.lane_slots * FG_LANES
         cdef double* shared_grads = grads + (self.computed + self.input_count) * FG_LANES
         cdef Py_ssize_t whole = self.row_count_in_pass // FG_LANES
@@ -496,7 +502,7 @@ cdef class BatchedGraph(Recording):
 
     cdef bint run_block(self, Py_ssize_t worker, Py_ssize_t block, Py_ssize_t lanes,
                         bint with_backward) noexcept nogil:
-        cdef double* values = self.block_values[worker]
+        cdef double* values = self.block_of(worker)
         cdef double* grads = values + self.lane_slots * FG_LANES
         cdef fg_lane_failure failure
         # A short block's unused lanes must not reach the shared grads: its loops add lane by lane (no slot is
@@ -562,10 +568,10 @@ cdef class BatchedGraph(Recording):
             PyMem_Free(self.failed_blocks)
             self.block_values, self.failures, self.failed_blocks = blocks, failures, failed_blocks
             for worker in range(self.workers_allocated, workers):
-                self.block_values[worker] = <double*>PyMem_Malloc(2 * n * sizeof(double))
+                self.block_values[worker] = <double*>PyMem_Malloc(2 * n * sizeof(double) + CACHE_LINE)
                 if self.block_values[worker] == NULL:
                     raise MemoryError()      # the ones allocated stay counted, for __dealloc__
-                memset(self.block_values[worker], 0, 2 * n * sizeof(double))
+                memset(self.block_of(worker), 0, 2 * n * sizeof(double))
                 self.workers_allocated = worker + 1
         if with_backward and self.partials_capacity < self.chunk_count * self.shared_count:
             PyMem_Free(self.partials)
@@ -575,7 +581,7 @@ cdef class BatchedGraph(Recording):
                 raise MemoryError()
         for worker in range(workers):
             self.failures[worker].instruction = -1
-            values = self.block_values[worker]
+            values = self.block_of(worker)
             if worker >= self.workers_filled:     # the numbers of the last forward(), which backward() uses
                 for k in range(self.shared_count + self.given_count):
                     for l in range(FG_LANES):
