@@ -39,13 +39,14 @@ cdef extern from "lanes.h" nogil:
         ptrdiff_t instructions
         int32_t uniform_begin, uniform_end
         const double* uniform_values
+        ptrdiff_t folded
     ctypedef struct fg_lane_failure:
         ptrdiff_t instruction
         int lane
         ops.Status status
     ctypedef fg_lane_failure (*forward_loop)(const fg_lane_program*, double*) noexcept nogil
     ctypedef void (*backward_loop)(const fg_lane_program*, const double*, double*) noexcept nogil
-    ctypedef void (*sum_loop)(double*, ptrdiff_t, double*) noexcept nogil
+    ctypedef void (*sum_loop)(double*, double*, ptrdiff_t, double*) noexcept nogil
     ctypedef struct fg_lane_loops:
         const char* name
         forward_loop forward
@@ -126,7 +127,7 @@ cdef class BatchedGraph(Recording):
     cdef const double* rows
     cdef Py_ssize_t row_count
     # One pass, as the workers see it (set under the GIL before the pass).
-    cdef double** block_values           # per worker: lane_slots * FG_LANES numbers, then as many grads
+    cdef double** block_values           # per worker: lane_slots * FG_LANES numbers, as many grads, the folded
     cdef Py_ssize_t workers_allocated
     cdef double* outputs
     cdef const double* weights           # NULL: every row weighs `weight`
@@ -166,7 +167,11 @@ cdef class BatchedGraph(Recording):
                 + self.program.instructions * sizeof(fg_lane_instruction)
                 + self.term_words * sizeof(int32_t)
                 + (self.shared_count + self.given_count) * (sizeof(PyObject*) + sizeof(double))
-                + self.workers_allocated * 2 * self.lane_slots * FG_LANES * sizeof(double))
+                + self.workers_allocated * self.block_doubles() * sizeof(double))
+
+    cdef inline Py_ssize_t block_doubles(self) noexcept nogil:
+        """A worker's numbers: a block's values and grads, then 8 folded grads a uniform slot (lanes.h)."""
+        return 2 * self.lane_slots * FG_LANES + 8 * (self.shared_count + self.given_count)
 
     cdef inline double* block_of(self, Py_ssize_t worker) noexcept nogil:
         """A worker's block, from a cache line's start: a lane loop's vectors then never straddle two lines
@@ -283,7 +288,7 @@ cdef class BatchedGraph(Recording):
             PyMem_Free(lane_of)
         self.program = fg_lane_program(self.lane_code, self.lane_terms, computed,
                                        <int32_t>(computed + self.input_count), <int32_t>(self.lane_slots - 1),
-                                       self.given_values)
+                                       self.given_values, self.lane_slots * FG_LANES)
         return 0
 
     # -- what Python sees
@@ -497,7 +502,8 @@ cdef class BatchedGraph(Recording):
             if not self.run_block(worker, block, FG_LANES, with_backward):
                 return False
         if with_backward:                    # and the sums start from 0 again
-            lane_loops.take_lane_sums(shared_grads, self.shared_count, self.partials + chunk * self.shared_count)
+            lane_loops.take_lane_sums(shared_grads, values + 2 * self.lane_slots * FG_LANES, self.shared_count,
+                                      self.partials + chunk * self.shared_count)
         return True
 
     cdef bint run_block(self, Py_ssize_t worker, Py_ssize_t block, Py_ssize_t lanes,
@@ -568,10 +574,10 @@ cdef class BatchedGraph(Recording):
             PyMem_Free(self.failed_blocks)
             self.block_values, self.failures, self.failed_blocks = blocks, failures, failed_blocks
             for worker in range(self.workers_allocated, workers):
-                self.block_values[worker] = <double*>PyMem_Malloc(2 * n * sizeof(double) + CACHE_LINE)
+                self.block_values[worker] = <double*>PyMem_Malloc(self.block_doubles() * sizeof(double) + CACHE_LINE)
                 if self.block_values[worker] == NULL:
                     raise MemoryError()      # the ones allocated stay counted, for __dealloc__
-                memset(self.block_of(worker), 0, 2 * n * sizeof(double))
+                memset(self.block_of(worker), 0, self.block_doubles() * sizeof(double))
                 self.workers_allocated = worker + 1
         if with_backward and self.partials_capacity < self.chunk_count * self.shared_count:
             PyMem_Free(self.partials)
@@ -589,6 +595,7 @@ cdef class BatchedGraph(Recording):
             if self.sums_dirty:              # a pass stopped before it took its lanes' sums
                 memset(values + n + (self.computed + self.input_count) * FG_LANES, 0,
                        self.shared_count * FG_LANES * sizeof(double))
+                memset(values + 2 * n, 0, 8 * self.shared_count * sizeof(double))
         self.workers_filled = max(self.workers_filled, workers)
         self.sums_dirty = False
         return 0

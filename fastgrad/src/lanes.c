@@ -40,17 +40,27 @@ FG_KERNEL void fg_dot_forward(const fg_lane_program *program, const int32_t *ter
     FG_EACH_LANE out[l] = total[l];
 }
 
-/* A shared leaf's grad from a block, folded into the first 8 lanes of its slot: every eighth lane summed in lane
-   order, then added once. The slot's other lanes stay as they are, for the ops that add lane by lane, and
-   take_lane_sums sums them all. So a term stores one vector instead of a block's (a weight's grads then fit
-   in one cache line each, in L1 with the rest of the block), in the same order at every SIMD width. */
-FG_KERNEL void fg_fold_into(double *shared_grad, const double *block_grads) {
-    for (int i = 0; i < 8; i++) {
-        double part = block_grads[i];
-        for (int group = 1; group < FG_LANES / 8; group++)
-            part += block_grads[group * 8 + i];
-        shared_grad[i] += part;
-    }
+/* A shared leaf's grad from a block, folded into its 8 numbers past the block's grads (program->folded): every
+   eighth lane summed in lane order, then added once. A term then stores one vector instead of a block's, and
+   the folded grads lie together, where slots' 256-byte stride would put every weight's grad in a quarter of
+   L1's sets (perf: its load was the backward loop's hottest instruction then). The same order at every SIMD
+   width. The 8 numbers go through a local copy: added in place, GCC 12 left the whole fold scalar (the
+   backward pass 45% slower). */
+FG_KERNEL void fg_fold_into(double *folded, const double *block_grads) {
+    double part[8], sum[8];
+    for (int i = 0; i < 8; i++)
+        part[i] = block_grads[i];
+    for (int group = 1; group < FG_LANES / 8; group++)
+        for (int i = 0; i < 8; i++)
+            part[i] += block_grads[group * 8 + i];
+    memcpy(sum, folded, sizeof sum);
+    for (int i = 0; i < 8; i++)
+        sum[i] += part[i];
+    memcpy(folded, sum, sizeof sum);
+}
+
+FG_KERNEL double *fg_folded(const fg_lane_program *program, double *grads, int32_t slot) {
+    return grads + program->folded + (ptrdiff_t)(slot - program->uniform_begin) * 8;
 }
 
 FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *terms, int32_t start,
@@ -65,7 +75,6 @@ FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *te
     for (int32_t j = n - 1; j >= 0; j--) {
         const double *w = values + (ptrdiff_t)terms[1 + 2 * j] * FG_LANES;
         const double *x = values + (ptrdiff_t)terms[2 + 2 * j] * FG_LANES;
-        double *w_grad = grads + (ptrdiff_t)terms[1 + 2 * j] * FG_LANES;
         double *x_grad = grads + (ptrdiff_t)terms[2 + 2 * j] * FG_LANES;
         double dw[FG_LANES], dx;
         if (fg_uniform(program, terms[1 + 2 * j])) {
@@ -74,8 +83,9 @@ FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *te
                 fg_mul_derivative(inner[l], 0.0, weight, x[l], 0.0, &dw[l], &dx);
                 x_grad[l] += dx;
             }
-            fg_fold_into(w_grad, dw);
+            fg_fold_into(fg_folded(program, grads, terms[1 + 2 * j]), dw);
         } else {
+            double *w_grad = grads + (ptrdiff_t)terms[1 + 2 * j] * FG_LANES;
             FG_EACH_LANE {
                 fg_mul_derivative(inner[l], 0.0, w[l], x[l], 0.0, &dw[l], &dx);
                 w_grad[l] += dw[l];
@@ -84,7 +94,7 @@ FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *te
         }
     }
     if (fg_uniform(program, start))
-        fg_fold_into(grads + (ptrdiff_t)start * FG_LANES, inner);
+        fg_fold_into(fg_folded(program, grads, start), inner);
     else
         FG_EACH_LANE grads[(ptrdiff_t)start * FG_LANES + l] += inner[l];
 }
@@ -163,19 +173,20 @@ FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const doub
     }
 }
 
-FG_KERNEL void fg_take_lane_sums_body(double *slots, ptrdiff_t count, double *sums) {
-    /* Eight running sums, each over every eighth lane, then a fixed tree over the eight: vertical adds a
-       vector unit of any width makes, and no order left to the compiler. */
+FG_KERNEL void fg_take_lane_sums_body(double *slots, double *folded, ptrdiff_t count, double *sums) {
+    /* Eight running sums, each from a folded number and every eighth lane, then a fixed tree over the eight:
+       vertical adds a vector unit of any width makes, and no order left to the compiler. */
     for (ptrdiff_t k = 0; k < count; k++) {
         double *lane = slots + k * FG_LANES;
         double part[8];
         for (int i = 0; i < 8; i++)
-            part[i] = lane[i];
-        for (int group = 1; group < FG_LANES / 8; group++)
+            part[i] = folded[k * 8 + i];
+        for (int group = 0; group < FG_LANES / 8; group++)
             for (int i = 0; i < 8; i++)
                 part[i] += lane[group * 8 + i];
         sums[k] = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
         memset(lane, 0, FG_LANES * sizeof(double));
+        memset(folded + k * 8, 0, 8 * sizeof(double));
     }
 }
 
@@ -190,8 +201,9 @@ FG_KERNEL void fg_take_lane_sums_body(double *slots, ptrdiff_t count, double *su
                                                      double *grads) { \
         fg_lanes_backward_body(program, values, grads); \
     } \
-    attribute static void fg_take_lane_sums_##suffix(double *slots, ptrdiff_t count, double *sums) { \
-        fg_take_lane_sums_body(slots, count, sums); \
+    attribute static void fg_take_lane_sums_##suffix(double *slots, double *folded, ptrdiff_t count, \
+                                                     double *sums) { \
+        fg_take_lane_sums_body(slots, folded, count, sums); \
     } \
     static const fg_lane_loops fg_lane_loops_##suffix = { \
         #suffix, fg_lanes_forward_##suffix, fg_lanes_backward_##suffix, fg_take_lane_sums_##suffix};
