@@ -17,6 +17,8 @@ to it, call its Python function, and go on (`call_at`).
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 
@@ -350,7 +352,14 @@ cdef class Recording:
 
 
 cdef tuple call_inputs(const int32_t* call_terms, const double* values, Py_ssize_t stride, Py_ssize_t lane):
-    return tuple([values[<Py_ssize_t>call_terms[2 + k] * stride + lane] for k in range(call_terms[0])])
+    cdef Py_ssize_t k
+    cdef object x
+    cdef tuple args = PyTuple_New(call_terms[0])           # filled in place: no list made first
+    for k in range(call_terms[0]):
+        x = values[<Py_ssize_t>call_terms[2 + k] * stride + lane]
+        Py_INCREF(x)                                       # the tuple takes this reference
+        PyTuple_SET_ITEM(args, k, x)
+    return args
 
 
 cdef bint joins(NodeArray* order, Py_ssize_t position, PyObject* below) noexcept:

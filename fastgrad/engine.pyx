@@ -20,6 +20,7 @@ Nothing here imports the rest of fastgrad.
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject, PyTypeObject, destructor, freefunc
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.string cimport memset
 
 cimport fastgrad._ops as ops
@@ -1231,21 +1232,19 @@ cdef class CustomOp:
 
     def __call__(self, *inputs):
         """The op's node over inputs (Values, or real numbers, which become leaves as with the built-in ops)."""
-        cdef Value v, node
-        cdef list children = []
+        cdef Value node
+        cdef tuple children = inputs
         if not inputs:
             raise TypeError(f"the custom op {self.name!r} takes one input or more, not none")
         for x in inputs:
-            v = as_value(x)
-            if v is None:
-                raise TypeError(f"the inputs of the custom op {self.name!r} must be Values or real numbers, "
-                                f"not {type_name(x)!r}")
-            children.append(v)
-        cdef double value = call_forward(self, tuple([v.value for v in children]))
+            if not isinstance(x, Value):
+                children = tuple([self.as_input(y) for y in inputs])
+                break
+        cdef double value = call_forward(self, data_of(children))
         global closures_alive
         node = headered_node()
         node.value = value
-        link_children(node, tuple(children))
+        link_children(node, children)
         incref(<PyObject*>self)
         node.state = <PyObject*>self
         node.constant = len(children)
@@ -1253,6 +1252,13 @@ cdef class CustomOp:
         node.flags |= CALLS_PYTHON
         closures_alive += 1
         return node
+
+    cdef Value as_input(self, x):
+        cdef Value v = as_value(x)
+        if v is None:
+            raise TypeError(f"the inputs of the custom op {self.name!r} must be Values or real numbers, "
+                            f"not {type_name(x)!r}")
+        return v
 
     def __repr__(self):
         return f"<fastgrad custom op {self.name!r}>"
@@ -1298,7 +1304,21 @@ cdef int call_derivative(CustomOp custom, tuple args, double* out) except -1:
     return 0
 
 
+cdef tuple data_of(tuple nodes):
+    """The nodes' data, a tuple of floats (filled in place: no list made first)."""
+    cdef Py_ssize_t k
+    cdef object x
+    cdef tuple args = PyTuple_New(len(nodes))
+    for k in range(len(nodes)):
+        x = (<Value>nodes[k]).value
+        incref(<PyObject*>x)                     # the tuple takes this reference
+        PyTuple_SET_ITEM(args, k, x)
+    return args
+
+
 cdef tuple custom_inputs(Value node):
+    if not node.flags & HAS_MORE:
+        return (<Value>node.child_a,) if node.child_b == NULL else (<Value>node.child_a, <Value>node.child_b)
     cdef list inputs = [<Value>node.child_a]
     cdef PyObject* rest = node.child_b
     while rest != NULL and (<Value>rest).flags & BUNDLE:
@@ -1326,7 +1346,7 @@ cdef int custom_step(Value node) except -1:
     if slopes == NULL:
         raise MemoryError()
     try:
-        call_derivative(<CustomOp>node.state, tuple([(<Value>v).value for v in inputs]), slopes)
+        call_derivative(<CustomOp>node.state, data_of(inputs), slopes)
         for i in range(n):
             (<Value>inputs[i]).gradient += node.gradient * slopes[i]
     finally:

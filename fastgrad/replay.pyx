@@ -32,6 +32,9 @@ from fastgrad.engine cimport custom_derivative, custom_forward, failure_at, type
 cdef extern from "Python.h":
     Py_ssize_t refcount "Py_REFCNT" (PyObject*)
 
+cdef enum:
+    LONG_RUN = 256            # instructions between two calls worth releasing the GIL for (it costs ~0.1 us)
+
 cdef str KEPT = "it and the nodes computed from it keep their previous data"
 cdef Py_ssize_t live_graphs = 0      # when there are others, a pass that writes nodes tells them
 
@@ -139,7 +142,10 @@ cdef class CompiledGraph(Recording):
         cdef Py_ssize_t call, failed, begin = 0, slot = 0, end
         for call in range(self.calls + 1):
             end = self.call_at[call] if call < self.calls else self.instructions
-            with nogil:
+            if end - begin >= LONG_RUN:
+                with nogil:
+                    failed = self.run_forward(begin, end, slot, status)
+            else:
                 failed = self.run_forward(begin, end, slot, status)
             if failed >= 0 or call == self.calls:
                 return failed, None
