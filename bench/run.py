@@ -18,6 +18,12 @@ import os
 import sys
 import time
 
+# NumPy's OpenBLAS starts a thread per core at import, which spins for a while after starting (perf, here: 3.7% of
+# the samples of a run that calls no BLAS at all); on a 2-core machine that steals the core the batched replay's
+# second thread needs. Every engine is timed on one thread anyway (PyTorch and JAX are told so themselves).
+for _pool in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_pool, "1")
+
 import engines as engines_mod  # bench/ is on sys.path as the script's folder; fastgrad is the installed one
 import report
 import timing

@@ -18,7 +18,7 @@ the number of threads either: the threads take turns at the GIL for the calls.
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
-from libc.stdint cimport int32_t, uint32_t
+from libc.stdint cimport int32_t, uint32_t, uintptr_t
 from libc.string cimport memcpy, memset
 
 cimport fastgrad._ops as ops
@@ -44,13 +44,15 @@ cdef extern from "lanes.h" nogil:
         const int32_t* terms
         ptrdiff_t instructions
         int32_t uniform_begin, uniform_end
+        const double* uniform_values
+        ptrdiff_t folded
     ctypedef struct fg_lane_failure:
         ptrdiff_t instruction
         int lane
         ops.Status status
     ctypedef fg_lane_failure (*forward_loop)(const fg_lane_program*, double*) noexcept nogil
     ctypedef void (*backward_loop)(const fg_lane_program*, const double*, double*) noexcept nogil
-    ctypedef void (*sum_loop)(double*, ptrdiff_t, double*) noexcept nogil
+    ctypedef void (*sum_loop)(double*, double*, ptrdiff_t, double*) noexcept nogil
     ctypedef struct fg_lane_loops:
         const char* name
         forward_loop forward
@@ -62,6 +64,7 @@ cdef enum:
     CHUNK_BLOCKS = 16         # blocks a chunk at least: each chunk's lanes are summed once, at its end
     MAX_CHUNKS = 256          # chunks a pass is cut into at most, so that their sums take little memory
     WORKER_ROWS = 2048        # rows a thread at least: fewer do not pay for waking it
+    CACHE_LINE = 64
 
 cdef const fg_lane_loops* lane_loops = NULL
 
@@ -130,7 +133,7 @@ cdef class BatchedGraph(Recording):
     cdef const double* rows
     cdef Py_ssize_t row_count
     # One pass, as the workers see it (set under the GIL before the pass).
-    cdef double** block_values           # per worker: lane_slots * FG_LANES numbers, then as many grads
+    cdef double** block_values           # per worker: lane_slots * FG_LANES numbers, as many grads, the folded
     cdef Py_ssize_t workers_allocated
     cdef double* outputs
     cdef const double* weights           # NULL: every row weighs `weight`
@@ -175,7 +178,17 @@ cdef class BatchedGraph(Recording):
                 + self.term_words * sizeof(int32_t)
                 + (self.shared_count + self.given_count) * (sizeof(PyObject*) + sizeof(double))
                 + self.calls * sizeof(int32_t)
-                + self.workers_allocated * (2 * self.lane_slots * FG_LANES + self.slope_words) * sizeof(double))
+                + self.workers_allocated * self.block_doubles() * sizeof(double))
+
+    cdef inline Py_ssize_t block_doubles(self) noexcept nogil:
+        """A worker's numbers: a block's values and grads, then 8 folded grads a uniform slot (lanes.h), then
+        the custom ops' derivatives for a block (slope_words)."""
+        return 2 * self.lane_slots * FG_LANES + 8 * (self.shared_count + self.given_count) + self.slope_words
+
+    cdef inline double* block_of(self, Py_ssize_t worker) noexcept nogil:
+        """A worker's block, from a cache line's start: a lane loop's vectors then never straddle two lines
+        (PyMem_Malloc aligns to 16 bytes only: most 64-byte loads and stores took two lines each)."""
+        return <double*>((<uintptr_t>self.block_values[worker] + CACHE_LINE - 1) & ~<uintptr_t>(CACHE_LINE - 1))
 
     @property
     def inputs(self):
@@ -301,7 +314,8 @@ cdef class BatchedGraph(Recording):
         finally:
             PyMem_Free(lane_of)
         self.program = fg_lane_program(self.lane_code, self.lane_terms, computed,
-                                       <int32_t>(computed + self.input_count), <int32_t>(self.lane_slots - 1))
+                                       <int32_t>(computed + self.input_count), <int32_t>(self.lane_slots - 1),
+                                       self.given_values, self.lane_slots * FG_LANES)
         return 0
 
     # -- what Python sees
@@ -497,7 +511,7 @@ cdef class BatchedGraph(Recording):
         """One chunk's blocks; with backward, its sums of the shared leaves' grads in partials. False if a row
         failed. The last chunk also takes the rows after the last whole block, as a short block first: its
         unused lanes' sums are cleared before the chunk's other blocks add to them."""
-        cdef double* values = self.block_values[worker]
+        cdef double* values = self.block_of(worker)
         cdef double* grads = values + self.lane_slots * FG_LANES
         cdef double* shared_grads = grads + (self.computed + self.input_count) * FG_LANES
         cdef Py_ssize_t whole = self.row_count_in_pass // FG_LANES
@@ -515,24 +529,30 @@ cdef class BatchedGraph(Recording):
             if not self.run_block(worker, block, FG_LANES, with_backward):
                 return False
         if with_backward:                    # and the sums start from 0 again
-            lane_loops.take_lane_sums(shared_grads, self.shared_count, self.partials + chunk * self.shared_count)
+            lane_loops.take_lane_sums(shared_grads, values + 2 * self.lane_slots * FG_LANES, self.shared_count,
+                                      self.partials + chunk * self.shared_count)
         return True
 
     cdef bint run_block(self, Py_ssize_t worker, Py_ssize_t block, Py_ssize_t lanes,
                         bint with_backward) noexcept nogil:
-        cdef double* values = self.block_values[worker]
+        cdef double* values = self.block_of(worker)
         cdef double* grads = values + self.lane_slots * FG_LANES
         cdef fg_lane_failure failure
+        # A short block's unused lanes must not reach the shared grads: its loops add lane by lane (no slot is
+        # taken for uniform, so nothing is folded across lanes), and run_chunk clears the unused lanes.
+        cdef fg_lane_program program = self.program
+        if lanes < FG_LANES:
+            program.uniform_end = program.uniform_begin
         self.load_block(values, block, lanes)
-        failure = lane_loops.forward(&self.program, values) if self.calls == 0 else (
-            self.forward_calling(worker, values, lanes))
+        failure = lane_loops.forward(&program, values) if self.calls == 0 else (
+            self.forward_calling(worker, &program, values, lanes))
         if failure.instruction < 0 and with_backward:
             memset(grads, 0, self.computed * FG_LANES * sizeof(double))
             self.set_root_grads(grads, block, lanes)
             if self.calls == 0:
-                lane_loops.backward(&self.program, values, grads)
+                lane_loops.backward(&program, values, grads)
             else:
-                failure = self.backward_calling(worker, values, grads, lanes)
+                failure = self.backward_calling(worker, &program, values, grads, lanes)
         if failure.instruction >= 0:
             self.failures[worker] = failure
             self.failed_blocks[worker] = block
@@ -546,13 +566,14 @@ cdef class BatchedGraph(Recording):
 
     # -- custom ops: the lane loops between the calls
 
-    cdef fg_lane_failure forward_calling(self, Py_ssize_t worker, double* values, Py_ssize_t lanes) noexcept nogil:
-        cdef fg_lane_program part = self.program
+    cdef fg_lane_failure forward_calling(self, Py_ssize_t worker, const fg_lane_program* program, double* values,
+                                         Py_ssize_t lanes) noexcept nogil:
+        cdef fg_lane_program part = program[0]
         cdef fg_lane_failure failure
         cdef Py_ssize_t call, end, begin = 0
         for call in range(self.calls + 1):
-            end = self.lane_calls[call] if call < self.calls else self.program.instructions
-            part.code = self.program.code + begin
+            end = self.lane_calls[call] if call < self.calls else program.instructions
+            part.code = program.code + begin
             part.instructions = end - begin
             failure = lane_loops.forward(&part, values)
             if failure.instruction >= 0:
@@ -566,14 +587,14 @@ cdef class BatchedGraph(Recording):
             begin = end + 1
         return failure
 
-    cdef fg_lane_failure backward_calling(self, Py_ssize_t worker, const double* values, double* grads,
-                                          Py_ssize_t lanes) noexcept nogil:
+    cdef fg_lane_failure backward_calling(self, Py_ssize_t worker, const fg_lane_program* program,
+                                          const double* values, double* grads, Py_ssize_t lanes) noexcept nogil:
         """Every call's derivatives for the block first (nothing is added if one raises), then the loops between
         the calls, last first, each call's grad times its derivatives into its inputs' grads, in their order."""
-        cdef fg_lane_program part = self.program
+        cdef fg_lane_program part = program[0]
         cdef fg_lane_failure failure
-        cdef Py_ssize_t call, k, l, n, end = self.program.instructions
-        cdef double* slopes = grads + self.lane_slots * FG_LANES
+        cdef Py_ssize_t call, k, l, n, end = program.instructions
+        cdef double* slopes = (<double*>values) + self.block_doubles() - self.slope_words
         cdef const double* g
         cdef double* input_grad
         cdef const double* slope
@@ -584,7 +605,7 @@ cdef class BatchedGraph(Recording):
                 if failure.instruction >= 0:
                     return failure
         for call in range(self.calls - 1, -1, -1):
-            part.code = self.program.code + self.lane_calls[call] + 1
+            part.code = program.code + self.lane_calls[call] + 1
             part.instructions = end - self.lane_calls[call] - 1
             lane_loops.backward(&part, values, grads)
             end = self.lane_calls[call]
@@ -596,7 +617,7 @@ cdef class BatchedGraph(Recording):
                 slope = slopes + (<Py_ssize_t>self.lane_code[end].b + 2) * FG_LANES + k
                 for l in range(FG_LANES):
                     input_grad[l] += g[l] * slope[l * n]
-        part.code = self.program.code
+        part.code = program.code
         part.instructions = end
         lane_loops.backward(&part, values, grads)
         return failure
@@ -672,10 +693,10 @@ cdef class BatchedGraph(Recording):
             PyMem_Free(self.failed_blocks)
             self.block_values, self.failures, self.failed_blocks = blocks, failures, failed_blocks
             for worker in range(self.workers_allocated, workers):
-                self.block_values[worker] = <double*>PyMem_Malloc((2 * n + self.slope_words) * sizeof(double))
+                self.block_values[worker] = <double*>PyMem_Malloc(self.block_doubles() * sizeof(double) + CACHE_LINE)
                 if self.block_values[worker] == NULL:
                     raise MemoryError()      # the ones allocated stay counted, for __dealloc__
-                memset(self.block_values[worker], 0, (2 * n + self.slope_words) * sizeof(double))
+                memset(self.block_of(worker), 0, self.block_doubles() * sizeof(double))
                 self.workers_allocated = worker + 1
         if with_backward and self.partials_capacity < self.chunk_count * self.shared_count:
             PyMem_Free(self.partials)
@@ -685,7 +706,7 @@ cdef class BatchedGraph(Recording):
                 raise MemoryError()
         for worker in range(workers):
             self.failures[worker].instruction = -1
-            values = self.block_values[worker]
+            values = self.block_of(worker)
             if worker >= self.workers_filled:     # the numbers of the last forward(), which backward() uses
                 for k in range(self.shared_count + self.given_count):
                     for l in range(FG_LANES):
@@ -693,6 +714,7 @@ cdef class BatchedGraph(Recording):
             if self.sums_dirty:              # a pass stopped before it took its lanes' sums
                 memset(values + n + (self.computed + self.input_count) * FG_LANES, 0,
                        self.shared_count * FG_LANES * sizeof(double))
+                memset(values + 2 * n, 0, 8 * self.shared_count * sizeof(double))
         self.workers_filled = max(self.workers_filled, workers)
         self.sums_dirty = False
         self.errors = [None] * workers if self.calls else None

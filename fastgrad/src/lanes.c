@@ -25,7 +25,7 @@ FG_KERNEL void fg_dot_forward(const fg_lane_program *program, const int32_t *ter
         const double *x = values + (ptrdiff_t)terms[2 + 2 * j] * FG_LANES;
         double product;
         if (fg_uniform(program, terms[1 + 2 * j])) {
-            const double weight = w[0];
+            const double weight = program->uniform_values[terms[1 + 2 * j] - program->uniform_begin];
             FG_EACH_LANE {
                 fg_mul_forward(weight, x[l], 0.0, &product);
                 fg_add_forward(total[l], product, 0.0, &total[l]);
@@ -40,7 +40,30 @@ FG_KERNEL void fg_dot_forward(const fg_lane_program *program, const int32_t *ter
     FG_EACH_LANE out[l] = total[l];
 }
 
-FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *terms, double *start_grad,
+/* A shared leaf's grad from a block, folded into its 8 numbers past the block's grads (program->folded): every
+   eighth lane summed in lane order, then added once. A term then stores one vector instead of a block's, and
+   the folded grads lie together, where slots' 256-byte stride would put every weight's grad in a quarter of
+   L1's sets (perf: its load was the backward loop's hottest instruction then). The same order at every SIMD
+   width. The 8 numbers go through a local copy: added in place, GCC 12 left the whole fold scalar (the
+   backward pass 45% slower). */
+FG_KERNEL void fg_fold_into(double *folded, const double *block_grads) {
+    double part[8], sum[8];
+    for (int i = 0; i < 8; i++)
+        part[i] = block_grads[i];
+    for (int group = 1; group < FG_LANES / 8; group++)
+        for (int i = 0; i < 8; i++)
+            part[i] += block_grads[group * 8 + i];
+    memcpy(sum, folded, sizeof sum);
+    for (int i = 0; i < 8; i++)
+        sum[i] += part[i];
+    memcpy(folded, sum, sizeof sum);
+}
+
+FG_KERNEL double *fg_folded(const fg_lane_program *program, double *grads, int32_t slot) {
+    return grads + program->folded + (ptrdiff_t)(slot - program->uniform_begin) * 8;
+}
+
+FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *terms, int32_t start,
                                const double *grad, const double *values, double *grads) {
     /* The eager graph's order, as the plain replay runs it: from the top term down, each product's grad into
        w and x. Every partial sum and product below the top has one parent and starts at 0, so its grad is
@@ -52,29 +75,40 @@ FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *te
     for (int32_t j = n - 1; j >= 0; j--) {
         const double *w = values + (ptrdiff_t)terms[1 + 2 * j] * FG_LANES;
         const double *x = values + (ptrdiff_t)terms[2 + 2 * j] * FG_LANES;
-        double *w_grad = grads + (ptrdiff_t)terms[1 + 2 * j] * FG_LANES;
         double *x_grad = grads + (ptrdiff_t)terms[2 + 2 * j] * FG_LANES;
-        double dw, dx;
+        double dw[FG_LANES], dx;
         if (fg_uniform(program, terms[1 + 2 * j])) {
-            const double weight = w[0];
+            const double weight = program->uniform_values[terms[1 + 2 * j] - program->uniform_begin];
             FG_EACH_LANE {
-                fg_mul_derivative(inner[l], 0.0, weight, x[l], 0.0, &dw, &dx);
-                w_grad[l] += dw;
+                fg_mul_derivative(inner[l], 0.0, weight, x[l], 0.0, &dw[l], &dx);
                 x_grad[l] += dx;
             }
+            fg_fold_into(fg_folded(program, grads, terms[1 + 2 * j]), dw);
         } else {
+            double *w_grad = grads + (ptrdiff_t)terms[1 + 2 * j] * FG_LANES;
             FG_EACH_LANE {
-                fg_mul_derivative(inner[l], 0.0, w[l], x[l], 0.0, &dw, &dx);
-                w_grad[l] += dw;
+                fg_mul_derivative(inner[l], 0.0, w[l], x[l], 0.0, &dw[l], &dx);
+                w_grad[l] += dw[l];
                 x_grad[l] += dx;
             }
         }
     }
-    FG_EACH_LANE start_grad[l] += inner[l];
+    if (fg_uniform(program, start))
+        fg_fold_into(fg_folded(program, grads, start), inner);
+    else
+        FG_EACH_LANE grads[(ptrdiff_t)start * FG_LANES + l] += inner[l];
 }
+
+/* The loops read the program through a copy of its header on their own stack: Python's headers make the build
+   -fno-strict-aliasing, so any double stored through `values` or `grads` might otherwise have changed the
+   header, and every term would wait on reloading it (perf: the weight's broadcast was the hottest instruction). */
+#define FG_LOCAL_PROGRAM(program) \
+    const fg_lane_program local_program = *(program); \
+    program = &local_program
 
 FG_KERNEL fg_lane_failure fg_lanes_forward_body(const fg_lane_program *program, double *values) {
     fg_lane_failure failure = {-1, 0, FG_OK};
+    FG_LOCAL_PROGRAM(program);
     for (ptrdiff_t i = 0; i < program->instructions; i++) {
         const fg_lane_instruction ins = program->code[i];
         double *restrict out = values + (ptrdiff_t)ins.out * FG_LANES;
@@ -109,6 +143,7 @@ FG_KERNEL fg_lane_failure fg_lanes_forward_body(const fg_lane_program *program, 
 }
 
 FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const double *values, double *grads) {
+    FG_LOCAL_PROGRAM(program);
     for (ptrdiff_t i = program->instructions - 1; i >= 0; i--) {
         const fg_lane_instruction ins = program->code[i];
         const double *out = values + (ptrdiff_t)ins.out * FG_LANES;
@@ -119,7 +154,7 @@ FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const doub
         double *b_grad = grads + (ptrdiff_t)ins.b * FG_LANES;
         switch (ins.op) {
         case FG_LANE_DOT:
-            fg_dot_backward(program, program->terms + ins.b, a_grad, grad, values, grads);
+            fg_dot_backward(program, program->terms + ins.b, ins.a, grad, values, grads);
             break;
 #define FG_BACKWARD_LANES(code, kernel) \
         case code: \
@@ -138,19 +173,20 @@ FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const doub
     }
 }
 
-FG_KERNEL void fg_take_lane_sums_body(double *slots, ptrdiff_t count, double *sums) {
-    /* Eight running sums, each over every eighth lane, then a fixed tree over the eight: vertical adds a
-       vector unit of any width makes, and no order left to the compiler. */
+FG_KERNEL void fg_take_lane_sums_body(double *slots, double *folded, ptrdiff_t count, double *sums) {
+    /* Eight running sums, each from a folded number and every eighth lane, then a fixed tree over the eight:
+       vertical adds a vector unit of any width makes, and no order left to the compiler. */
     for (ptrdiff_t k = 0; k < count; k++) {
         double *lane = slots + k * FG_LANES;
         double part[8];
         for (int i = 0; i < 8; i++)
-            part[i] = lane[i];
-        for (int group = 1; group < FG_LANES / 8; group++)
+            part[i] = folded[k * 8 + i];
+        for (int group = 0; group < FG_LANES / 8; group++)
             for (int i = 0; i < 8; i++)
                 part[i] += lane[group * 8 + i];
         sums[k] = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
         memset(lane, 0, FG_LANES * sizeof(double));
+        memset(folded + k * 8, 0, 8 * sizeof(double));
     }
 }
 
@@ -165,8 +201,9 @@ FG_KERNEL void fg_take_lane_sums_body(double *slots, ptrdiff_t count, double *su
                                                      double *grads) { \
         fg_lanes_backward_body(program, values, grads); \
     } \
-    attribute static void fg_take_lane_sums_##suffix(double *slots, ptrdiff_t count, double *sums) { \
-        fg_take_lane_sums_body(slots, count, sums); \
+    attribute static void fg_take_lane_sums_##suffix(double *slots, double *folded, ptrdiff_t count, \
+                                                     double *sums) { \
+        fg_take_lane_sums_body(slots, folded, count, sums); \
     } \
     static const fg_lane_loops fg_lane_loops_##suffix = { \
         #suffix, fg_lanes_forward_##suffix, fg_lanes_backward_##suffix, fg_take_lane_sums_##suffix};

@@ -34,6 +34,10 @@ typedef struct {
     const int32_t *terms;            /* per DOT: n, then w1, x1, ..., wn, xn (slots) */
     ptrdiff_t instructions;
     int32_t uniform_begin, uniform_end;   /* slots whose lanes all hold one number (shared, given) */
+    /* Those numbers once each, contiguous: a neuron's weights read from here take a few cache lines, not one
+       a weight, and leave L1 to the block. */
+    const double *uniform_values;
+    ptrdiff_t folded;                     /* past a block's grads: 8 folded grads a uniform slot (lanes.c) */
 } fg_lane_program;
 
 /* A failed forward: the instruction and the lowest lane where a kernel reported status. */
@@ -50,9 +54,9 @@ typedef struct {
     /* Each instruction's derivative, last first, added into its children's grads over all lanes: the
        caller has set the root's grads and zeroed those of the computed slots. */
     void (*backward)(const fg_lane_program *program, const double *values, double *grads);
-    /* sums[k] = slot k's numbers summed over the lanes, in a fixed order (the same bits at every width);
-       the slots are left at 0, for the next sums. */
-    void (*take_lane_sums)(double *slots, ptrdiff_t count, double *sums);
+    /* sums[k] = slot k's numbers summed over the lanes, with its 8 folded ones, in a fixed order (the same
+       bits at every width); both are left at 0, for the next sums. */
+    void (*take_lane_sums)(double *slots, double *folded, ptrdiff_t count, double *sums);
 } fg_lane_loops;
 
 /* The loops for `wanted` ("baseline", "avx2", "avx512"), or for the widest the CPU runs when wanted is NULL
