@@ -1342,7 +1342,10 @@ cdef int custom_step(Value node) except -1:
     the inputs' order, once the derivative has returned them all (so that one raising adds nothing)."""
     cdef tuple inputs = custom_inputs(node)
     cdef Py_ssize_t i, n = len(inputs)
-    cdef double* slopes = <double*>PyMem_Malloc(n * sizeof(double))
+    cdef double few[4]
+    cdef double* slopes = &few[0]
+    if n > 4:
+        slopes = <double*>PyMem_Malloc(n * sizeof(double))
     if slopes == NULL:
         raise MemoryError()
     try:
@@ -1350,7 +1353,8 @@ cdef int custom_step(Value node) except -1:
         for i in range(n):
             (<Value>inputs[i]).gradient += node.gradient * slopes[i]
     finally:
-        PyMem_Free(slopes)
+        if slopes != &few[0]:
+            PyMem_Free(slopes)
     return 0
 
 
