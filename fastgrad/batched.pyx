@@ -23,7 +23,7 @@ from libc.string cimport memcpy, memset
 
 cimport fastgrad._ops as ops
 from fastgrad._recording cimport DOT, OP_BITS, OP_MASK, Recording, call_inputs
-from fastgrad.engine cimport Value, catch_up, count_reach_in, custom_derivative, custom_forward, failure_at, type_name
+from fastgrad.engine cimport Value, count_reach_in, custom_derivative, custom_forward, failure_at, type_name
 
 import array
 import numbers
@@ -105,6 +105,11 @@ def _batch(Value root, bint fuse, inputs, threads):
     graph = BatchedGraph.__new__(BatchedGraph)
     (<BatchedGraph>graph).record(root, fuse)
     (<BatchedGraph>graph).lay_out_lanes(inputs, threads)
+    # backward() adds to its shared leaves' grads. A compiled graph reads and writes at each pass the grads of
+    # the leaves something else holds too, and is ahead of Python only with those of the leaves it alone holds
+    # (replay.pyx): one reach-in now makes it look again, and find every shared leaf held by this graph too.
+    # So backward() need neither have the compiled graphs write back first nor make them look again.
+    count_reach_in()
     return graph
 
 
@@ -364,13 +369,11 @@ cdef class BatchedGraph(Recording):
         try:
             self.pass_rows = self.rows
             self.run(self.row_count, True)
-            catch_up()                       # a compiled graph holding these leaves writes back first
             for k in range(self.shared_count):
                 total = 0.0
                 for chunk in range(self.chunk_count):
                     total += self.partials[chunk * self.shared_count + k]
                 (<Value>self.given_nodes[k]).gradient += total
-            count_reach_in()                 # those graphs read the grads again at their next pass
         finally:
             self.running = False
             del weights_owner
@@ -452,9 +455,9 @@ cdef class BatchedGraph(Recording):
         return 0
 
     cdef void read_shared(self) noexcept:
-        """The shared leaves' and hand-made nodes' data, as Python sees it now."""
+        """The shared leaves' and hand-made nodes' data, as Python sees it now. No compiled graph is ahead of
+        them (one never computes a leaf's nor a hand-made node's data), so none need write back first."""
         cdef Py_ssize_t k
-        catch_up()
         self.workers_filled = 0
         for k in range(self.shared_count + self.given_count):
             if self.given_nodes[k] != NULL:
