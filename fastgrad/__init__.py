@@ -1,6 +1,6 @@
 """fastgrad: micrograd's scalar autograd with a compiled Value node."""
 try:
-    from fastgrad.engine import Value
+    from fastgrad.engine import CustomOp, Value, op
 except ModuleNotFoundError as missing:
     if missing.name != "fastgrad.engine":
         raise
@@ -21,5 +21,5 @@ from fastgrad.batched import BatchedGraph
 from fastgrad.replay import CompiledGraph, compile
 from fastgrad.viz import draw_dot, trace
 
-__all__ = ["Value", "grad", "compile", "CompiledGraph", "BatchedGraph", "Module", "Neuron", "Layer", "MLP", "trace",
+__all__ = ["Value", "op", "CustomOp", "grad", "compile", "CompiledGraph", "BatchedGraph", "Module", "Neuron", "Layer", "MLP", "trace",
            "draw_dot", "install_as_micrograd", "optim", "losses", "save", "load", "__version__"]

@@ -17,6 +17,9 @@ then into its second), into a side array instead of the nodes' grads, only along
 - Values: each op's derivative as ops (ops.h, beside its kernels), the same formula as its derivative kernel,
   each op made into a node with that op's own kernels, so that the first derivatives are backward()'s bits
   as well.
+A custom op's node (fastgrad.op) has its derivative as a Python function on floats: the float sweep calls it,
+as backward() does; it has no derivative as Values, so create_graph=True refuses a graph where one lies on a
+path to an input, naming it.
 """
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
@@ -27,7 +30,7 @@ from libc.string cimport memset
 
 cimport fastgrad._ops as ops
 from fastgrad.engine cimport (NodeArray, Value, binary_node, catch_up, check_replayable, count_reach_in,
-                              free_array, leaf, sort_topologically, unary_node)
+                              custom_derivative, custom_inputs, free_array, leaf, sort_topologically, unary_node)
 
 
 def grad(outputs, inputs, *, grad_outputs=None, bint create_graph=False):
@@ -63,6 +66,7 @@ def grad(outputs, inputs, *, grad_outputs=None, bint create_graph=False):
         count_reach_in()
         make_plan(plan, outs, ins, out_places, in_places)
         if create_graph:
+            check_no_custom_op(plan)
             return sweep_values(plan, seeds, out_places, in_places, len(ins))
         return sweep_floats(plan, seeds, out_places, in_places, len(ins))
     finally:
@@ -265,6 +269,9 @@ cdef list sweep_floats(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
         op = (<Value>node).op
         if op <= ops.CUSTOM:       # a hand-made node: nothing flows through it, as in backward()
             continue
+        if op == ops.PYTHON:
+            custom_step(plan, grads, i)
+            continue
         a = (<Value>node).child_a
         b = (<Value>node).child_b
         da = db = 0.0
@@ -273,6 +280,45 @@ cdef list sweep_floats(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
         grads[plan.children[2 * i]] += da       # into the spare place for a pruned child
         grads[plan.children[2 * i + 1]] += db
     return [grads[in_places[j]] if in_places[j] >= 0 else 0.0 for j in range(count)]
+
+
+cdef int custom_step(Plan* plan, double* grads, Py_ssize_t i) except -1:
+    """backward()'s step at a custom op's node i: its grad times each local derivative into each input's place,
+    in the inputs' order. Past the second, the inputs' places are read through the bundles that hold them
+    (engine.pyx, set_children): inner nodes, each with its first child's place and the rest's."""
+    cdef Value node = <Value>plan.nodes.items[i]
+    cdef tuple inputs = custom_inputs(node)
+    cdef Py_ssize_t k, place, n = len(inputs), rest = plan.children[2 * i + 1]
+    cdef double* slopes = <double*>PyMem_Malloc(n * sizeof(double))
+    if slopes == NULL:
+        raise MemoryError()
+    try:
+        custom_derivative(node, tuple([(<Value>v).value for v in inputs]), slopes)
+        for k in range(n):
+            if k == 0:
+                place = plan.children[2 * i]
+            elif k == n - 1 or rest == plan.spare:      # the last input, or no input lies below the rest
+                place = rest
+            else:
+                place = plan.children[2 * rest]
+                rest = plan.children[2 * rest + 1]
+            grads[place] += grads[i] * slopes[k]
+    finally:
+        PyMem_Free(slopes)
+    return 0
+
+
+cdef int check_no_custom_op(Plan* plan) except -1:
+    cdef Py_ssize_t i
+    cdef Value node
+    for i in range(plan.inner):
+        node = <Value>plan.nodes.items[i]
+        if node.op == ops.PYTHON and (plan.children[2 * i] != plan.spare or plan.children[2 * i + 1] != plan.spare):
+            raise TypeError(
+                f"grad(create_graph=True) cannot differentiate through {node!r} (_op {node._op!r}, label "
+                f"{node.label!r}): the custom op's derivative is a Python function on floats, not made of Values; "
+                f"use create_graph=False, or build the op from fastgrad's ops")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------------------

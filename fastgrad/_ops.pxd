@@ -27,11 +27,12 @@ cdef extern from "ops.h" nogil:
         ABS "FG_ABS"
         QUOTIENT "FG_QUOTIENT"
         SIGN "FG_SIGN"
+        PYTHON "FG_PYTHON"
         OP_COUNT "FG_OP_COUNT"
 
     ctypedef struct OpFacts "fg_op_facts":
         const char* name          # the code's name, as fastgrad.engine.OPS shows it
-        int arity                 # children the op takes; -1: any number up to two
+        int arity                 # children the op takes; -1: any number (PYTHON: any; CUSTOM: up to two)
         const char* spelling      # `_op`, as micrograd spells it (a `**` node appends its exponent)
 
     OpFacts op_facts "fg_facts" (int op) noexcept

@@ -33,19 +33,24 @@ cdef class Recording:
     cdef PyObject** nodes              # each slot's node, borrowed
     cdef uint32_t* code                # per instruction: first child's slot << OP_BITS | op (DOT: the start's)
     cdef int32_t* second               # per instruction: the second child's slot (POW_CONST: its exponent's, one
-                                       # child: the scratch slot); for DOT the sum's index in `terms`
+                                       # child: the scratch slot); for DOT and PYTHON its index in `terms`
     cdef Py_ssize_t instructions
-    cdef int32_t* terms                # per DOT: n, then w1, x1, ..., wn, xn (slots)
-    cdef Py_ssize_t term_words
+    cdef int32_t* terms                # per DOT: n, then w1, x1, ..., wn, xn (slots); per PYTHON (a custom op's
+    cdef Py_ssize_t term_words         # node): n, its second child's slot (or the scratch slot), its n inputs'
+    cdef Py_ssize_t calls              # the PYTHON instructions, which the replays run from Python, between runs
+    cdef int32_t* call_at              # of their C loops: each one's instruction, in program order,
+    cdef int32_t* call_slot            # and its node's slot
 
     cdef int record(self, Value root, bint fuse) except -1
     cdef int lay_out(self, NodeArray* order) except -1
     cdef int lay_out_nodes(self, NodeArray* order, ExponentSlots* exponents) except -1
     cdef int allocate(self, Py_ssize_t instructions, Py_ssize_t inner, Py_ssize_t size, Py_ssize_t term_words,
-                      ExponentSlots* exponents) except -1
+                      Py_ssize_t calls, ExponentSlots* exponents) except -1
     cdef int write_program(self, NodeArray* order, ExponentSlots* exponents) except -1
     cdef int write_op(self, PyObject* node, Py_ssize_t slot, Py_ssize_t instruction,
                       ExponentSlots* exponents) except -1
+    cdef Py_ssize_t write_call(self, PyObject* node, Py_ssize_t slot, Py_ssize_t instruction,
+                               Py_ssize_t term) noexcept
     cdef void place(self, PyObject* node, Py_ssize_t slot) noexcept
     cdef Py_ssize_t slot_of(self, PyObject* node) noexcept
     cdef void clear_marks(self, NodeArray* order) noexcept
@@ -53,3 +58,8 @@ cdef class Recording:
     cdef Py_ssize_t root_slot(self) noexcept
     cdef Py_ssize_t program_bytes(self) noexcept
     cdef int check_recorded(self, str what) except -1
+
+
+# The numbers a PYTHON instruction's function takes, its terms at call_terms (the recording's or the batched
+# layout's): values[input * stride + lane] for each of its inputs, as a tuple of floats.
+cdef tuple call_inputs(const int32_t* call_terms, const double* values, Py_ssize_t stride, Py_ssize_t lane)

@@ -10,16 +10,21 @@ topological order: the same operations in the same order, hence the same bits, a
 neuron's sum (start + w1*x1 + ... + wn*xn, the 2n nodes that weighted_sum or sum() builds, each used by the
 next one only) is one DOT instruction, which still computes all 2n of them, in that order, so that nothing is
 missing when they are written back; where backward() visits other nodes between two of its terms, the sum is
-one DOT only if that changes no grad's order of additions (see joins), so the bits stay the same.
+one DOT only if that changes no grad's order of additions (see joins), so the bits stay the same. A custom op's
+node (fastgrad.op) is a PYTHON instruction, whose inputs are listed in `terms`: the replays run their C loops up
+to it, call its Python function, and go on (`call_at`).
 """
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.stdint cimport int32_t, uint32_t, uint64_t
 from libc.string cimport memcmp, memcpy, memset
 
 cimport fastgrad._ops as ops
-from fastgrad.engine cimport NodeArray, Value, catch_up, check_replayable, free_array, sort_topologically
+from fastgrad.engine cimport (BUNDLE, NodeArray, Value, catch_up, check_replayable, free_array,
+                              sort_topologically)
 
 # The marks record() leaves on a node, in its `visited` byte, while it records (cleared before it returns).
 cdef enum:
@@ -115,7 +120,7 @@ cdef class Recording:
         cdef PyObject* child
         cdef ExponentSlots exponents = ExponentSlots(NULL, NULL, 0, 0)
         if order.length == 0:                # the root is a leaf
-            self.allocate(0, 0, 1, 0, &exponents)
+            self.allocate(0, 0, 1, 0, 0, &exponents)
             self.slot_of(<PyObject*>self.root_node)
             return 0
         try:
@@ -126,12 +131,15 @@ cdef class Recording:
         return 0
 
     cdef int lay_out_nodes(self, NodeArray* order, ExponentSlots* exponents) except -1:
-        cdef Py_ssize_t i, side, leaves = 0, links = 0, inner_links = 0, pow_consts = 0
+        cdef Py_ssize_t i, side, leaves = 0, links = 0, inner_links = 0, pow_consts = 0, calls = 0, call_words = 0
         cdef PyObject* node
         cdef PyObject* child
-        for i in range(order.length):        # references within the graph; leaves; exponents
+        for i in range(order.length):        # references within the graph; leaves; exponents; custom ops
             node = order.items[i]
             pow_consts += (<Value>node).op == ops.POW_CONST
+            if (<Value>node).op == ops.PYTHON:
+                calls += 1
+                call_words += 2 + <Py_ssize_t>(<Value>node).constant       # its inputs' count
             for side in range(2):
                 child = (<Value>node).child_b if side else (<Value>node).child_a
                 if child == NULL:
@@ -168,21 +176,21 @@ cdef class Recording:
         # A sum of n terms is 2n nodes, one instruction and 2n + 1 words of terms; of one term, two instructions
         # (write_program decides: room for either).
         self.allocate(order.length - 2 * links + 2 * (links - inner_links), order.length, order.length + leaves,
-                      2 * links + (links - inner_links), exponents)
+                      2 * links + (links - inner_links) + call_words, calls, exponents)
         self.write_program(order, exponents)
         return 0
 
     cdef int allocate(self, Py_ssize_t instructions, Py_ssize_t inner, Py_ssize_t size, Py_ssize_t term_words,
-                      ExponentSlots* exponents) except -1:
+                      Py_ssize_t calls, ExponentSlots* exponents) except -1:
         """The program's arrays, in one block: the numbers (the scratch slot 0, the exponents their k), the
-        nodes, the instructions, the terms."""
+        nodes, the instructions, the terms, the calls."""
         cdef Py_ssize_t i
         cdef size_t doubles, pointers
         self.instructions, self.inner, self.size, self.term_words = instructions, inner, size, term_words
         self.slots = size + 1 + exponents.count
         doubles = 2 * self.slots * sizeof(double)
         pointers = size * sizeof(PyObject*)
-        self.block_bytes = doubles + pointers + (2 * instructions + term_words) * sizeof(int32_t)
+        self.block_bytes = doubles + pointers + (2 * instructions + term_words + 2 * calls) * sizeof(int32_t)
         self.block = take_block(self.block_bytes)
         if self.block == NULL:
             self.block_bytes = 0
@@ -193,6 +201,8 @@ cdef class Recording:
         self.code = <uint32_t*>(<char*>self.block + doubles + pointers)
         self.second = <int32_t*>(self.code + instructions)
         self.terms = self.second + instructions
+        self.call_at = self.terms + term_words
+        self.call_slot = self.call_at + calls
         memset(self.values + size, 0, (self.slots - size) * sizeof(double))
         memset(self.grads + size, 0, (self.slots - size) * sizeof(double))
         for i in range(exponents.count):
@@ -200,7 +210,7 @@ cdef class Recording:
         return 0
 
     cdef int write_program(self, NodeArray* order, ExponentSlots* exponents) except -1:
-        cdef Py_ssize_t i, n, j, slot = 0, instruction = 0, term = 0
+        cdef Py_ssize_t i, n, j, slot = 0, instruction = 0, term = 0, call = 0
         cdef PyObject* node
         cdef PyObject* link
         cdef PyObject* product
@@ -233,10 +243,16 @@ cdef class Recording:
                     self.write_op((<Value>node).child_b, slot, instruction, exponents)
                     slot += 1
                     instruction += 1
-                self.write_op(node, slot, instruction, exponents)
+                if (<Value>node).op == ops.PYTHON:
+                    self.call_at[call] = <int32_t>instruction
+                    self.call_slot[call] = <int32_t>slot
+                    call += 1
+                    term += self.write_call(node, slot, instruction, term)
+                else:
+                    self.write_op(node, slot, instruction, exponents)
                 slot += 1
             instruction += 1
-        self.instructions, self.term_words = instruction, term
+        self.instructions, self.term_words, self.calls = instruction, term, call
         return 0
 
     cdef int write_op(self, PyObject* node, Py_ssize_t slot, Py_ssize_t instruction,
@@ -251,6 +267,27 @@ cdef class Recording:
             self.second[instruction] = self.size      # the scratch slot
         self.place(node, slot)
         return 0
+
+    cdef Py_ssize_t write_call(self, PyObject* node, Py_ssize_t slot, Py_ssize_t instruction,
+                               Py_ssize_t term) noexcept:
+        """The instruction calling a custom op's Python function, its inputs at terms[term]: the words taken.
+        Its inputs past the second are read through the bundles that hold them (engine.pyx, set_children), in
+        C: no Python code may run while nodes hold their slots."""
+        cdef Py_ssize_t k = 1, n = <Py_ssize_t>(<Value>node).constant
+        cdef PyObject* rest = (<Value>node).child_b
+        self.code[instruction] = self.slot_of((<Value>node).child_a) << OP_BITS | ops.PYTHON
+        self.second[instruction] = <int32_t>term
+        self.terms[term] = <int32_t>n
+        self.terms[term + 1] = <int32_t>(self.size if rest == NULL else self.slot_of(rest))
+        self.terms[term + 2] = <int32_t>self.slot_of((<Value>node).child_a)
+        while rest != NULL and (<Value>rest).flags & BUNDLE:
+            self.terms[term + 2 + k] = <int32_t>self.slot_of((<Value>rest).child_a)
+            rest = (<Value>rest).child_b
+            k += 1
+        if rest != NULL:
+            self.terms[term + 2 + k] = <int32_t>self.slot_of(rest)
+        self.place(node, slot)
+        return 2 + n
 
     cdef void place(self, PyObject* node, Py_ssize_t slot) noexcept:
         self.values[slot] = (<Value>node).value
@@ -304,10 +341,25 @@ cdef class Recording:
                     if j:
                         references[slot + 2 * j - 1] += 1   # the sum before, by the next one
                 slot += 2 * n
+            elif word & OP_MASK == ops.PYTHON:
+                if self.terms[self.second[i] + 1] < self.size:     # its second child, if it has one
+                    references[self.terms[self.second[i] + 1]] += 1
+                slot += 1
             else:
                 if self.second[i] < self.size:           # not an exponent, not the scratch slot
                     references[self.second[i]] += 1
                 slot += 1
+
+
+cdef tuple call_inputs(const int32_t* call_terms, const double* values, Py_ssize_t stride, Py_ssize_t lane):
+    cdef Py_ssize_t k
+    cdef object x
+    cdef tuple args = PyTuple_New(call_terms[0])           # filled in place: no list made first
+    for k in range(call_terms[0]):
+        x = values[<Py_ssize_t>call_terms[2 + k] * stride + lane]
+        Py_INCREF(x)                                       # the tuple takes this reference
+        PyTuple_SET_ITEM(args, k, x)
+    return args
 
 
 cdef bint joins(NodeArray* order, Py_ssize_t position, PyObject* below) noexcept:

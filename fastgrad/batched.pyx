@@ -8,6 +8,12 @@ go through in blocks of FG_LANES, slot-major, with each shared leaf's grad kept 
 blocks and summed over lanes once at its end. Chunks are fixed by the number of rows alone and their sums are
 added in chunk order, so the grads are the same bits whatever the number of threads. The nodes are never
 written but for the shared leaves' grads after backward(): the recorded graph stays a template.
+
+Custom ops (fastgrad.op) run in Python, lane by lane: a block's lane loops run up to a custom op's instruction,
+the worker takes the GIL, calls the op's forward for each row of the block, and runs the loops on from the next
+instruction; backward takes every custom op's derivatives for the block first, then sweeps. Rows are still
+computed as one sample's graph each, and the chunks and their sums are the same, so the bits do not depend on
+the number of threads either: the threads take turns at the GIL for the calls.
 """
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
@@ -16,8 +22,8 @@ from libc.stdint cimport int32_t, uint32_t, uintptr_t
 from libc.string cimport memcpy, memset
 
 cimport fastgrad._ops as ops
-from fastgrad._recording cimport DOT, OP_BITS, OP_MASK, Recording
-from fastgrad.engine cimport Value, count_reach_in, type_name
+from fastgrad._recording cimport DOT, OP_BITS, OP_MASK, Recording, call_inputs
+from fastgrad.engine cimport Value, count_reach_in, custom_derivative, custom_forward, failure_at, type_name
 
 import array
 import numbers
@@ -143,8 +149,11 @@ cdef class BatchedGraph(Recording):
     cdef bint stop                       # a worker failed or Ctrl-C: the others stop at their next chunk
     cdef bint sums_dirty                 # a backward pass stopped with its lanes' sums not taken
     cdef Py_ssize_t workers_filled       # the workers whose blocks hold this pass's shared and given numbers
-    cdef fg_lane_failure* failures       # per worker: its failure, and in failed_blocks its block
-    cdef Py_ssize_t* failed_blocks
+    cdef fg_lane_failure* failures       # per worker: its failure, and in failed_blocks its block; status OK: a
+    cdef Py_ssize_t* failed_blocks       # custom op raised, the exception in errors[worker]
+    cdef object errors
+    cdef int32_t* lane_calls             # per custom op's node (the recording's calls), its lane instruction
+    cdef Py_ssize_t slope_words          # per worker, after its grads: the custom ops' derivatives for a block
 
     def __dealloc__(self):
         cdef Py_ssize_t i
@@ -159,6 +168,7 @@ cdef class BatchedGraph(Recording):
         PyMem_Free(self.block_values)
         PyMem_Free(self.failures)
         PyMem_Free(self.failed_blocks)
+        PyMem_Free(self.lane_calls)
 
     def __init__(self, *args, **kwargs):
         raise TypeError("a BatchedGraph is made by fastgrad.compile(root, inputs=[...])")
@@ -172,11 +182,13 @@ cdef class BatchedGraph(Recording):
                 + self.program.instructions * sizeof(fg_lane_instruction)
                 + self.term_words * sizeof(int32_t)
                 + (self.shared_count + self.given_count) * (sizeof(PyObject*) + sizeof(double))
+                + self.calls * sizeof(int32_t)
                 + self.workers_allocated * self.block_doubles() * sizeof(double))
 
     cdef inline Py_ssize_t block_doubles(self) noexcept nogil:
-        """A worker's numbers: a block's values and grads, then 8 folded grads a uniform slot (lanes.h)."""
-        return 2 * self.lane_slots * FG_LANES + 8 * (self.shared_count + self.given_count)
+        """A worker's numbers: a block's values and grads, then 8 folded grads a uniform slot (lanes.h), then
+        the custom ops' derivatives for a block (slope_words)."""
+        return 2 * self.lane_slots * FG_LANES + 8 * (self.shared_count + self.given_count) + self.slope_words
 
     cdef inline double* block_of(self, Py_ssize_t worker) noexcept nogil:
         """A worker's block, from a cache line's start: a lane loop's vectors then never straddle two lines
@@ -191,7 +203,7 @@ cdef class BatchedGraph(Recording):
     # -- laying the recording out for lanes
 
     cdef int lay_out_lanes(self, inputs, threads) except -1:
-        cdef Py_ssize_t i, j, n, k, slot, lane, term
+        cdef Py_ssize_t i, j, n, k, slot, lane, term, call
         cdef uint32_t word
         cdef int op
         cdef int32_t* lane_of
@@ -237,10 +249,12 @@ cdef class BatchedGraph(Recording):
         self.given_nodes = <PyObject**>PyMem_Malloc(n * sizeof(PyObject*) + 1)
         self.given_values = <double*>PyMem_Malloc(n * sizeof(double) + 1)
         self.input_recorded = <int32_t*>PyMem_Malloc(self.input_count * sizeof(int32_t) + 1)
+        self.lane_calls = <int32_t*>PyMem_Malloc(self.calls * sizeof(int32_t) + 1)
+        self.slope_words = self.term_words * FG_LANES if self.calls else 0
         lane_of = <int32_t*>PyMem_Malloc(self.slots * sizeof(int32_t) + 1)
         try:
             if not (self.lane_code and self.lane_terms and self.given_nodes and self.given_values
-                    and self.input_recorded and lane_of):
+                    and self.input_recorded and self.lane_calls and lane_of):
                 raise MemoryError()
             # Leaves: an input's slot by its place in inputs, a shared leaf's in recording order.
             lane = computed + self.input_count
@@ -263,6 +277,7 @@ cdef class BatchedGraph(Recording):
             slot = 0
             j = 0
             term = 0
+            call = 0
             for i in range(self.instructions):
                 word = self.code[i]
                 op = word & OP_MASK
@@ -277,6 +292,18 @@ cdef class BatchedGraph(Recording):
                     slot += 2 * n
                     lane_of[slot - 1] = <int32_t>j        # the sum's top: the only one of its nodes read after
                     j += 1
+                elif op == ops.PYTHON:                    # a custom op's: its inputs as lane slots
+                    n = self.terms[self.second[i]]
+                    self.lane_terms[term] = <int32_t>n
+                    for k in range(1, n + 2):
+                        self.lane_terms[term + k] = lane_of[self.terms[self.second[i] + k]]
+                    self.lane_code[j] = fg_lane_instruction(op, <int32_t>j, lane_of[word >> OP_BITS], <int32_t>term)
+                    self.lane_calls[call] = <int32_t>j
+                    call += 1
+                    term += n + 2
+                    lane_of[slot] = <int32_t>j
+                    j += 1
+                    slot += 1
                 elif op == ops.CUSTOM:                    # made by hand: its data is given, read at each pass
                     self.given_nodes[lane - computed - self.input_count] = self.nodes[slot]
                     lane_of[slot] = <int32_t>lane
@@ -520,21 +547,113 @@ cdef class BatchedGraph(Recording):
         if lanes < FG_LANES:
             program.uniform_end = program.uniform_begin
         self.load_block(values, block, lanes)
-        failure = lane_loops.forward(&program, values)
+        failure = lane_loops.forward(&program, values) if self.calls == 0 else (
+            self.forward_calling(worker, &program, values, lanes))
+        if failure.instruction < 0 and with_backward:
+            memset(grads, 0, self.computed * FG_LANES * sizeof(double))
+            self.set_root_grads(grads, block, lanes)
+            if self.calls == 0:
+                lane_loops.backward(&program, values, grads)
+            else:
+                failure = self.backward_calling(worker, &program, values, grads, lanes)
         if failure.instruction >= 0:
             self.failures[worker] = failure
             self.failed_blocks[worker] = block
             self.sums_dirty = with_backward
             return False
-        if with_backward:
-            memset(grads, 0, self.computed * FG_LANES * sizeof(double))
-            self.set_root_grads(grads, block, lanes)
-            lane_loops.backward(&program, values, grads)
-        else:
+        if not with_backward:
             memcpy(self.outputs + block * FG_LANES, values + self.root_lane * FG_LANES, lanes * sizeof(double))
         return True
 
     cdef Py_ssize_t row_count_in_pass
+
+    # -- custom ops: the lane loops between the calls
+
+    cdef fg_lane_failure forward_calling(self, Py_ssize_t worker, const fg_lane_program* program, double* values,
+                                         Py_ssize_t lanes) noexcept nogil:
+        cdef fg_lane_program part = program[0]
+        cdef fg_lane_failure failure
+        cdef Py_ssize_t call, end, begin = 0
+        for call in range(self.calls + 1):
+            end = self.lane_calls[call] if call < self.calls else program.instructions
+            part.code = program.code + begin
+            part.instructions = end - begin
+            failure = lane_loops.forward(&part, values)
+            if failure.instruction >= 0:
+                failure.instruction += begin
+                return failure
+            if call < self.calls:
+                with gil:
+                    failure = self.call_lanes(worker, call, values, NULL, lanes)
+                if failure.instruction >= 0:
+                    return failure
+            begin = end + 1
+        return failure
+
+    cdef fg_lane_failure backward_calling(self, Py_ssize_t worker, const fg_lane_program* program,
+                                          const double* values, double* grads, Py_ssize_t lanes) noexcept nogil:
+        """Every call's derivatives for the block first (nothing is added if one raises), then the loops between
+        the calls, last first, each call's grad times its derivatives into its inputs' grads, in their order."""
+        cdef fg_lane_program part = program[0]
+        cdef fg_lane_failure failure
+        cdef Py_ssize_t call, k, l, n, end = program.instructions
+        cdef double* slopes = (<double*>values) + self.block_doubles() - self.slope_words
+        cdef const double* g
+        cdef double* input_grad
+        cdef const double* slope
+        cdef const int32_t* inputs
+        with gil:
+            for call in range(self.calls):
+                failure = self.call_lanes(worker, call, values, slopes, lanes)
+                if failure.instruction >= 0:
+                    return failure
+        for call in range(self.calls - 1, -1, -1):
+            part.code = program.code + self.lane_calls[call] + 1
+            part.instructions = end - self.lane_calls[call] - 1
+            lane_loops.backward(&part, values, grads)
+            end = self.lane_calls[call]
+            inputs = self.lane_terms + self.lane_code[end].b
+            n = inputs[0]
+            g = grads + <Py_ssize_t>self.lane_code[end].out * FG_LANES
+            for k in range(n):
+                input_grad = grads + <Py_ssize_t>inputs[2 + k] * FG_LANES
+                slope = slopes + (<Py_ssize_t>self.lane_code[end].b + 2) * FG_LANES + k
+                for l in range(FG_LANES):
+                    input_grad[l] += g[l] * slope[l * n]
+        part.code = program.code
+        part.instructions = end
+        lane_loops.backward(&part, values, grads)
+        return failure
+
+    cdef fg_lane_failure call_lanes(self, Py_ssize_t worker, Py_ssize_t call, double* values, double* slopes,
+                                    Py_ssize_t lanes) noexcept:
+        """A call's function for each row of the block (with the GIL): its forward into its slot, or with
+        slopes its derivatives (lane l's n of them at slopes[(terms + 2) * FG_LANES + l * n]). Lanes past the
+        rows repeat the last row, as their inputs do. A failure's status is OK: the exception is in errors."""
+        cdef fg_lane_failure failure = fg_lane_failure(-1, 0, ops.OK)
+        cdef Py_ssize_t j = self.lane_calls[call], l = 0, k, n
+        cdef const int32_t* inputs = self.lane_terms + self.lane_code[j].b
+        cdef double* out = values + <Py_ssize_t>self.lane_code[j].out * FG_LANES
+        cdef double* slope = NULL if slopes == NULL else slopes + (<Py_ssize_t>self.lane_code[j].b + 2) * FG_LANES
+        node = <Value>self.nodes[self.call_slot[call]]
+        n = inputs[0]
+        try:
+            for l in range(lanes):
+                if slope == NULL:
+                    out[l] = custom_forward(node, call_inputs(inputs, values, FG_LANES, l))
+                else:
+                    custom_derivative(node, call_inputs(inputs, values, FG_LANES, l), slope + l * n)
+        except BaseException as error:
+            self.errors[worker] = error
+            failure.instruction, failure.lane = j, l
+            return failure
+        for l in range(lanes, FG_LANES):
+            if slope == NULL:
+                out[l] = out[lanes - 1]
+            else:
+                for k in range(n):
+                    slope[l * n + k] = slope[(lanes - 1) * n + k]
+        return failure
 
     cdef void load_block(self, double* values, Py_ssize_t block, Py_ssize_t lanes) noexcept nogil:
         """The block's rows into the input slots, lane by lane; a short block repeats its last row, so that
@@ -601,6 +720,7 @@ cdef class BatchedGraph(Recording):
                 memset(values + 2 * n, 0, 8 * self.shared_count * sizeof(double))
         self.workers_filled = max(self.workers_filled, workers)
         self.sums_dirty = False
+        self.errors = [None] * workers if self.calls else None
         return 0
 
     cdef int raise_failure(self, Py_ssize_t workers) except -1:
@@ -610,14 +730,18 @@ cdef class BatchedGraph(Recording):
             if self.failures[worker].instruction >= 0 and (first < 0 or
                     self.failed_blocks[worker] < self.failed_blocks[first]):
                 first = worker
+        errors, self.errors = self.errors, None      # held no longer than this
         if first < 0:
             return 0
         failure = self.failures[first]
         row = self.failed_blocks[first] * FG_LANES + failure.lane
-        error = ops.op_error(failure.status)
         node = self.node_of(failure.instruction)
-        raise type(error)(f"{error} (row {row:,}: {node._op!r} at node {failure.instruction + 1:,} of "
-                          f"{self.program.instructions:,} in the batched graph's order; nothing was changed)")
+        where = (f"row {row:,}: {node._op!r} at node {failure.instruction + 1:,} of {self.program.instructions:,} "
+                 "in the batched graph's order; nothing was changed")
+        if failure.status == ops.OK:             # a custom op raised
+            raise failure_at(errors[first], where)
+        error = ops.op_error(failure.status)
+        raise type(error)(f"{error} ({where})")
 
     cdef Value node_of(self, Py_ssize_t instruction):
         """The node a lane instruction computes (a DOT: its sum's top)."""

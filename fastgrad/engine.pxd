@@ -30,6 +30,7 @@ cdef enum NodeFlags:
     HAS_CLOSURE = 2       # state.backward is a callable assigned to _backward: backward() calls it
     HAS_MORE = 4          # more than two children: child_b is a BUNDLE of all but the first
     BUNDLE = 8            # a hidden node holding a hand-made node's second child and the rest (engine.pyx)
+    CALLS_PYTHON = 16     # a fastgrad.op node (op PYTHON): state is its CustomOp, whose functions backward() calls
 
 
 # How the engine makes nodes, data given (computed and checked by the op's kernel first): grad (_grad.pyx)
@@ -52,6 +53,15 @@ cdef void free_array(NodeArray* array) noexcept
 # root's graph, leaves left out, appended to order children first, as micrograd's build_topo orders it;
 # every node in order is left marked visited, for the caller to clear before any Python code runs.
 cdef int sort_topologically(Value root, NodeArray* order, NodeArray* stack) except -1
+
+# A fastgrad.op node (op PYTHON, engine.pyx "Custom ops"), for the replays and grad, which call its Python
+# functions per node: its inputs, in order; its forward on the inputs' numbers (a real number, or the user's
+# exception); its local derivatives into out[0 .. len(args)); what a replay raises where a custom op raised
+# error: the same type, its message followed by `where` (the node, the row), the user's exception as its cause.
+cdef tuple custom_inputs(Value node)
+cdef double custom_forward(Value node, tuple args) except? -1.0
+cdef int custom_derivative(Value node, tuple args, double* out) except -1
+cdef object failure_at(object error, str where)
 
 # compile() cannot recompute a node whose derivative is a `_backward` closure, nor can grad() build or
 # skip that derivative. The recorder and grad call this on sort_topologically's order, before anything else

@@ -11,14 +11,16 @@ The rooms, in the order this file has them:
 - Freeing: an iterative loop, so that dropping a deep graph does not recurse in C.
 - Pickle and copy: a graph pickles flat, children first (rebuild_graph keeps its name: pickles name it).
 - Nodes with Python state: hand-made nodes, subclasses, `_backward` closures, and their GC slots.
+- Custom ops: fastgrad.op(name, forward, derivative), an op whose functions on floats are Python's.
 - Node memory: tp_alloc and tp_free over the slabs of src/node_memory.h.
 - Import-time wiring, in one place at the end.
 
 Nothing here imports the rest of fastgrad.
 """
 cimport cython
-from cpython.mem cimport PyMem_Free, PyMem_Realloc
+from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
 from cpython.object cimport PyObject, PyTypeObject, destructor, freefunc
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.string cimport memset
 
 cimport fastgrad._ops as ops
@@ -150,6 +152,8 @@ cdef class Value:
 
     @property
     def _op(self):
+        if self.op == ops.PYTHON:
+            return (<CustomOp>self.state).name
         if self.op == ops.CUSTOM or self.op == ops.LEAF:
             return "" if self.state == NULL else (<_NodeState>self.state).op
         if self.op == ops.POW_CONST:
@@ -161,7 +165,7 @@ cdef class Value:
         cdef str op_name = exact_str(value, "_op")
         check_can_take_state(self, "an _op")
         if self.op > ops.CUSTOM:
-            raise TypeError(f"the _op of a node made by {SPELLINGS[self.op]!r} is fixed")
+            raise TypeError(f"the _op of a node made by {self._op!r} is fixed")
         node_state(self).op = op_name
         if op_name and self.op == ops.LEAF:
             self.op = ops.CUSTOM
@@ -191,7 +195,7 @@ cdef class Value:
                 raise TypeError(f"_prev must hold Values, not {type_name(child)!r}")
         check_can_take_state(self, "children")
         if self.op > ops.CUSTOM:
-            raise TypeError(f"the children of a node made by {SPELLINGS[self.op]!r} are fixed")
+            raise TypeError(f"the children of a node made by {self._op!r} are fixed")
         python_reaches_in()
         set_children(self, children, None)
 
@@ -207,6 +211,8 @@ cdef class Value:
     def _backward(self, value):
         global closures_alive
         check_can_take_state(self, "a _backward")
+        if self.op == ops.PYTHON:
+            raise TypeError(f"a node made by the custom op {self._op!r} has that op's derivative as its _backward")
         node_state(self).backward = value
         if not self.flags & HAS_CLOSURE:
             closures_alive += 1
@@ -215,7 +221,10 @@ cdef class Value:
     def _builtin_backward(self):
         """Add this node's grad, times its local derivative, into its children's grads (one step)."""
         python_reaches_in()
-        step(<PyObject*>self)
+        if self.op == ops.PYTHON:
+            custom_step(self)
+        else:
+            step(<PyObject*>self)
 
     def backward(self):
         """Set this node's grad to 1.0 and add d(self)/d(node) into the grad of every node below it."""
@@ -711,7 +720,7 @@ cdef int run_backward(Value root) except -1:
         root.gradient = 1.0
         closures = closures_alive != 0          # while no node anywhere has one, no node is checked
         for i in range(order.length - 1, -1, -1):
-            if closures and (<Value>order.items[i]).flags & HAS_CLOSURE:
+            if closures and (<Value>order.items[i]).flags & (HAS_CLOSURE | CALLS_PYTHON):
                 sweep_calling_python(order, i)      # from here on, Python code runs
                 break
             (<Value>order.items[i]).visited = False
@@ -830,7 +839,7 @@ cdef void dealloc_node(PyObject* node) noexcept:
 cdef void start_dealloc_with_header(PyObject* node) noexcept:
     global closures_alive
     gc_untrack(node)
-    closures_alive -= (<Value>node).flags & HAS_CLOSURE != 0
+    closures_alive -= (<Value>node).flags & (HAS_CLOSURE | CALLS_PYTHON) != 0
     if is_heap_type(type_of(node), Py_TPFLAGS_HEAPTYPE):
         # A subclass's dealloc drops the class's reference when this returns, and the memory, freed later
         # by the loop, is found through the class (its GC pre-header's size): keep the class till then.
@@ -858,9 +867,11 @@ cdef enum:
 
 
 cdef tuple node_fields(Value n):
-    if type(n) is not Value or n.flags & (HAS_CLOSURE | HAS_MORE | BUNDLE):
+    if type(n) is not Value or n.flags & (HAS_CLOSURE | HAS_MORE | BUNDLE | CALLS_PYTHON):
         # A bundle (see set_children) comes before the node that holds it: it stands for that node.
         what = ("a node with a _backward closure" if n.flags & HAS_CLOSURE else
+                f"a node of the custom op {n._op!r} (its forward and derivative are Python functions)"
+                if n.flags & CALLS_PYTHON else
                 "a node made by hand with more than two children" if n.flags & (HAS_MORE | BUNDLE) else
                 f"an instance of the subclass {type(n).__name__!r}")
         node = "" if n.flags & BUNDLE else f" at {n!r} (_op {n._op!r}, label {n.label!r})"
@@ -886,6 +897,9 @@ cdef list graph_entries(Value root):
     finally:
         free_array(&order)
         free_array(&stack)
+    for n in nodes:       # named as such, not as the bundle that holds its third input and comes first
+        if n.flags & CALLS_PYTHON:
+            node_fields(n)
     entries = []
     index_of = {}         # id(node) -> its place in entries
     for n in nodes:
@@ -920,7 +934,7 @@ def rebuild_graph(int format, list entries):
         op, a, b, int_flag = (pickled_index(op_field), pickled_index(a_field), pickled_index(b_field),
                               pickled_index(int_flag_field))
         constant = real_number(constant_field, "a pickled exponent")
-        if not (0 <= op < ops.OP_COUNT and -1 <= a < len(nodes) and -1 <= b < len(nodes) and not a < 0 <= b
+        if not (0 <= op < ops.OP_COUNT and op != ops.PYTHON and -1 <= a < len(nodes) and -1 <= b < len(nodes) and not a < 0 <= b
                 and ops.op_facts(op).arity in (-1, (a >= 0) + (b >= 0))
                 and (op == ops.CUSTOM) == (custom_op is not None)        # a CUSTOM node's _op is its own
                 and int_flag in (0, 1) and (not int_flag or op == ops.POW_CONST and spelled_as_int(constant))):
@@ -1012,6 +1026,18 @@ cdef int set_children(Value node, tuple children, str op_name) except -1:
     cdef _NodeState state = node_state(node)
     cdef PyObject* old_a = node.child_a
     cdef PyObject* old_b = node.child_b
+    link_children(node, children)
+    if op_name is not None:
+        state.op = op_name
+    node.op = ops.CUSTOM if children or state.op else ops.LEAF
+    xdecref(old_a)          # last: dropping them can run Python code, and the node is whole again
+    xdecref(old_b)
+    return 0
+
+
+cdef int link_children(Value node, tuple children) except -1:
+    """Point node's child fields at children (bundled past two), each holding a reference; the old ones are the
+    caller's to drop."""
     cdef Value rest = None
     if len(children) > 2:
         rest = children[-1]
@@ -1030,11 +1056,6 @@ cdef int set_children(Value node, tuple children, str op_name) except -1:
     if not children:
         node.child_a = NULL
     node.flags = (node.flags | HAS_MORE) if len(children) > 2 else (node.flags & ~HAS_MORE)
-    if op_name is not None:
-        state.op = op_name
-    node.op = ops.CUSTOM if children or state.op else ops.LEAF
-    xdecref(old_a)          # last: dropping them can run Python code, and the node is whole again
-    xdecref(old_b)
     return 0
 
 
@@ -1050,7 +1071,8 @@ cdef Value bundle_node(Value first, Value rest):
 
 
 cdef int sweep_calling_python(NodeArray* order, Py_ssize_t last) except -1:
-    """backward's sweep over order[last], ..., order[0], where order[last] has a `_backward` closure.
+    """backward's sweep over order[last], ..., order[0], where order[last] has a `_backward` closure or is a
+    custom op's.
 
     Python code runs from here on (the closures, and whatever they call: backward() on another graph, a
     GC pass), so first every mark is cleared, and the nodes are held by a list: a closure may drop the last
@@ -1064,6 +1086,8 @@ cdef int sweep_calling_python(NodeArray* order, Py_ssize_t last) except -1:
         node = nodes[i]
         if node.flags & HAS_CLOSURE:
             (<_NodeState>node.state).backward()      # an exception stops the sweep; added grads stay
+        elif node.op == ops.PYTHON:
+            custom_step(node)
         else:
             step(<PyObject*>node)
     return 0
@@ -1084,11 +1108,11 @@ cdef int check_replayable(NodeArray* order, str user) except -1:
         raise TypeError(
             f"grad cannot differentiate through {node!r} (_op {node._op!r}, label {node.label!r}): its "
             f"derivative is a _backward closure, which only backward() calls; build it from fastgrad's ops, "
-            f"or use backward()")
+            f"define the op with fastgrad.op(name, forward, derivative) (create_graph=False), or use backward()")
     raise TypeError(
         f"compile cannot replay {node!r} (_op {node._op!r}, label {node.label!r}): its derivative is a "
-        f"_backward closure, which cannot recompute the node from new leaf values; build it from fastgrad's "
-        f"ops, or keep this graph eager")
+        f"_backward closure, which cannot recompute the node from new leaf values; define the op with "
+        f"fastgrad.op(name, forward, derivative), which compile replays, or build it from fastgrad's ops")
 
 
 cdef int traverse_node(PyObject* node, visitproc visit, void* arg) noexcept:
@@ -1110,8 +1134,8 @@ cdef int clear_node(PyObject* node) noexcept:
     cdef PyObject* b = (<Value>node).child_b
     global closures_alive
     (<Value>node).state = (<Value>node).child_a = (<Value>node).child_b = NULL
-    closures_alive -= (<Value>node).flags & HAS_CLOSURE != 0
-    (<Value>node).flags &= ~(HAS_CLOSURE | HAS_MORE)
+    closures_alive -= (<Value>node).flags & (HAS_CLOSURE | CALLS_PYTHON) != 0
+    (<Value>node).flags &= ~(HAS_CLOSURE | HAS_MORE | CALLS_PYTHON)
     (<Value>node).op = ops.LEAF
     xdecref(state)
     xdecref(a)
@@ -1153,7 +1177,8 @@ cdef inline bint is_empty(object x) noexcept:
     return x is None or type(x) in (str, tuple, list, set, frozenset) and len(x) == 0
 
 
-cdef Py_ssize_t closures_alive = 0      # nodes with a `_backward` closure: while none, backward runs no check
+cdef Py_ssize_t closures_alive = 0      # nodes with a `_backward` closure or a custom op's: while none, backward
+                                        # runs no check
 cdef bint making_by_hand = False          # Value(...) is making a node by hand: tp_alloc adds a GC header
 cdef newfunc cython_new = NULL         # the type's own tp_new, which calls tp_alloc
 cdef vectorcallfunc cython_call = NULL  # the type's own vectorcall (Value(...) from Python), if it has one
@@ -1179,6 +1204,171 @@ cdef PyObject* call_value(PyObject* type, PyObject** args, size_t flags, PyObjec
     cdef PyObject* node = cython_call(type, args, flags, names)
     making_by_hand = False
     return node
+
+
+# ---------------------------------------------------------------------------------------------------
+# Custom ops. fastgrad.op(name, forward, derivative) defines an op by two Python functions on floats, so that
+# the replays can run it again on new numbers (a `_backward` closure cannot recompute its node). A node of it
+# is a node with Python state (a GC header, tracked): op PYTHON, its CustomOp in `state`, its inputs as a
+# hand-made node holds its children (bundled past two), their count in `constant`. backward() calls the
+# derivative at the node's place in the sweep; the replays call both functions per node (replay.pyx,
+# batched.pyx), grad() the derivative (_grad.pyx).
+
+@cython.final
+cdef class CustomOp:
+    """An op made by fastgrad.op(name, forward, derivative): calling it on Values (or numbers) makes its node."""
+    cdef readonly str name
+    cdef readonly object forward
+    cdef readonly object derivative
+
+    def __init__(self, name, forward, derivative):
+        cdef str op_name = exact_str(name, "a custom op's name")
+        if not op_name:
+            raise ValueError("a custom op's name must not be empty: trace, draw_dot and errors show it")
+        for what, f in (("forward", forward), ("derivative", derivative)):
+            if not callable(f):
+                raise TypeError(f"{what} must be callable (a function of the inputs' floats), not {type_name(f)!r}")
+        self.name, self.forward, self.derivative = op_name, forward, derivative
+
+    def __call__(self, *inputs):
+        """The op's node over inputs (Values, or real numbers, which become leaves as with the built-in ops)."""
+        cdef Value node
+        cdef tuple children = inputs
+        if not inputs:
+            raise TypeError(f"the custom op {self.name!r} takes one input or more, not none")
+        for x in inputs:
+            if not isinstance(x, Value):
+                children = tuple([self.as_input(y) for y in inputs])
+                break
+        cdef double value = call_forward(self, data_of(children))
+        global closures_alive
+        node = headered_node()
+        node.value = value
+        link_children(node, children)
+        incref(<PyObject*>self)
+        node.state = <PyObject*>self
+        node.constant = len(children)
+        node.op = ops.PYTHON
+        node.flags |= CALLS_PYTHON
+        closures_alive += 1
+        return node
+
+    cdef Value as_input(self, x):
+        cdef Value v = as_value(x)
+        if v is None:
+            raise TypeError(f"the inputs of the custom op {self.name!r} must be Values or real numbers, "
+                            f"not {type_name(x)!r}")
+        return v
+
+    def __repr__(self):
+        return f"<fastgrad custom op {self.name!r}>"
+
+    def __reduce__(self):
+        raise TypeError(f"the custom op {self.name!r} cannot be pickled: define it again where it is needed")
+
+
+def op(name, forward, derivative):
+    """A new op, as fastgrad.compile and the batched replay can run it: forward(*xs) gives the op's data from its
+    inputs' data (floats), derivative(*xs) the local derivative in each input (a sequence of one number per
+    input; one number for one input). Returns a callable: `op(name, ...)(a, b, ...)` makes the node, whose _op is
+    name. Both functions are called once per node per pass, from Python."""
+    return CustomOp(name, forward, derivative)
+
+
+cdef double call_forward(CustomOp custom, tuple args) except? -1.0:
+    result = custom.forward(*args)
+    cdef double value
+    if not as_double(result, &value):
+        raise TypeError(f"the forward of the custom op {custom.name!r} must return a real number, "
+                        f"not {type_name(result)!r}")
+    return value
+
+
+cdef int call_derivative(CustomOp custom, tuple args, double* out) except -1:
+    cdef Py_ssize_t i, n = len(args)
+    result = custom.derivative(*args)
+    if n == 1 and as_double(result, out):
+        return 0
+    try:
+        slopes = tuple(result)
+    except TypeError:
+        slopes = None
+    if slopes is None or len(slopes) != n:
+        got = f"{len(slopes)} numbers" if slopes is not None else repr(type_name(result))
+        raise TypeError(f"the derivative of the custom op {custom.name!r} must return one number per input "
+                        f"({n}), not {got}")
+    for i in range(n):
+        if not as_double(slopes[i], &out[i]):
+            raise TypeError(f"the derivative of the custom op {custom.name!r} must return real numbers, not "
+                            f"{type_name(slopes[i])!r} (for input {i})")
+    return 0
+
+
+cdef tuple data_of(tuple nodes):
+    """The nodes' data, a tuple of floats (filled in place: no list made first)."""
+    cdef Py_ssize_t k
+    cdef object x
+    cdef tuple args = PyTuple_New(len(nodes))
+    for k in range(len(nodes)):
+        x = (<Value>nodes[k]).value
+        incref(<PyObject*>x)                     # the tuple takes this reference
+        PyTuple_SET_ITEM(args, k, x)
+    return args
+
+
+cdef tuple custom_inputs(Value node):
+    if not node.flags & HAS_MORE:
+        return (<Value>node.child_a,) if node.child_b == NULL else (<Value>node.child_a, <Value>node.child_b)
+    cdef list inputs = [<Value>node.child_a]
+    cdef PyObject* rest = node.child_b
+    while rest != NULL and (<Value>rest).flags & BUNDLE:
+        inputs.append(<Value>(<Value>rest).child_a)
+        rest = (<Value>rest).child_b
+    if rest != NULL:
+        inputs.append(<Value>rest)
+    return tuple(inputs)
+
+
+cdef double custom_forward(Value node, tuple args) except? -1.0:
+    return call_forward(<CustomOp>node.state, args)
+
+
+cdef int custom_derivative(Value node, tuple args, double* out) except -1:
+    return call_derivative(<CustomOp>node.state, args, out)
+
+
+cdef int custom_step(Value node) except -1:
+    """backward()'s step at a custom op's node: its grad times each local derivative into each input's grad, in
+    the inputs' order, once the derivative has returned them all (so that one raising adds nothing)."""
+    cdef tuple inputs = custom_inputs(node)
+    cdef Py_ssize_t i, n = len(inputs)
+    cdef double few[4]
+    cdef double* slopes = &few[0]
+    if n > 4:
+        slopes = <double*>PyMem_Malloc(n * sizeof(double))
+    if slopes == NULL:
+        raise MemoryError()
+    try:
+        call_derivative(<CustomOp>node.state, data_of(inputs), slopes)
+        for i in range(n):
+            (<Value>inputs[i]).gradient += node.gradient * slopes[i]
+    finally:
+        if slopes != &few[0]:
+            PyMem_Free(slopes)
+    return 0
+
+
+cdef object failure_at(object error, str where):
+    if not isinstance(error, Exception):
+        return error                     # KeyboardInterrupt and the like go up as they are
+    try:
+        wrapped = type(error)(f"{error} ({where})")
+    except Exception:
+        wrapped = None
+    if type(wrapped) is not type(error):    # an exception class that takes other arguments: the user's own
+        return error
+    wrapped.__cause__ = error
+    return wrapped
 
 
 # ---------------------------------------------------------------------------------------------------

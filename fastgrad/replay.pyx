@@ -11,6 +11,12 @@ model's parameters, the inputs a user rebinds) have their data read before each 
 and written around backward; a hidden leaf (a number an op wrapped) changes only when Python reaches it. The
 other nodes wait until Python could reach them: the engine (engine.pyx, "Graphs ahead of their nodes") has
 the graph write back first.
+
+Custom ops (fastgrad.op). A pass runs its C loop up to a custom op's node, calls the op's Python function there
+with the GIL held, and goes on; a graph without one runs one loop, as if there were none. backward() calls
+every custom op's derivative first, at the numbers of the last forward(), and only then sweeps: a derivative
+that raises leaves every grad as it was. Their functions see floats; a node they read from the graph shows its
+numbers from before the pass, as to another thread.
 """
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc, PyMem_Realloc
@@ -19,13 +25,17 @@ from libc.stdint cimport int32_t, uint32_t
 from libc.string cimport memset
 
 cimport fastgrad._ops as ops
-from fastgrad._recording cimport DOT, OP_BITS, OP_MASK, Recording
+from fastgrad._recording cimport DOT, OP_BITS, OP_MASK, Recording, call_inputs
 from fastgrad.engine cimport Lagging, Value, catch_up, count_reach_in, reach_in_count, start_lagging, stop_lagging
-from fastgrad.engine cimport type_name
+from fastgrad.engine cimport custom_derivative, custom_forward, failure_at, type_name
 
 cdef extern from "Python.h":
     Py_ssize_t refcount "Py_REFCNT" (PyObject*)
 
+cdef enum:
+    LONG_RUN = 256            # instructions between two calls worth releasing the GIL for (it costs ~0.1 us)
+
+cdef str KEPT = "it and the nodes computed from it keep their previous data"
 cdef Py_ssize_t live_graphs = 0      # when there are others, a pass that writes nodes tells them
 
 
@@ -46,6 +56,10 @@ def compile(root, *, fuse=True, inputs=None, threads=None):
         raise TypeError("threads= goes with inputs=: a CompiledGraph replays on one thread")
     graph = CompiledGraph.__new__(CompiledGraph)
     (<CompiledGraph>graph).record(<Value>root, fuse)
+    if (<CompiledGraph>graph).calls:
+        (<CompiledGraph>graph).slopes = <double*>PyMem_Malloc((<CompiledGraph>graph).term_words * sizeof(double))
+        if (<CompiledGraph>graph).slopes == NULL:
+            raise MemoryError()
     (<CompiledGraph>graph).find_visible()
     (<CompiledGraph>graph).known_reach_ins = reach_in_count()
     return graph
@@ -65,6 +79,7 @@ cdef class CompiledGraph(Recording):
     cdef unsigned long long known_reach_ins   # the engine's reach-in count when `visible` was found and the
                                               # arrays held the nodes' numbers, or newer ones
     cdef bint running                  # a pass is on, with the GIL released: another call must wait its turn
+    cdef double* slopes                # per custom op's node, its local derivatives, where `terms` has its inputs
 
     def __cinit__(self):
         global live_graphs
@@ -79,6 +94,7 @@ cdef class CompiledGraph(Recording):
             stop_lagging(&self.lagging)
             self.write_lagging_back()
         PyMem_Free(self.visible)
+        PyMem_Free(self.slopes)
 
     # -- what Python sees
 
@@ -88,7 +104,8 @@ cdef class CompiledGraph(Recording):
         Afterwards the graph is as if just built from those leaves: every inner node's grad is 0, leaves
         keep theirs (the numbers ops wrapped too: they are the graph's leaves, not made anew). An op outside
         its domain raises what the eager op raises, at the first failing node; that node and every node
-        computed from it (the root among them) keep their previous data.
+        computed from it (the root among them) keep their previous data. So does an exception a custom op's
+        forward raises: it goes up as that type, its message naming the node.
         """
         cdef Py_ssize_t failed_at
         cdef ops.Status status = ops.OK
@@ -106,37 +123,104 @@ cdef class CompiledGraph(Recording):
             self.read_leaves(False)
         memset(self.grads, 0, self.inner * sizeof(double))
         reach_ins = self.begin_pass()
-        with nogil:
-            failed_at = self.run_forward(&status)
+        error = None
+        if self.calls == 0:
+            with nogil:
+                failed_at = self.run_forward(0, self.instructions, 0, &status)
+        else:
+            failed_at, error = self.forward_calling(&status)
         self.end_pass(reach_ins, True)
+        if error is not None:
+            raise failure_at(error, f"{self.where(failed_at)}; {KEPT}")
         if status != ops.OK:
             self.raise_failure(failed_at, status)
         return self.values[self.root_slot()]
 
+    cdef tuple forward_calling(self, ops.Status* status):
+        """run_forward between the calls, each call's function in between: (the failing instruction, the
+        exception a call raised, or None), or (-1, None)."""
+        cdef Py_ssize_t call, failed, begin = 0, slot = 0, end
+        for call in range(self.calls + 1):
+            end = self.call_at[call] if call < self.calls else self.instructions
+            if end - begin >= LONG_RUN:
+                with nogil:
+                    failed = self.run_forward(begin, end, slot, status)
+            else:
+                failed = self.run_forward(begin, end, slot, status)
+            if failed >= 0 or call == self.calls:
+                return failed, None
+            slot = self.call_slot[call]
+            try:
+                self.values[slot] = custom_forward(<Value>self.nodes[slot],
+                                                   call_inputs(self.terms + self.second[end], self.values, 1, 0))
+            except BaseException as error:
+                return end, error
+            begin, slot = end + 1, slot + 1
+        return -1, None
+
     def backward(self):
         """root.backward(): the root's grad becomes 1.0 and d(root)/d(node) is added to every node's grad.
 
-        Allocates nothing and cannot fail."""
+        Allocates nothing and cannot fail, but where a custom op's derivative raises: then no grad changes."""
         cdef unsigned long long reach_ins
+        cdef bint ahead
         self.check_recorded("CompiledGraph")
         self.check_idle()
         self.catch_others_up()
-        if self.known_reach_ins == reach_in_count():     # while a graph is ahead, the count cannot move
+        ahead = self.known_reach_ins == reach_in_count()     # while a graph is ahead, the count cannot move
+        if ahead:
             self.read_leaves(True)
-            self.root_grad()[0] = 1.0
-            reach_ins = self.begin_pass()
-            with nogil:
-                self.run_backward()
-            self.end_pass(reach_ins, False)
         else:
             # Python may have changed nodes, or taken some (whose numbers then must be written at once):
             # every number is read, and every grad written back.
             self.read_all(True)
+        reach_ins = self.begin_pass()
+        failed_at, error = self.take_slopes() if self.calls else (-1, None)
+        if error is None:
             self.root_grad()[0] = 1.0
-            self.run_backward()
+            if ahead:
+                with nogil:
+                    self.backward_pass()
+            else:
+                self.backward_pass()
+        if ahead:
+            self.end_pass(reach_ins, False)
+        else:
+            self.running = False
             self.write_all_back()
             if live_graphs > 1:
                 count_reach_in()             # the others' arrays may no longer be their nodes' numbers
+        if error is not None:
+            raise failure_at(error, f"{self.where(failed_at)}; no grad was changed")
+
+    cdef tuple take_slopes(self):
+        """Every custom op's local derivatives into `slopes`: (-1, None), or (its instruction, the exception)."""
+        cdef Py_ssize_t call, i, t
+        for call in range(self.calls):
+            i = self.call_at[call]
+            t = self.second[i]
+            try:
+                custom_derivative(<Value>self.nodes[self.call_slot[call]],
+                                  call_inputs(self.terms + t, self.values, 1, 0), self.slopes + t + 2)
+            except BaseException as error:
+                return i, error
+        return -1, None
+
+    cdef void backward_pass(self) noexcept nogil:
+        """run_backward between the calls, last first; at each call, its grad times its slopes into its inputs'
+        grads, in their order, as backward() adds them."""
+        cdef Py_ssize_t call, k, end = self.instructions, slot = self.inner
+        cdef int32_t* inputs
+        cdef double g
+        for call in range(self.calls - 1, -1, -1):
+            self.run_backward(self.call_at[call] + 1, end, slot)
+            end = self.call_at[call]
+            slot = self.call_slot[call]
+            inputs = self.terms + self.second[end]
+            g = self.grads[slot]
+            for k in range(inputs[0]):
+                self.grads[inputs[2 + k]] += g * self.slopes[self.second[end] + 2 + k]
+        self.run_backward(0, end, slot)
 
     def __init__(self, *args, **kwargs):
         raise TypeError("a CompiledGraph is made by fastgrad.compile(root)")
@@ -218,9 +302,11 @@ cdef class CompiledGraph(Recording):
     cdef inline double* root_grad(self) noexcept:
         return &self.grads[self.root_slot()]
 
-    cdef Py_ssize_t run_forward(self, ops.Status* failure) noexcept nogil:
-        """Every inner slot from its children's; the failing instruction's index if an op fails, else -1."""
-        cdef Py_ssize_t i, j, n, slot = 0
+    cdef Py_ssize_t run_forward(self, Py_ssize_t begin, Py_ssize_t end, Py_ssize_t slot,
+                                ops.Status* failure) noexcept nogil:
+        """Instructions [begin, end) (slot: begin's), each inner slot from its children's; the failing
+        instruction's index if an op fails, else -1."""
+        cdef Py_ssize_t i, j, n
         cdef uint32_t word
         cdef int op
         cdef int32_t b, total
@@ -231,7 +317,7 @@ cdef class CompiledGraph(Recording):
         cdef uint32_t* code = self.code
         cdef int32_t* second = self.second
         cdef int32_t* terms = self.terms
-        for i in range(self.instructions):
+        for i in range(begin, end):
             word = code[i]
             op = word & OP_MASK
             b = second[i]
@@ -255,8 +341,9 @@ cdef class CompiledGraph(Recording):
             slot += 1
         return -1
 
-    cdef void run_backward(self) noexcept nogil:
-        cdef Py_ssize_t i, j, n, slot = self.inner
+    cdef void run_backward(self, Py_ssize_t begin, Py_ssize_t end, Py_ssize_t slot) noexcept nogil:
+        """Instructions [begin, end), last first (slot: the one after end's)."""
+        cdef Py_ssize_t i, j, n
         cdef uint32_t word
         cdef int op
         cdef int32_t a, b, w, x, total
@@ -267,7 +354,7 @@ cdef class CompiledGraph(Recording):
         cdef uint32_t* code = self.code
         cdef int32_t* second = self.second
         cdef int32_t* terms = self.terms
-        for i in range(self.instructions - 1, -1, -1):
+        for i in range(end - 1, begin - 1, -1):
             word = code[i]
             op = word & OP_MASK
             a = word >> OP_BITS
@@ -337,13 +424,16 @@ cdef class CompiledGraph(Recording):
                 (<Value>self.nodes[slot]).gradient = self.grads[slot]
 
     cdef int raise_failure(self, Py_ssize_t instruction, ops.Status status) except -1:
+        error = ops.op_error(status)
+        raise type(error)(f"{error} ({self.where(instruction)}; {KEPT})")
+
+    cdef str where(self, Py_ssize_t instruction):
+        """Where a pass failed, for its exception's message."""
         cdef Py_ssize_t i, slot = 0
         for i in range(instruction):
             slot += 2 * self.terms[self.second[i]] if self.code[i] & OP_MASK == DOT else 1
-        error = ops.op_error(status)
         node = <Value>self.nodes[slot]
-        raise type(error)(f"{error} ({node._op!r} at node {slot + 1:,} of {self.inner:,} in the compiled graph's "
-                          "order; it and the nodes computed from it keep their previous data)")
+        return f"{node._op!r} at node {slot + 1:,} of {self.inner:,} in the compiled graph's order"
 
 
 cdef void write_back(void* graph) noexcept:

@@ -21,7 +21,9 @@
 #define FG_LANE_DOT 31
 
 typedef struct {
-    int32_t op;        /* an fg_op with kernels, FG_CUSTOM (data given: nothing to compute), or FG_LANE_DOT */
+    int32_t op;        /* an fg_op with kernels, FG_CUSTOM (data given: nothing to compute), or FG_LANE_DOT;
+                          FG_PYTHON (a custom op's) is never run here: the caller runs the loops on the slices
+                          of the program between such instructions, and those itself (batched.pyx) */
     int32_t out;       /* the slot it computes */
     int32_t a;         /* its first child's slot; DOT: the sum's start */
     int32_t b;         /* its second child's slot (x ** k: k's, one child: a scratch slot); DOT: its terms */

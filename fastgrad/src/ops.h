@@ -58,12 +58,14 @@ typedef enum {
     FG_ABS,
     FG_QUOTIENT,      /* a / b as IEEE divides (inf, nan at 0): what derivatives divide with, for grad */
     FG_SIGN,          /* 1, -1, or 0 (at 0 and nan): abs's slope, for grad */
+    FG_PYTHON,        /* a fastgrad.op node: its forward and derivative are Python functions on floats, which
+                         the engine and the replays call per node (engine.pyx, "Custom ops"); no kernels here */
     FG_OP_COUNT
 } fg_op;
 
 typedef struct {
     const char *name;         /* the code's name, as fastgrad.engine.OPS shows it */
-    int arity;                /* children the op takes; -1: any number up to two */
+    int arity;                /* children the op takes; -1: any number (PYTHON: any; CUSTOM: up to two) */
     const char *spelling;     /* `_op`, as micrograd spells it (a `**` node appends its exponent) */
 } fg_op_facts;
 
@@ -92,6 +94,7 @@ static inline fg_op_facts fg_facts(int op) {
         [FG_ABS]       = {"ABS",        1,    "abs"},
         [FG_QUOTIENT]  = {"QUOTIENT",   2,    "quotient"},
         [FG_SIGN]      = {"SIGN",       1,    "sign"},
+        [FG_PYTHON]    = {"PYTHON",    -1,    ""},     /* any number of children; `_op` is the op's name */
     };
     fg_op_facts none = {"", -2, ""};          /* not an op: no arity matches */
     return 0 <= op && op < FG_OP_COUNT ? table[op] : none;
@@ -599,7 +602,7 @@ FG_KERNEL void fg_sign_derivative_ops(double a, double b, double k, const fg_der
     X(FG_RELU, fg_relu) X(FG_SIGMOID, fg_sigmoid) X(FG_SOFTPLUS, fg_softplus) X(FG_GATE, fg_gate) X(FG_SIN, fg_sin) \
     X(FG_COS, fg_cos) X(FG_SQRT, fg_sqrt) X(FG_ABS, fg_abs) X(FG_QUOTIENT, fg_quotient) X(FG_SIGN, fg_sign)
 
-/* The op's forward; LEAF and CUSTOM have none (their data is given) and leave out as it was. */
+/* The op's forward; LEAF, CUSTOM and PYTHON have none (their data is given) and leave out as it was. */
 FG_KERNEL fg_status fg_forward(int op, double a, double b, double k, double *out) {
 #define FG_FORWARD_CASE(code, kernel) case code: return kernel##_forward(a, b, k, out);
     switch (op) {
@@ -609,7 +612,7 @@ FG_KERNEL fg_status fg_forward(int op, double a, double b, double k, double *out
 #undef FG_FORWARD_CASE
 }
 
-/* The op's derivative; LEAF and CUSTOM propagate nothing (da and db are left as they were). */
+/* The op's derivative; LEAF, CUSTOM and PYTHON propagate nothing (da and db are left as they were). */
 FG_KERNEL void fg_derivative(int op, double g, double out, double a, double b, double k, double *da, double *db) {
 #define FG_DERIVATIVE_CASE(code, kernel) case code: kernel##_derivative(g, out, a, b, k, da, db); break;
     switch (op) {
