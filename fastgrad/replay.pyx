@@ -223,7 +223,8 @@ cdef class CompiledGraph(Recording):
         cdef Py_ssize_t i, j, n, slot = 0
         cdef uint32_t word
         cdef int op
-        cdef int32_t b, total
+        cdef int32_t b
+        cdef double total, product
         cdef ops.Status status
         cdef int32_t* sum_terms
         # In locals: through a pointer to self, the compiler would reload them after every store to values.
@@ -236,13 +237,17 @@ cdef class CompiledGraph(Recording):
             op = word & OP_MASK
             b = second[i]
             if op == DOT:
+                # The sum so far stays in a register: read back from values[], each term would wait for the
+                # store before it (no operand of a term is a product or sum of the same DOT: those have one
+                # parent, the next sum; the same operations, in the same order)
                 sum_terms = terms + b
                 n = sum_terms[0]
-                total = word >> OP_BITS
+                total = values[word >> OP_BITS]
                 for j in range(n):
-                    ops.mul_forward(values[sum_terms[1 + 2 * j]], values[sum_terms[2 + 2 * j]], 0.0, &values[slot])
-                    ops.add_forward(values[total], values[slot], 0.0, &values[slot + 1])
-                    total = slot + 1
+                    ops.mul_forward(values[sum_terms[1 + 2 * j]], values[sum_terms[2 + 2 * j]], 0.0, &product)
+                    ops.add_forward(total, product, 0.0, &total)
+                    values[slot] = product
+                    values[slot + 1] = total
                     slot += 2
                 continue
             # A hand-made node's data is given, not computed: its slot holds it (read with every other number
@@ -261,7 +266,7 @@ cdef class CompiledGraph(Recording):
         cdef int op
         cdef int32_t a, b, w, x, total
         cdef int32_t* sum_terms
-        cdef double da = 0.0, db = 0.0
+        cdef double da = 0.0, db = 0.0, sum_grad, product_grad
         cdef double* values = self.values
         cdef double* grads = self.grads
         cdef uint32_t* code = self.code
@@ -273,18 +278,22 @@ cdef class CompiledGraph(Recording):
             a = word >> OP_BITS
             b = second[i]
             if op == DOT:                    # the sum's nodes in backward()'s order: each sum, then its product
+                # The grads of the sums and products are carried in registers, for the reason in run_forward:
+                # nothing else in the DOT adds into them, so the memory holds the same numbers in the same order.
                 sum_terms = terms + b
                 n = sum_terms[0]
                 slot -= 2 * n
+                sum_grad = grads[slot + 2 * n - 1]
                 for j in range(n - 1, -1, -1):
                     total = slot + 2 * j - 1 if j else a
-                    ops.add_derivative(grads[slot + 2 * j + 1], values[slot + 2 * j + 1], values[total],
-                                       values[slot + 2 * j], 0.0, &da, &db)
-                    grads[total] += da
-                    grads[slot + 2 * j] += db
-                    w, x = sum_terms[1 + 2 * j], sum_terms[2 + 2 * j]
-                    ops.mul_derivative(grads[slot + 2 * j], values[slot + 2 * j], values[w], values[x], 0.0,
+                    ops.add_derivative(sum_grad, values[slot + 2 * j + 1], values[total], values[slot + 2 * j], 0.0,
                                        &da, &db)
+                    sum_grad = grads[total] + da
+                    grads[total] = sum_grad
+                    product_grad = grads[slot + 2 * j] + db
+                    grads[slot + 2 * j] = product_grad
+                    w, x = sum_terms[1 + 2 * j], sum_terms[2 + 2 * j]
+                    ops.mul_derivative(product_grad, values[slot + 2 * j], values[w], values[x], 0.0, &da, &db)
                     grads[w] += da
                     grads[x] += db
                 continue
