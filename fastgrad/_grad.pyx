@@ -424,12 +424,15 @@ cdef int derivative_values(_Sweep s, PyObject* g, PyObject* out, Py_ssize_t pa, 
     s.registers[<int>ops.R_B] = b                      # NULL for a one-child op, whose steps do not read it
     ops.derivative_ops((<Value>out).op, (<Value>(<Value>out).child_a).value, 0.0 if b == NULL else (<Value>b).value,
                        (<Value>out).constant, &da, &db)
+    # (most derivatives are g itself, a sum's: no step to make, no call)
     if pa != s.spare:
-        s.add_to(pa, s.build(da, <Value>out))
-        s.release()
+        s.add_to(pa, s.build(da, <Value>out) if da.steps else s.registers[da.result])
+        if s.made:
+            s.release()
     if pb != s.spare:
-        s.add_to(pb, s.build(db, <Value>out))
-        s.release()
+        s.add_to(pb, s.build(db, <Value>out) if db.steps else s.registers[db.result])
+        if s.made:
+            s.release()
     return 0
 
 
