@@ -65,6 +65,7 @@ cdef class CompiledGraph(Recording):
     cdef unsigned long long known_reach_ins   # the engine's reach-in count when `visible` was found and the
                                               # arrays held the nodes' numbers, or newer ones
     cdef bint running                  # a pass is on, with the GIL released: another call must wait its turn
+    cdef bint grads_zero               # every inner slot's grad is 0.0, as forward() left it (see run_backward)
 
     def __cinit__(self):
         global live_graphs
@@ -105,6 +106,7 @@ cdef class CompiledGraph(Recording):
         else:
             self.read_leaves(False)
         memset(self.grads, 0, self.inner * sizeof(double))
+        self.grads_zero = True
         reach_ins = self.begin_pass()
         with nogil:
             failed_at = self.run_forward(&status)
@@ -126,14 +128,16 @@ cdef class CompiledGraph(Recording):
             self.root_grad()[0] = 1.0
             reach_ins = self.begin_pass()
             with nogil:
-                self.run_backward()
+                self.run_backward(self.grads_zero)
+            self.grads_zero = False
             self.end_pass(reach_ins, False)
         else:
             # Python may have changed nodes, or taken some (whose numbers then must be written at once):
             # every number is read, and every grad written back.
+            self.grads_zero = False
             self.read_all(True)
             self.root_grad()[0] = 1.0
-            self.run_backward()
+            self.run_backward(False)
             self.write_all_back()
             if live_graphs > 1:
                 count_reach_in()             # the others' arrays may no longer be their nodes' numbers
@@ -260,13 +264,14 @@ cdef class CompiledGraph(Recording):
             slot += 1
         return -1
 
-    cdef void run_backward(self) noexcept nogil:
+    cdef void run_backward(self, bint grads_zero) noexcept nogil:
+        """backward()'s sweep; grads_zero: every inner grad is 0.0 (the first backward() since forward())."""
         cdef Py_ssize_t i, j, n, slot = self.inner
         cdef uint32_t word
         cdef int op
         cdef int32_t a, b, w, x, total
         cdef int32_t* sum_terms
-        cdef double da = 0.0, db = 0.0, sum_grad, product_grad
+        cdef double da = 0.0, db = 0.0, sum_grad, product_grad, inner_grad
         cdef double* values = self.values
         cdef double* grads = self.grads
         cdef uint32_t* code = self.code
@@ -284,6 +289,25 @@ cdef class CompiledGraph(Recording):
                 n = sum_terms[0]
                 slot -= 2 * n
                 sum_grad = grads[slot + 2 * n - 1]
+                if grads_zero:
+                    # Below the top, each sum and each product starts at 0.0 and has one parent, whose grad it
+                    # gets (the add kernel's da and db are g): 0.0 + the top's grad, the same number for all of
+                    # them (0.0 + x is never -0.0, so adding it to 0.0 again changes nothing). Computed once, it
+                    # frees the terms from waiting on each other's additions; the start's grad adds it as before.
+                    ops.add_derivative(sum_grad, values[slot + 2 * n - 1], values[slot + 2 * n - 3] if n > 1
+                                       else values[a], values[slot + 2 * n - 2], 0.0, &da, &db)
+                    inner_grad = 0.0 + da
+                    for j in range(n - 1, -1, -1):
+                        if j:
+                            grads[slot + 2 * j - 1] = inner_grad
+                        else:
+                            grads[a] += inner_grad
+                        grads[slot + 2 * j] = inner_grad
+                        w, x = sum_terms[1 + 2 * j], sum_terms[2 + 2 * j]
+                        ops.mul_derivative(inner_grad, values[slot + 2 * j], values[w], values[x], 0.0, &da, &db)
+                        grads[w] += da
+                        grads[x] += db
+                    continue
                 for j in range(n - 1, -1, -1):
                     total = slot + 2 * j - 1 if j else a
                     ops.add_derivative(sum_grad, values[slot + 2 * j + 1], values[total], values[slot + 2 * j], 0.0,
