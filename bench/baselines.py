@@ -19,6 +19,18 @@ def micrograd_weights(nin, nouts):
             for i in range(len(nouts))]
 
 
+def notebook_weights(nin, nouts):
+    """[(rows of weights, biases) per layer], drawn as the notebook's tanh MLP(nin, nouts) (fastgrad.nn.MLP)
+    draws them: each neuron's weights, then its bias, all random.uniform(-1, 1)."""
+    sizes = [nin] + list(nouts)
+    layers = []
+    for i in range(len(nouts)):
+        neurons = [([random.uniform(-1, 1) for _ in range(sizes[i])], random.uniform(-1, 1))
+                   for _ in range(sizes[i + 1])]
+        layers.append(([w for w, _ in neurons], [b for _, b in neurons]))
+    return layers
+
+
 class TorchScalarMLP(MicrogradMLP):
     """micrograd's MLP(nin, nouts) over 0-d float64 tensors: ReLU layers, a linear output layer.
 
@@ -181,18 +193,8 @@ class JaxMoons:
         import jax
         import jax.numpy as jnp
 
-        def loss_of(params, X, y):
-            x = X
-            for i, (w, b) in enumerate(params):
-                x = x @ w.T + b
-                if i < len(params) - 1:
-                    x = jax.nn.relu(x)
-            scores = x[:, 0]
-            data_loss = jnp.mean(jax.nn.relu(1 - y * scores))
-            return data_loss + ALPHA * sum(jnp.sum(w * w) + jnp.sum(b * b) for w, b in params), scores
-
         def step(params, X, y, lr):
-            (loss, scores), grads = jax.value_and_grad(loss_of, has_aux=True)(params, X, y)
+            (loss, scores), grads = jax.value_and_grad(jax_moons_loss, has_aux=True)(params, X, y)
             # The accuracy, as the other engines' train_step gives it: fused into the step, a compare per point.
             accuracy = jnp.mean((scores > 0) == (y > 0))
             return [(w - lr * gw, b - lr * gb) for (w, b), (gw, gb) in zip(params, grads)], loss, accuracy
@@ -213,3 +215,18 @@ class JaxMoons:
         self.params, loss, accuracy = self.jax.block_until_ready(
             self.step(self.params, self.X, self.y, learning_rate(k)))
         return float(loss), accuracy
+
+
+def jax_moons_loss(params, X, y):
+    """The demo's loss in JAX over the whole batch, params [(w, b)] per layer: (the loss, the scores)."""
+    import jax
+    import jax.numpy as jnp
+
+    x = X
+    for i, (w, b) in enumerate(params):
+        x = x @ w.T + b
+        if i < len(params) - 1:
+            x = jax.nn.relu(x)
+    scores = x[:, 0]
+    data_loss = jnp.mean(jax.nn.relu(1 - y * scores))
+    return data_loss + ALPHA * sum(jnp.sum(w * w) + jnp.sum(b * b) for w, b in params), scores

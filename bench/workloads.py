@@ -833,82 +833,146 @@ class GradCost(CompileCost):
 
 
 class MoonsHessianVectorProduct(Workload):
-    """H v for micrograd's moons loss by its 337 parameters, v fixed. fastgrad: the gradient as Values (grad with
-    create_graph=True) dotted with v and compiled once; each product is a forward and backward of that graph.
-    PyTorch: double backward (autograd.grad with create_graph=True, then again) through the model as its users
-    write it (nn.Linear in float64 over the whole batch, one thread)."""
+    """H v for micrograd's moons loss by its 337 parameters, the same v on every engine. fastgrad: the gradient as
+    Values (grad with create_graph=True) dotted with v and compiled once; each product is a forward and backward of
+    that graph. PyTorch: double backward (autograd.grad with create_graph=True, then again) through the model as its
+    users write it (nn.Linear in float64 over the whole batch, one thread). JAX: jax.jvp of jax.grad of the same
+    loss, jitted (float64, one thread)."""
 
     name = "hvp"
     title = "Hessian-vector product, moons loss"
     unit = "step"
     whole_models = True
 
+    def __init__(self):
+        self.products = {}     # engine -> v . H v: every engine computes the same product
+
+    @property
+    def notes(self):
+        if len(self.products) < 2:
+            return []
+        values = self.products.values()
+        agree = max(values) - min(values) <= 1e-9 * max(1.0, max(abs(v) for v in values))
+        return [f"v . H v on each engine {'agree' if agree else 'DISAGREE'} "
+                f"({', '.join(f'{e} {v:.12g}' for e, v in self.products.items())}): the same product is timed"]
+
     def sampler(self, engine):
         if engine.name == "fastgrad":
             return self.fastgrad_sampler()
         if engine.name == "torch-tensor":
             return self.torch_sampler(engine)
+        if engine.name == "jax":
+            return self.jax_sampler(engine)
         raise Unsupported("no higher-order gradients")
 
     @staticmethod
-    def fastgrad_sampler():
+    def vector():
+        """v as [(rows, biases)] per layer, shaped as the model's weights (nn.Linear's: a row per neuron)."""
+        rng = random.Random(2)
+        sizes = [2] + MoonsStep.SIZES
+        return [([[rng.uniform(-1, 1) for _ in range(sizes[i])] for _ in range(sizes[i + 1])],
+                 [rng.uniform(-1, 1) for _ in range(sizes[i + 1])]) for i in range(len(MoonsStep.SIZES))]
+
+    def fastgrad_sampler(self):
         import fastgrad
         import fastgrad.optim
 
         loss, params = moons_loss_and_parameters()
-        rng = random.Random(2)
-        v = [rng.uniform(-1, 1) for _ in params]
+        # micrograd's parameters() order: each neuron's weights, then its bias, layer by layer
+        v = [vi for rows, biases in self.vector() for row, b in zip(rows, biases) for vi in row + [b]]
         gradient = fastgrad.grad(loss, params, create_graph=True)
         graph = fastgrad.compile(sum(g * vi for g, vi in zip(gradient, v)))
         zero = fastgrad.optim.SGD(params, lr=0.0)
 
+        def product():
+            graph.forward()
+            zero.zero_grad()
+            graph.backward()          # H v is in the parameters' grads
+
+        product()
+        self.products["fastgrad"] = math.fsum(p.grad * vi for p, vi in zip(params, v))
+
         def sampler(inner):
             start = clock()
             for _ in range(inner):
-                graph.forward()
-                zero.zero_grad()
-                graph.backward()          # H v is in the parameters' grads
+                product()
             return {"total": clock() - start}
         return sampler
 
-    @staticmethod
-    def torch_sampler(engine):
+    def torch_sampler(self, engine):
         import torch
 
         from baselines import ALPHA
-        from fastgrad import moons
 
-        X, y = moons.make_moons(100, noise=0.1, seed=0)
+        X, y = moons_data(MoonsStep.points)
         random.seed(1)
         model = engine.moons_model(X, y, MoonsStep.SIZES)
         params = list(model.model.parameters())
-        rng = random.Random(2)
-        v = [torch.tensor([rng.uniform(-1, 1) for _ in range(p.numel())], dtype=torch.float64).reshape(p.shape)
-             for p in params]
+        v = [torch.tensor(part, dtype=torch.float64) for layer in self.vector() for part in layer]
+
+        def product():
+            scores = model.model(model.X).squeeze(1)
+            loss = torch.relu(1 - model.y * scores).mean() + ALPHA * sum((p * p).sum() for p in params)
+            gradient = torch.autograd.grad(loss, params, create_graph=True)
+            return torch.autograd.grad(sum((g * vi).sum() for g, vi in zip(gradient, v)), params)
+
+        self.products["torch-tensor"] = math.fsum(float((hv * vi).sum()) for hv, vi in zip(product(), v))
 
         def sampler(inner):
             start = clock()
             for _ in range(inner):
-                scores = model.model(model.X).squeeze(1)
-                loss = torch.relu(1 - model.y * scores).mean() + ALPHA * sum((p * p).sum() for p in params)
-                gradient = torch.autograd.grad(loss, params, create_graph=True)
-                torch.autograd.grad(sum((g * vi).sum() for g, vi in zip(gradient, v)), params)
+                product()
+            return {"total": clock() - start}
+        return sampler
+
+    def jax_sampler(self, engine):
+        import jax
+        import jax.numpy as jnp
+
+        from baselines import jax_moons_loss
+
+        X, y = moons_data(MoonsStep.points)
+        random.seed(1)
+        model = engine.moons_model(X, y, MoonsStep.SIZES)
+        v = [tuple(jnp.asarray(part, dtype=jnp.float64) for part in layer) for layer in self.vector()]
+
+        def loss(params, X, y):
+            return jax_moons_loss(params, X, y)[0]
+
+        @jax.jit
+        def product(params, v, X, y):
+            return jax.jvp(lambda p: jax.grad(loss)(p, X, y), (params,), (v,))[1]
+
+        hv = jax.block_until_ready(product(model.params, v, model.X, model.y))
+        self.products["jax"] = math.fsum(float(jnp.sum(h * vi)) for layer, vl in zip(hv, v) for h, vi in zip(layer, vl))
+
+        def sampler(inner):
+            start = clock()
+            for _ in range(inner):
+                jax.block_until_ready(product(model.params, v, model.X, model.y))
             return {"total": clock() - start}
         return sampler
 
 
 class PhysicsInformedStep(Workload):
     """A training step of the README's physics-informed fit (u'' + u = 0, u(0) = 0, u'(0) = 1) on 1,000
-    collocation points, the notebook's tanh MLP(1, [16, 16, 1]), Adam, one thread. fastgrad: (u'' + u)^2 as a
-    gradient graph, batched over the points (compile(..., inputs=[x], threads=1)), the initial conditions
-    compiled. PyTorch: the same network as nn.Linear + Tanh in float64 over all points at once, u' and u'' by
-    autograd.grad(create_graph=True)."""
+    collocation points, the notebook's tanh MLP(1, [16, 16, 1]) with the notebook's weights on every engine, Adam
+    (lr 1e-3), one thread. fastgrad: (u'' + u)^2 as a gradient graph, batched over the points
+    (compile(..., inputs=[x], threads=1)), the initial conditions compiled. PyTorch: the same network as
+    nn.Linear + Tanh in float64 over all points at once, u' and u'' by autograd.grad(create_graph=True). JAX: u of
+    one point, u' and u'' by nested jax.jvp over x (forward over forward: the fastest of grad-of-grad, jvp-of-grad
+    and jvp-of-jvp here), vmapped over the points, the whole step with Adam one jax.jit."""
 
     name = "pinn"
     title = "physics-informed step, 1,000 points"
     unit = "step"
     whole_models = True
     POINTS = 1000
+    SIZES = [16, 16, 1]
+    LR = 1e-3
+
+    def __init__(self):
+        self.first_loss = {}   # engine -> the loss before the first step: the same model on the same points
 
     def sampler(self, engine):
         points = [[math.pi * (i + 0.5) / self.POINTS] for i in range(self.POINTS)]
@@ -916,15 +980,16 @@ class PhysicsInformedStep(Workload):
             return self.fastgrad_sampler(points)
         if engine.name == "torch-tensor":
             return self.torch_sampler(points)
+        if engine.name == "jax":
+            return self.jax_sampler(points)
         raise Unsupported("no higher-order gradients")
 
-    @staticmethod
-    def fastgrad_sampler(points):
+    def fastgrad_sampler(self, points):
         import fastgrad
         from fastgrad import MLP, Value, grad, optim
 
         random.seed(0)
-        model = MLP(1, [16, 16, 1])
+        model = MLP(1, self.SIZES)
         x = Value(0.0)
         u = model([x])
         (du,) = grad(u, [x], create_graph=True)
@@ -934,45 +999,120 @@ class PhysicsInformedStep(Workload):
         u0 = model([x0])
         (du0,) = grad(u0, [x0], create_graph=True)
         initial = fastgrad.compile(u0 ** 2 + (du0 - 1.0) ** 2)
-        adam = optim.Adam(model.parameters(), lr=1e-3)
+        adam = optim.Adam(model.parameters(), lr=self.LR)
+
+        def step():
+            adam.zero_grad()
+            residuals = equation.forward(points)
+            equation.backward(1.0 / len(points))
+            at_zero = initial.forward()
+            initial.backward()
+            adam.step()
+            return math.fsum(residuals) / len(points) + at_zero
+
+        self.first_loss["fastgrad"] = step()
 
         def sampler(inner):
             start = clock()
             for _ in range(inner):
-                adam.zero_grad()
-                equation.forward(points)
-                equation.backward(1.0 / len(points))
-                initial.forward()
-                initial.backward()
-                adam.step()
+                step()
             return {"total": clock() - start}
         return sampler
 
-    @staticmethod
-    def torch_sampler(points):
+    def torch_sampler(self, points):
         import torch
 
+        from baselines import notebook_weights
+
         torch.set_num_threads(1)
+        random.seed(0)
         layers = []
-        for nin, nout in ((1, 16), (16, 16), (16, 1)):
-            layers += [torch.nn.Linear(nin, nout, dtype=torch.float64), torch.nn.Tanh()]
+        for rows, biases in notebook_weights(1, self.SIZES):
+            linear = torch.nn.Linear(len(rows[0]), len(rows), dtype=torch.float64)
+            with torch.no_grad():
+                linear.weight.copy_(torch.tensor(rows, dtype=torch.float64))
+                linear.bias.copy_(torch.tensor(biases, dtype=torch.float64))
+            layers += [linear, torch.nn.Tanh()]
         model = torch.nn.Sequential(*layers)
         x = torch.tensor(points, dtype=torch.float64, requires_grad=True)
         x0 = torch.zeros((1, 1), dtype=torch.float64, requires_grad=True)
-        adam = torch.optim.Adam(model.parameters(), lr=1e-3)
+        adam = torch.optim.Adam(model.parameters(), lr=self.LR)
+
+        def step():
+            u = model(x)
+            (du,) = torch.autograd.grad(u.sum(), x, create_graph=True)
+            (d2u,) = torch.autograd.grad(du.sum(), x, create_graph=True)
+            u0 = model(x0)
+            (du0,) = torch.autograd.grad(u0.sum(), x0, create_graph=True)
+            loss = ((d2u + u) ** 2).mean() + (u0 ** 2 + (du0 - 1.0) ** 2).sum()
+            adam.zero_grad()
+            loss.backward()
+            adam.step()
+            return loss
+
+        self.first_loss["torch-tensor"] = float(step().detach())
 
         def sampler(inner):
             start = clock()
             for _ in range(inner):
-                u = model(x)
-                (du,) = torch.autograd.grad(u.sum(), x, create_graph=True)
-                (d2u,) = torch.autograd.grad(du.sum(), x, create_graph=True)
-                u0 = model(x0)
-                (du0,) = torch.autograd.grad(u0.sum(), x0, create_graph=True)
-                loss = ((d2u + u) ** 2).mean() + (u0 ** 2 + (du0 - 1.0) ** 2).sum()
-                adam.zero_grad()
-                loss.backward()
-                adam.step()
+                step()
+            return {"total": clock() - start}
+        return sampler
+
+    def jax_sampler(self, points):
+        import jax
+        import jax.numpy as jnp
+
+        from baselines import notebook_weights
+
+        random.seed(0)
+        params = [(jnp.asarray(rows, dtype=jnp.float64), jnp.asarray(biases, dtype=jnp.float64))
+                  for rows, biases in notebook_weights(1, self.SIZES)]
+        xs = jnp.asarray([x for (x,) in points], dtype=jnp.float64)
+
+        def u(params, x):            # one point
+            h = x[None]
+            for w, b in params:
+                h = jnp.tanh(w @ h + b)
+            return h[0]
+
+        def du(params, x):
+            return jax.jvp(lambda x: u(params, x), (x,), (jnp.ones_like(x),))[1]
+
+        def d2u(params, x):
+            return jax.jvp(lambda x: du(params, x), (x,), (jnp.ones_like(x),))[1]
+
+        def loss_of(params, xs):
+            residuals = jax.vmap(d2u, (None, 0))(params, xs) + jax.vmap(u, (None, 0))(params, xs)
+            x0 = jnp.zeros(())
+            return jnp.mean(residuals ** 2) + u(params, x0) ** 2 + (du(params, x0) - 1.0) ** 2
+
+        b1, b2, eps = 0.9, 0.999, 1e-8
+
+        def step(params, m, v, t, xs):      # torch.optim.Adam's update
+            loss, grads = jax.value_and_grad(loss_of)(params, xs)
+            t = t + 1
+            m = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, m, grads)
+            v = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, v, grads)
+            params = jax.tree.map(lambda p, m, v: p - self.LR / (1 - b1 ** t) * m / (jnp.sqrt(v / (1 - b2 ** t)) + eps),
+                                  params, m, v)
+            return params, m, v, t, loss
+
+        step = jax.jit(step, donate_argnums=(0, 1, 2))
+        state = [params, jax.tree.map(jnp.zeros_like, params), jax.tree.map(jnp.zeros_like, params),
+                 jnp.zeros((), dtype=jnp.int64)]
+
+        def run():
+            out = jax.block_until_ready(step(*state, xs))
+            state[:] = out[:4]
+            return out[4]
+
+        self.first_loss["jax"] = float(run())
+
+        def sampler(inner):
+            start = clock()
+            for _ in range(inner):
+                run()
             return {"total": clock() - start}
         return sampler
 

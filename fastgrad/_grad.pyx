@@ -215,7 +215,7 @@ cdef int make_plan(Plan* plan, tuple outs, tuple ins, Py_ssize_t* out_places,
                 place_leaf(nodes, saved, &count, child)
             if (<Value>child).visited & INPUT:
                 plan.children[2 * i + j] = <Py_ssize_t>(<Value>child).gradient
-                (<Value>node).visited |= INPUT
+                (<Value>node).visited = (<Value>node).visited | INPUT      # (`|=` would take a reference)
     # An output's weight is its gradient, as backward() sets the root's grad (-0.0 stays -0.0); an output given
     # again, or below another, adds its weight: the first at its place is told by a mark, SEEDED.
     for j in range(len(outs)):
@@ -326,94 +326,90 @@ cdef int check_no_custom_op(Plan* plan) except -1:
 
 @cython.final
 cdef class _Sweep:
-    """The gradient built so far for each place (NULL: nothing has flowed into it), the constants, and the
-    registers of the derivative being built."""
+    """The gradient built so far for each place (NULL: nothing has flowed into it), and the registers that a
+    derivative's steps (ops.h) read and write. Everything per node works on borrowed pointers: a reference is
+    taken only where a node is kept (a gradient at its place, a step's result until its derivative is added)."""
     cdef PyObject** grads          # owned references, in the plan's numbers (a pointer is as big as a double)
     cdef Py_ssize_t spare
-    cdef Value one
+    cdef Value one                 # the constants' registers point at these
     cdef Value zero
     cdef Value half
-    cdef Value t0, t1, t2, t3, t4  # the results of its steps so far (ops.h: FG_R_T0 ...)
+    cdef PyObject* registers[ops.R_T0 + 5]     # by ops.h's register numbers; the steps' results are owned
+    cdef int made                  # how many steps' results the registers hold now
+
+    cdef void set_constants(self) noexcept:
+        self.registers[<int>ops.R_NONE] = NULL
+        self.registers[<int>ops.R_ONE] = <PyObject*>self.one
+        self.registers[<int>ops.R_ZERO] = <PyObject*>self.zero
+        self.registers[<int>ops.R_HALF] = <PyObject*>self.half
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef int add_to(self, Py_ssize_t place, Value term) except -1:
-        """Add term into the gradient at place, as backward() adds into a grad that starts at 0.0. None: the
-        kernel adds 0.0, which changes a grad only if it is -0.0 (a place nothing flowed into yet stays
-        empty, which the sweep reads as 0.0)."""
+    cdef int add_to(self, Py_ssize_t place, PyObject* term) except -1:
+        """Add term (borrowed) into the gradient at place, as backward() adds into a grad that starts at 0.0.
+        NULL: the kernel adds 0.0, which changes a grad only if it is -0.0 (a place nothing flowed into yet
+        stays empty, which the sweep reads as 0.0)."""
         cdef PyObject* total = self.grads[place]
-        if term is None:
+        cdef Value made
+        if term == NULL:
             if total != NULL and (<Value>total).value == 0.0 and signbit((<Value>total).value):
-                term = self.zero                      # -0.0 + 0.0 is 0.0
+                term = <PyObject*>self.zero           # -0.0 + 0.0 is 0.0
             else:
                 return 0
         if total != NULL:
-            term = apply2(ops.ADD, <Value>total, term)        # it holds total now
+            made = apply2(ops.ADD, <Value>total, <Value>term)        # it holds total now
+            self.grads[place] = <PyObject*>made
+            Py_INCREF(made)
             Py_DECREF(<object>total)
-        elif term.value == 0.0 and signbit(term.value):
-            term = apply2(ops.ADD, self.zero, term)    # 0.0 + -0.0 is 0.0, as backward() has it
-        Py_INCREF(term)
-        self.grads[place] = <PyObject*>term
+        elif (<Value>term).value == 0.0 and signbit((<Value>term).value):
+            made = apply2(ops.ADD, self.zero, <Value>term)   # 0.0 + -0.0 is 0.0, as backward() has it
+            self.grads[place] = <PyObject*>made
+            Py_INCREF(made)
+        else:
+            self.grads[place] = term
+            Py_INCREF(<object>term)
         return 0
 
-    cdef Value build(self, const ops.DerivativeSteps* steps, Value g, Value out, Value a, Value b):
-        """The node a derivative's steps (ops.h) make, one node a step, each with its op's own kernels; None
-        where the kernel adds 0.0."""
+    cdef PyObject* build(self, const ops.DerivativeSteps* steps, Value out) except? NULL:
+        """Make a derivative's steps (ops.h) into nodes, one a step with its op's own kernels, in order, the
+        node's registers set; the register holding the result (borrowed: NULL where the kernel adds 0.0)."""
         cdef int i
-        cdef ops.Step step
+        cdef const ops.Step* step
         cdef Value made
+        cdef Value x
         for i in range(steps.steps):
-            step = steps.step[i]
+            step = &steps.step[i]
+            x = self.operand(step.x, out)
             if step.op == ops.POW_CONST:
-                made = pow_const(self.operand(step.x, g, out, a, b), step.y, out)
+                made = pow_const(x, step.y, out)
             elif ops.op_facts(step.op).arity == 1:
-                made = apply1(step.op, self.operand(step.x, g, out, a, b))
+                made = apply1(step.op, x)
             else:
-                made = apply2(step.op, self.operand(step.x, g, out, a, b), self.operand(step.y, g, out, a, b))
-            if i == 0:
-                self.t0 = made
-            elif i == 1:
-                self.t1 = made
-            elif i == 2:
-                self.t2 = made
-            elif i == 3:
-                self.t3 = made
-            else:
-                self.t4 = made
-        return self.operand(steps.result, g, out, a, b)
+                made = apply2(step.op, x, self.operand(step.y, out))
+            Py_INCREF(made)
+            self.registers[ops.R_T0 + i] = <PyObject*>made
+            self.made = i + 1
+        if steps.result == ops.R_NONE:
+            return NULL
+        return self.registers[steps.result]
 
-    cdef Value operand(self, int register, Value g, Value out, Value a, Value b):
+    cdef inline Value operand(self, int register, Value out):
+        """A step's operand: its register, or a new leaf for the constants of this node (its k, its slope)."""
         cdef double da = 0.0, db = 0.0
-        if register == ops.R_NONE:
-            return None
-        if register == ops.R_G:
-            return g
-        if register == ops.R_OUT:
-            return out
-        if register == ops.R_A:
-            return a
-        if register == ops.R_B:
-            return b
-        if register == ops.R_ONE:
-            return self.one
-        if register == ops.R_ZERO:
-            return self.zero
-        if register == ops.R_HALF:
-            return self.half
         if register == ops.R_K:
             return leaf(out.constant)
         if register == ops.R_DB1:
-            ops.derivative(out.op, 1.0, out.value, a.value, b.value, out.constant, &da, &db)
+            ops.derivative(out.op, 1.0, out.value, (<Value>out.child_a).value, (<Value>out.child_b).value,
+                           out.constant, &da, &db)
             return leaf(db)
-        if register == ops.R_T0:
-            return self.t0
-        if register == ops.R_T0 + 1:
-            return self.t1
-        if register == ops.R_T0 + 2:
-            return self.t2
-        if register == ops.R_T0 + 3:
-            return self.t3
-        return self.t4
+        return <Value>self.registers[register]
+
+    cdef void release(self) noexcept:
+        """Drop the steps' results (the nodes made from them, or the gradient they were added into, hold them)."""
+        cdef int i
+        for i in range(self.made):
+            Py_DECREF(<object>self.registers[ops.R_T0 + i])
+        self.made = 0
 
 
 @cython.boundscheck(False)
@@ -422,7 +418,7 @@ cdef list sweep_values(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
                        Py_ssize_t count):
     cdef _Sweep sweep = _Sweep.__new__(_Sweep)
     cdef Py_ssize_t i, j
-    cdef Value node
+    cdef PyObject* node
     cdef PyObject* g
     sweep.grads = <PyObject**>plan.numbers
     memset(sweep.grads, 0, plan.nodes.length * sizeof(PyObject*))   # derivative_values never adds to spare
@@ -430,22 +426,22 @@ cdef list sweep_values(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
     sweep.one = leaf(1.0)
     sweep.zero = leaf(0.0)
     sweep.half = leaf(0.5)
+    sweep.set_constants()
     try:
         for j in range(len(seeds)):
             if out_places[len(seeds) + j]:
                 Py_INCREF(seeds[j])
                 sweep.grads[out_places[j]] = <PyObject*>seeds[j]
             else:
-                sweep.add_to(out_places[j], <Value>seeds[j])
+                sweep.add_to(out_places[j], <PyObject*>seeds[j])
         for i in range(plan.inner - 1, -1, -1):
-            node = <Value>plan.nodes.items[i]
-            g = sweep.grads[i]
-            if node.op <= ops.CUSTOM:    # nothing flows through a hand-made node, as in backward()
+            node = plan.nodes.items[i]
+            if (<Value>node).op <= ops.CUSTOM:    # nothing flows through a hand-made node, as in backward()
                 continue
             # A node nothing but 0.0 flowed into (under x ** 0, or a hand-made node) still sends its children
             # 0 times its local derivative, as backward() does: nan where that derivative is inf or nan.
-            derivative_values(sweep, sweep.zero if g == NULL else <Value>g, node, <Value>node.child_a,
-                              None if node.child_b == NULL else <Value>node.child_b,
+            g = sweep.grads[i]
+            derivative_values(sweep, <PyObject*>sweep.zero if g == NULL else g, node,
                               plan.children[2 * i], plan.children[2 * i + 1])
         result = []
         for j in range(count):
@@ -453,6 +449,7 @@ cdef list sweep_values(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
             result.append(leaf(0.0) if g == NULL else <Value>g)
         return result
     finally:
+        sweep.release()
         for i in range(plan.nodes.length):
             Py_XDECREF(sweep.grads[i])
 
@@ -461,17 +458,27 @@ cdef list sweep_values(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
 # interprets: the alternative, a Cython function per op building nodes, could not sit beside the kernel (a
 # Value cannot appear in C, and the kernels sit below the engine), so an op's derivative would be written in
 # two places in two languages; as steps of ops it is written once more, next to the kernel it must match.
-cdef int derivative_values(_Sweep s, Value g, Value out, Value a, Value b, Py_ssize_t pa,
-                           Py_ssize_t pb) except -1:
+cdef int derivative_values(_Sweep s, PyObject* g, PyObject* out, Py_ssize_t pa, Py_ssize_t pb) except -1:
     """Add what out's gradient g gives its children into their gradients at places pa and pb (s.spare:
     a child no input lies below, whose term is not built)."""
     cdef const ops.DerivativeSteps* da
     cdef const ops.DerivativeSteps* db
-    ops.derivative_ops(out.op, a.value, 0.0 if b is None else b.value, out.constant, &da, &db)
+    cdef PyObject* b = (<Value>out).child_b
+    s.registers[<int>ops.R_G] = g
+    s.registers[<int>ops.R_OUT] = out
+    s.registers[<int>ops.R_A] = (<Value>out).child_a
+    s.registers[<int>ops.R_B] = b                      # NULL for a one-child op, whose steps do not read it
+    ops.derivative_ops((<Value>out).op, (<Value>(<Value>out).child_a).value, 0.0 if b == NULL else (<Value>b).value,
+                       (<Value>out).constant, &da, &db)
+    # (most derivatives are g itself, a sum's: no step to make, no call)
     if pa != s.spare:
-        s.add_to(pa, s.build(da, g, out, a, b))
+        s.add_to(pa, s.build(da, <Value>out) if da.steps else s.registers[da.result])
+        if s.made:
+            s.release()
     if pb != s.spare:
-        s.add_to(pb, s.build(db, g, out, a, b))
+        s.add_to(pb, s.build(db, <Value>out) if db.steps else s.registers[db.result])
+        if s.made:
+            s.release()
     return 0
 
 

@@ -1096,6 +1096,8 @@ cdef int sweep_calling_python(NodeArray* order, Py_ssize_t last) except -1:
 cdef int check_replayable(NodeArray* order, str user) except -1:
     cdef Py_ssize_t i
     cdef PyObject* found = NULL
+    if closures_alive == 0:                 # no node anywhere has one: no pass over the graph (as backward())
+        return 0
     for i in range(order.length):
         if (<Value>order.items[i]).flags & HAS_CLOSURE and found == NULL:
             found = order.items[i]

@@ -80,6 +80,7 @@ cdef class CompiledGraph(Recording):
                                               # arrays held the nodes' numbers, or newer ones
     cdef bint running                  # a pass is on, with the GIL released: another call must wait its turn
     cdef double* slopes                # per custom op's node, its local derivatives, where `terms` has its inputs
+    cdef bint grads_zero               # every inner slot's grad is 0.0, as forward() left it (see run_backward)
 
     def __cinit__(self):
         global live_graphs
@@ -122,6 +123,7 @@ cdef class CompiledGraph(Recording):
         else:
             self.read_leaves(False)
         memset(self.grads, 0, self.inner * sizeof(double))
+        self.grads_zero = True
         reach_ins = self.begin_pass()
         error = None
         if self.calls == 0:
@@ -173,6 +175,7 @@ cdef class CompiledGraph(Recording):
         else:
             # Python may have changed nodes, or taken some (whose numbers then must be written at once):
             # every number is read, and every grad written back.
+            self.grads_zero = False
             self.read_all(True)
         reach_ins = self.begin_pass()
         failed_at, error = self.take_slopes() if self.calls else (-1, None)
@@ -180,9 +183,10 @@ cdef class CompiledGraph(Recording):
             self.root_grad()[0] = 1.0
             if ahead:
                 with nogil:
-                    self.backward_pass()
+                    self.backward_pass(self.grads_zero)
             else:
-                self.backward_pass()
+                self.backward_pass(False)
+            self.grads_zero = False
         if ahead:
             self.end_pass(reach_ins, False)
         else:
@@ -206,21 +210,22 @@ cdef class CompiledGraph(Recording):
                 return i, error
         return -1, None
 
-    cdef void backward_pass(self) noexcept nogil:
+    cdef void backward_pass(self, bint grads_zero) noexcept nogil:
         """run_backward between the calls, last first; at each call, its grad times its slopes into its inputs'
-        grads, in their order, as backward() adds them."""
+        grads, in their order, as backward() adds them. (A call's inputs are never a sum's inner nodes, which
+        have one parent: grads_zero holds for every stretch.)"""
         cdef Py_ssize_t call, k, end = self.instructions, slot = self.inner
         cdef int32_t* inputs
         cdef double g
         for call in range(self.calls - 1, -1, -1):
-            self.run_backward(self.call_at[call] + 1, end, slot)
+            self.run_backward(self.call_at[call] + 1, end, slot, grads_zero)
             end = self.call_at[call]
             slot = self.call_slot[call]
             inputs = self.terms + self.second[end]
             g = self.grads[slot]
             for k in range(inputs[0]):
                 self.grads[inputs[2 + k]] += g * self.slopes[self.second[end] + 2 + k]
-        self.run_backward(0, end, slot)
+        self.run_backward(0, end, slot, grads_zero)
 
     def __init__(self, *args, **kwargs):
         raise TypeError("a CompiledGraph is made by fastgrad.compile(root)")
@@ -309,7 +314,8 @@ cdef class CompiledGraph(Recording):
         cdef Py_ssize_t i, j, n
         cdef uint32_t word
         cdef int op
-        cdef int32_t b, total
+        cdef int32_t b
+        cdef double total, product
         cdef ops.Status status
         cdef int32_t* sum_terms
         # In locals: through a pointer to self, the compiler would reload them after every store to values.
@@ -322,13 +328,17 @@ cdef class CompiledGraph(Recording):
             op = word & OP_MASK
             b = second[i]
             if op == DOT:
+                # The sum so far stays in a register: read back from values[], each term would wait for the
+                # store before it (no operand of a term is a product or sum of the same DOT: those have one
+                # parent, the next sum; the same operations, in the same order)
                 sum_terms = terms + b
                 n = sum_terms[0]
-                total = word >> OP_BITS
+                total = values[word >> OP_BITS]
                 for j in range(n):
-                    ops.mul_forward(values[sum_terms[1 + 2 * j]], values[sum_terms[2 + 2 * j]], 0.0, &values[slot])
-                    ops.add_forward(values[total], values[slot], 0.0, &values[slot + 1])
-                    total = slot + 1
+                    ops.mul_forward(values[sum_terms[1 + 2 * j]], values[sum_terms[2 + 2 * j]], 0.0, &product)
+                    ops.add_forward(total, product, 0.0, &total)
+                    values[slot] = product
+                    values[slot + 1] = total
                     slot += 2
                 continue
             # A hand-made node's data is given, not computed: its slot holds it (read with every other number
@@ -341,14 +351,15 @@ cdef class CompiledGraph(Recording):
             slot += 1
         return -1
 
-    cdef void run_backward(self, Py_ssize_t begin, Py_ssize_t end, Py_ssize_t slot) noexcept nogil:
-        """Instructions [begin, end), last first (slot: the one after end's)."""
+    cdef void run_backward(self, Py_ssize_t begin, Py_ssize_t end, Py_ssize_t slot, bint grads_zero) noexcept nogil:
+        """Instructions [begin, end), last first (slot: the one after end's); grads_zero: every inner grad is 0.0
+        (the first backward() since forward())."""
         cdef Py_ssize_t i, j, n
         cdef uint32_t word
         cdef int op
         cdef int32_t a, b, w, x, total
         cdef int32_t* sum_terms
-        cdef double da = 0.0, db = 0.0
+        cdef double da = 0.0, db = 0.0, sum_grad, product_grad, inner_grad
         cdef double* values = self.values
         cdef double* grads = self.grads
         cdef uint32_t* code = self.code
@@ -360,18 +371,41 @@ cdef class CompiledGraph(Recording):
             a = word >> OP_BITS
             b = second[i]
             if op == DOT:                    # the sum's nodes in backward()'s order: each sum, then its product
+                # The grads of the sums and products are carried in registers, for the reason in run_forward:
+                # nothing else in the DOT adds into them, so the memory holds the same numbers in the same order.
                 sum_terms = terms + b
                 n = sum_terms[0]
                 slot -= 2 * n
+                sum_grad = grads[slot + 2 * n - 1]
+                if grads_zero:
+                    # Below the top, each sum and each product starts at 0.0 and has one parent, whose grad it
+                    # gets (the add kernel's da and db are g): 0.0 + the top's grad, the same number for all of
+                    # them (0.0 + x is never -0.0, so adding it to 0.0 again changes nothing). Computed once, it
+                    # frees the terms from waiting on each other's additions; the start's grad adds it as before.
+                    ops.add_derivative(sum_grad, values[slot + 2 * n - 1], values[slot + 2 * n - 3] if n > 1
+                                       else values[a], values[slot + 2 * n - 2], 0.0, &da, &db)
+                    inner_grad = 0.0 + da
+                    for j in range(n - 1, -1, -1):
+                        if j:
+                            grads[slot + 2 * j - 1] = inner_grad
+                        else:
+                            grads[a] += inner_grad
+                        grads[slot + 2 * j] = inner_grad
+                        w, x = sum_terms[1 + 2 * j], sum_terms[2 + 2 * j]
+                        ops.mul_derivative(inner_grad, values[slot + 2 * j], values[w], values[x], 0.0, &da, &db)
+                        grads[w] += da
+                        grads[x] += db
+                    continue
                 for j in range(n - 1, -1, -1):
                     total = slot + 2 * j - 1 if j else a
-                    ops.add_derivative(grads[slot + 2 * j + 1], values[slot + 2 * j + 1], values[total],
-                                       values[slot + 2 * j], 0.0, &da, &db)
-                    grads[total] += da
-                    grads[slot + 2 * j] += db
-                    w, x = sum_terms[1 + 2 * j], sum_terms[2 + 2 * j]
-                    ops.mul_derivative(grads[slot + 2 * j], values[slot + 2 * j], values[w], values[x], 0.0,
+                    ops.add_derivative(sum_grad, values[slot + 2 * j + 1], values[total], values[slot + 2 * j], 0.0,
                                        &da, &db)
+                    sum_grad = grads[total] + da
+                    grads[total] = sum_grad
+                    product_grad = grads[slot + 2 * j] + db
+                    grads[slot + 2 * j] = product_grad
+                    w, x = sum_terms[1 + 2 * j], sum_terms[2 + 2 * j]
+                    ops.mul_derivative(product_grad, values[slot + 2 * j], values[w], values[x], 0.0, &da, &db)
                     grads[w] += da
                     grads[x] += db
                 continue

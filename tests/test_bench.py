@@ -394,3 +394,27 @@ def test_batched_memory_is_measured_in_a_fresh_interpreter(monkeypatch):
     growth = float(workloads.run_here("batched_rss_growth(20_000)"))
     # The rows (480 kB) are not counted; the program, the scratch and the 20,000 outputs are.
     assert 0 <= growth < 50e6
+
+
+def test_higher_order_rows_time_the_same_work_on_every_engine(tmp_path):
+    """The Hessian-vector product and the physics-informed step: each engine's product v . H v and its loss before
+    the first step agree, and the targets give fastgrad's time against PyTorch's and JAX's."""
+    proc, data = run_quick(tmp_path, "--only", "hvp,pinn", "--engines", "fastgrad,torch-tensor,jax")
+    available = {e["name"] for e in data["engines"] if e["available"]}
+    for name in ("hvp", "pinn"):
+        row = next(w for w in data["workloads"] if w["name"] == name)
+        assert set(row["results"]) == available, name
+        if len(available) > 1:
+            note = next(n for n in data["notes"] if n.startswith(f"{name}: "))
+            assert " on each engine agree " in note, note
+            for engine in available:
+                assert engine in note
+    targets = {t["figure"]: t for t in data["targets"]}
+    pinn = next(w for w in data["workloads"] if w["name"] == "pinn")["results"]
+    for other, figure in (("torch-tensor", "physics-informed step at 1,000 points, batched, vs PyTorch's"),
+                          ("jax", "physics-informed step at 1,000 points, batched, vs JAX's")):
+        if other in available:
+            expected = pinn["fastgrad"]["total"]["median"] / pinn[other]["total"]["median"]
+            assert targets[figure]["measured"] == pytest.approx(expected)
+        else:
+            assert targets[figure]["measured"] is None

@@ -444,6 +444,32 @@ def test_backward_twice_adds_twice_as_eager_does_and_forward_zeroes_inner_grads(
     assert all(n.grad == 0.0 for n in trace(root)[0] if n._op) and x.grad != 0.0 and w.grad != 0.0
 
 
+@pytest.mark.parametrize("passes", [1, 2, 3])
+def test_a_fused_sum_whose_start_is_also_its_operand_adds_as_eager_does(passes):
+    """A DOT carries its running sum, and its sums' and products' grads, in registers rather than reading back
+    what it stored: where the sum's start is also an operand of its terms, and where backward() runs again
+    without forward() (every grad accumulates, the inner ones too), every node still gets eager's bits."""
+    def made(numbers_):
+        s, w, x = (Value(v) for v in numbers_)
+        start = s * w
+        total = start + w * start + start * x + x * w + start * start
+        return (s, w, x), (total * x).tanh() + total
+
+    leaves, root = made((0.75, -1.5, 2.0 / 3.0))
+    graph = fastgrad.compile(root)
+    assert repr(graph).endswith("5 instructions, fused>")    # s * w, the sum's DOT, * x, tanh, + total
+    for leaf, v in zip(leaves, (0.5, 1.25, -0.375)):
+        leaf.data = v
+    graph.forward()
+    eager_leaves, eager = made((0.5, 1.25, -0.375))
+    for _ in range(passes):
+        graph.backward()
+        eager.backward()
+    assert numbers(root) == numbers(eager)
+    for ours, theirs in zip(leaves, eager_leaves):
+        assert bits(ours.grad) == bits(theirs.grad)
+
+
 def test_two_graphs_sharing_nodes_see_each_others_passes():
     make = fresh_graph()
     x, w, root = make(0.5, -0.25)
