@@ -474,8 +474,9 @@ class BatchedMoonsStep(MoonsStep):
     """The demo's step over N moons points, as each engine does it best once the model is fixed.
 
     fastgrad: one point's loss, (1 + -y*score).relu(), compiled with its inputs (fastgrad.compile(loss,
-    inputs=[x1, x2, y]) makes a BatchedGraph), forward over the N rows, backward with weights 1/N (the mean), the
-    L2 term compiled on its own, fastgrad.optim.SGD; one thread ("step", CPU time as in every row), and every
+    inputs=[x1, x2, y]) makes a BatchedGraph), forward and backward over the N rows in one pass (forward_backward,
+    weights 1/N: the mean), the L2 term compiled on its own, fastgrad.optim.SGD; one thread ("step", CPU time as
+    in every row), and every
     core the process may use ("all threads, wall clock": CPU time would add the threads' times up). Not shown,
     for the ratio of the two and what it owes to the load of the machine: "1 thread, wall clock", "all
     threads, CPU time", and a control that any machine parallelises, SHA-256 on one thread and on all
@@ -612,10 +613,9 @@ def batched_moons_step(engine, rows, threads):
     weight = 1.0 / len(rows)
 
     def step(k):
-        losses = graph.forward(rows)
-        penalty = regulariser.forward()
         sgd.zero_grad()
-        graph.backward(weights=weight)
+        losses = graph.forward_backward(rows, weight)
+        penalty = regulariser.forward()
         regulariser.backward()
         sgd.lr = moons.learning_rate(k)
         sgd.step()
@@ -958,7 +958,7 @@ class PhysicsInformedStep(Workload):
     """A training step of the README's physics-informed fit (u'' + u = 0, u(0) = 0, u'(0) = 1) on 1,000
     collocation points, the notebook's tanh MLP(1, [16, 16, 1]) with the notebook's weights on every engine, Adam
     (lr 1e-3), one thread. fastgrad: (u'' + u)^2 as a gradient graph, batched over the points
-    (compile(..., inputs=[x], threads=1)), the initial conditions compiled. PyTorch: the same network as
+    (compile(..., inputs=[x], threads=1), forward_backward), the initial conditions compiled. PyTorch: the same network as
     nn.Linear + Tanh in float64 over all points at once, u' and u'' by autograd.grad(create_graph=True). JAX: u of
     one point, u' and u'' by nested jax.jvp over x (forward over forward: the fastest of grad-of-grad, jvp-of-grad
     and jvp-of-jvp here), vmapped over the points, the whole step with Adam one jax.jit."""
@@ -1003,8 +1003,7 @@ class PhysicsInformedStep(Workload):
 
         def step():
             adam.zero_grad()
-            residuals = equation.forward(points)
-            equation.backward(1.0 / len(points))
+            residuals = equation.forward_backward(points, 1.0 / len(points))
             at_zero = initial.forward()
             initial.backward()
             adam.step()

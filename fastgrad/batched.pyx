@@ -333,18 +333,47 @@ cdef class BatchedGraph(Recording):
         (N, len(inputs)) (a NumPy array is read in place), or a flat one of N * len(inputs). The shared
         leaves' data is read now. An op outside its domain raises what the eager op raises, naming the row
         and the node; nothing is changed then."""
+        return self.pass_over(rows, None)
+
+    def forward_backward(self, rows, weights=1.0):
+        """forward(rows), then backward(weights), in one pass over the rows: the outputs, and the same grads
+        added, bit for bit, as the two calls give, but each block's forward runs once instead of twice (backward()
+        runs it again, to keep memory independent of N). A row that fails changes nothing, as in forward()."""
+        return self.pass_over(rows, weights)
+
+    def backward(self, weights=1.0):
+        """Add sum_i weights_i * d out_i / d leaf to every shared leaf's grad, over the rows of the last
+        forward() (read again then) at the shared leaves' data of that forward(). weights: one real number
+        for every row (1/N: the mean), or a sequence or float64 buffer of N of them."""
         self.check_recorded("BatchedGraph")
-        owner, count = self.read_rows(rows)
-        outputs = array.array("d", bytes(8 * count))
-        cdef double[::1] written = outputs
+        if self.rows_owner is None:
+            raise RuntimeError("backward() needs a forward(rows) before it: it runs over the rows of the last one")
         self.begin_pass()
+        try:
+            weights_owner = self.read_weights(weights, self.row_count)
+            self.pass_rows = self.rows
+            self.run(self.row_count, True)
+            self.add_sums_to_shared_grads()
+        finally:
+            self.running = False
+
+    cdef object pass_over(self, rows, weights):
+        """forward(rows), and with weights (not None) backward(weights) in the same pass."""
+        cdef double[::1] written
+        self.check_recorded("BatchedGraph")
+        self.begin_pass()                     # first: the rows and weights are the pass's, which a worker reads
         try:
             self.rows_owner = None
             self.rows, self.row_count = NULL, 0
-            self.read_shared()
+            owner, count = self.read_rows(rows)
+            weights_owner = None if weights is None else self.read_weights(weights, count)
+            outputs = array.array("d", bytes(8 * count))
+            written = outputs
             self.outputs = &written[0]
-            self.weights = NULL
-            self.run(count, False)
+            self.read_shared()
+            self.run(count, weights is not None)
+            if weights is not None:
+                self.add_sums_to_shared_grads()
             self.rows_owner = owner           # for backward(): the rows, as they are then
             self.rows = self.pass_rows
             self.row_count = count
@@ -352,31 +381,19 @@ cdef class BatchedGraph(Recording):
             self.rows_owner = None            # a failed forward leaves no rows for backward()
             raise
         finally:
+            self.outputs = NULL
             self.running = False
         return outputs
 
-    def backward(self, weights=1.0):
-        """Add sum_i weights_i * d out_i / d leaf to every shared leaf's grad, over the rows of the last
-        forward() (read again then) at the shared leaves' data of that forward(). weights: one real number
-        for every row (1/N: the mean), or a sequence or float64 buffer of N of them."""
+    cdef void add_sums_to_shared_grads(self) noexcept:
+        """The chunks' sums of each shared leaf's grad, in chunk order, added to its node's grad."""
         cdef Py_ssize_t k, chunk
         cdef double total
-        self.check_recorded("BatchedGraph")
-        if self.rows_owner is None:
-            raise RuntimeError("backward() needs a forward(rows) before it: it runs over the rows of the last one")
-        weights_owner = self.read_weights(weights)
-        self.begin_pass()
-        try:
-            self.pass_rows = self.rows
-            self.run(self.row_count, True)
-            for k in range(self.shared_count):
-                total = 0.0
-                for chunk in range(self.chunk_count):
-                    total += self.partials[chunk * self.shared_count + k]
-                (<Value>self.given_nodes[k]).gradient += total
-        finally:
-            self.running = False
-            del weights_owner
+        for k in range(self.shared_count):
+            total = 0.0
+            for chunk in range(self.chunk_count):
+                total += self.partials[chunk * self.shared_count + k]
+            (<Value>self.given_nodes[k]).gradient += total
 
     # -- rows and weights in
 
@@ -426,7 +443,7 @@ cdef class BatchedGraph(Recording):
         self.pass_rows = &flat[0]
         return owner, count
 
-    cdef object read_weights(self, weights):
+    cdef object read_weights(self, weights, Py_ssize_t count):
         cdef const double[::1] flat
         if isinstance(weights, numbers.Real) and not isinstance(weights, Value):
             self.weight = float(weights)
@@ -442,8 +459,8 @@ cdef class BatchedGraph(Recording):
             raise TypeError(f"weights must be a real number or a sequence of them, not {type_name(weights)!r}")
         else:
             owner = array.array("d", [real_number(w, i, -1) for i, w in enumerate(weights)])
-        if len(owner) != self.row_count:
-            raise ValueError(f"weights has {len(owner)} numbers, for the {self.row_count} rows of the last forward()")
+        if len(owner) != count:
+            raise ValueError(f"weights has {len(owner)} numbers, for {count} rows")
         flat = owner
         self.weights = &flat[0]
         return owner
@@ -561,7 +578,7 @@ cdef class BatchedGraph(Recording):
             self.failed_blocks[worker] = block
             self.sums_dirty = with_backward
             return False
-        if not with_backward:
+        if self.outputs != NULL:
             memcpy(self.outputs + block * FG_LANES, values + self.root_lane * FG_LANES, lanes * sizeof(double))
         return True
 

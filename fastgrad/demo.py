@@ -140,8 +140,7 @@ def make_step(model, X, y, steps, path):
 
     def batched_step(k):
         sgd.zero_grad()
-        point_losses = losses.forward(rows)
-        losses.backward(1.0 / len(rows))
+        point_losses = losses.forward_backward(rows, 1.0 / len(rows))
         loss = sum(point_losses) * (1.0 / len(rows)) + regulariser.forward()
         regulariser.backward()
         accuracy = sum((t > 0) == (s > 0) for t, s in zip(y, scores.forward(points))) / len(y)

@@ -291,6 +291,42 @@ def test_weights_one_number_or_one_a_row():
             batch.backward(bad)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("weights", ["mean", "per row"])
+def test_forward_backward_gives_forward_then_backwards_bits(threads, weights):
+    model, loss, inputs = moons_sample()
+    rows = moons_rows(2 * 2048 + 37)         # several workers' chunks, and a short block
+    weights = 1.0 / len(rows) if weights == "mean" else np.linspace(-1.0, 2.0, len(rows))
+    batch = fastgrad.compile(loss, inputs=inputs, threads=threads)
+    zero(model)
+    outputs = bytes(batch.forward(rows))
+    batch.backward(weights)
+    apart = grads_of(model)
+    zero(model)
+    assert bytes(batch.forward_backward(rows, weights)) == outputs
+    assert grads_of(model) == apart
+    zero(model)
+    batch.backward(weights)                  # its rows are the last forward's, as forward()'s are
+    assert grads_of(model) == apart
+
+
+def test_forward_backward_fails_as_forward_does_and_checks_weights_first():
+    w, x = Value(2.0), Value(1.0)
+    batch = fastgrad.compile((w * x).log() * w, inputs=[x])
+    with pytest.raises(ValueError, match=r"math domain error \(row 40: 'log'"):
+        batch.forward_backward([[1.0]] * 40 + [[-1.0]])
+    assert w.grad == 0.0                     # nothing added
+    with pytest.raises(RuntimeError, match="forward"):
+        batch.backward()
+    with pytest.raises(ValueError, match="weights has 2 numbers, for 3 rows"):
+        batch.forward_backward([[1.0]] * 3, [1.0, 1.0])
+    assert w.grad == 0.0
+    outputs = batch.forward_backward([[1.0], [3.0]], [1.0, 0.5])
+    assert list(outputs) == [math.log(2.0) * 2.0, math.log(6.0) * 2.0]
+    # d/dw of log(w x) w is log(w x) + 1, a row's weight times it
+    assert w.grad == pytest.approx((math.log(2.0) + 1) + 0.5 * (math.log(6.0) + 1), rel=1e-15)
+
+
 # ---------------------------------------------------------------------------------------------------
 # What compile() refuses, and what stays as it was
 
