@@ -147,6 +147,7 @@ cdef class BatchedGraph(Recording):
     cdef Py_ssize_t partials_capacity
     cdef Py_ssize_t chunk_blocks, chunk_count
     cdef bint stop                       # a worker failed or Ctrl-C: the others stop at their next chunk
+    cdef Py_ssize_t next_chunk           # the first chunk of the pass no worker has taken yet
     cdef bint sums_dirty                 # a backward pass stopped with its lanes' sums not taken
     cdef Py_ssize_t workers_filled       # the workers whose blocks hold this pass's shared and given numbers
     cdef fg_lane_failure* failures       # per worker: its failure, and in failed_blocks its block; status OK: a
@@ -493,28 +494,33 @@ cdef class BatchedGraph(Recording):
         workers = max(1, min(self.threads, self.chunk_count, count // WORKER_ROWS))
         self.allocate_pass(workers, with_backward)
         self.stop = False
+        self.next_chunk = 0
         running = []
         if workers > 1:
             with pool_lock:
                 if pool is None or pool._max_workers < workers - 1:
                     pool = ThreadPoolExecutor(max_workers=max(workers - 1, usable_cores() - 1),
                                               thread_name_prefix="fastgrad")
-            running = [pool.submit(self._work, worker, workers, with_backward) for worker in range(1, workers)]
+            running = [pool.submit(self._work, worker, with_backward) for worker in range(1, workers)]
         try:
-            self._work(0, workers, with_backward)
+            self._work(0, with_backward)
         finally:
             for future in running:           # after a Ctrl-C too: they stop at their next chunk
                 future.result()
         return self.raise_failure(workers)
 
-    def _work(self, Py_ssize_t worker, Py_ssize_t workers, bint with_backward):
-        """One worker's chunks: worker, worker + workers, ... (a method, for the pool's threads). The GIL is
-        released for each chunk; between chunks the main thread looks for Ctrl-C."""
-        cdef Py_ssize_t chunk = worker
+    def _work(self, Py_ssize_t worker, bint with_backward):
+        """A worker's part (a method, for the pool's threads): the next chunk nobody has taken, until none is
+        left. Taken with the GIL held, so each once; a thread that starts late takes fewer (each chunk's sums go
+        to its own place, whoever computes them: the same bits). The GIL is released for each chunk; between
+        chunks the main thread looks for Ctrl-C."""
+        cdef Py_ssize_t chunk
         cdef bint done
         cdef bint checks_signals = worker == 0 and threading.current_thread() is threading.main_thread()
         try:
-            while chunk < self.chunk_count and not self.stop:
+            while self.next_chunk < self.chunk_count and not self.stop:
+                chunk = self.next_chunk
+                self.next_chunk = chunk + 1
                 with nogil:
                     done = self.run_chunk(worker, chunk, with_backward)
                 if not done:                 # a row failed: the others need not go on
@@ -522,7 +528,6 @@ cdef class BatchedGraph(Recording):
                     return
                 if checks_signals:
                     check_signals()
-                chunk += workers
         except BaseException:
             self.stop = True
             raise
