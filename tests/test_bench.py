@@ -247,8 +247,11 @@ def test_batched_row_runs_every_way_of_taking_the_step(batched_run):
     for engine in {"torch-tensor", "jax"} & {e["name"] for e in data["engines"] if e["available"]}:
         assert set(row["results"][engine]) == {"step"}, engine
     assert "seed" in row["skipped"]
-    # Every way trains the same model on the same points: their losses at step 0 agree.
-    assert any(note.startswith("moons-batched-1e2: step-0 loss on each engine agree") for note in data["notes"])
+    # Every way trains the same model on the same points: their losses at step 0 agree (said where another engine
+    # than fastgrad ran: PyTorch or JAX installed).
+    assert not any("DISAGREE" in note for note in data["notes"])
+    if {"torch-tensor", "jax"} & {e["name"] for e in data["engines"] if e["available"]}:
+        assert any(note.startswith("moons-batched-1e2: step-0 loss on each engine agree") for note in data["notes"])
 
 
 def test_batched_targets_are_reported_as_ratios_of_the_runs_medians(batched_run):

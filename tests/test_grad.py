@@ -1,6 +1,7 @@
 """fastgrad.grad: first derivatives bit for bit backward()'s (floats and create_graph=True alike), second and
 third derivatives against PyTorch float64 autograd and against finite differences, no .grad touched, the
 gradient graph an ordinary graph (backward, compile, pickling), deep chains, errors and memory."""
+import decimal
 import gc
 import math
 import pickle
@@ -17,7 +18,12 @@ from fastgrad import Value, grad, trace
 from support import (ALL_UNARY_OPS, apply_step, leaf_numbers, operand_numbers, readme_code, recipe_strategy,
                      run_python, same_float)
 
-torch = pytest.importorskip("torch")
+try:
+    import torch
+except ImportError:                    # the cross-checks against torch.autograd skip; the other oracles run
+    torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed: the cross-check against "
+                                                       "torch.autograd is skipped")
 
 
 def build(recipe):
@@ -127,8 +133,9 @@ def test_grad_over_a_subclass_tracks_what_it_builds_so_a_cycle_through_it_is_col
     f = (x * x).tanh() * x.exp()
     gx = grad(f, x, create_graph=True)[0]
     (hx,) = grad(gx, [x])
-    assert hx == pytest.approx(torch.autograd.functional.hessian(
-        lambda t: (t * t).tanh() * t.exp(), torch.tensor(0.7, dtype=torch.float64)).item(), rel=1e-13)
+    h = 1e-5
+    slope = [grad((y * y).tanh() * y.exp(), [y])[0] for y in (Value(0.7 + h), Value(0.7 - h))]
+    assert hx == pytest.approx((slope[0] - slope[1]) / (2 * h), rel=1e-8)
     # every node made from a tracked node is tracked (as the eager ops make them), so the GC sees the cycle
     assert all(gc.is_tracked(n) for n in trace(gx)[0] if any(gc.is_tracked(c) for c in n._prev))
     x.gradient = gx                                    # x -> its __dict__ -> gx -> ... -> x
@@ -138,6 +145,7 @@ def test_grad_over_a_subclass_tracks_what_it_builds_so_a_cycle_through_it_is_col
     assert alive() is None
 
 
+@needs_torch
 def test_several_outputs_weighted_by_grad_outputs_as_pytorch():
     leaves = [Value(0.3), Value(-1.2), Value(2.0)]
     a, b, c = leaves
@@ -164,7 +172,7 @@ def test_several_outputs_weighted_by_grad_outputs_as_pytorch():
 # ---------------------------------------------------------------------------------------------------
 # Higher orders against PyTorch float64 autograd
 
-TORCH_UNARY = {
+TORCH_UNARY = {} if torch is None else {
     "neg": lambda t: -t,
     "tanh": torch.tanh,
     "exp": torch.exp,
@@ -178,7 +186,7 @@ TORCH_UNARY = {
     "sqrt": torch.sqrt,
     "abs": torch.abs,
 }
-assert set(TORCH_UNARY) == set(ALL_UNARY_OPS)
+assert torch is None or set(TORCH_UNARY) == set(ALL_UNARY_OPS)
 
 
 def torch_program(numbers, kept):
@@ -230,6 +238,7 @@ moderate_recipes = recipe_strategy(
     max_leaves=3, max_steps=10, unary=ALL_UNARY_OPS)
 
 
+@needs_torch
 @settings(max_examples=300, deadline=None)
 @given(recipe=moderate_recipes)
 def test_second_and_third_derivatives_of_random_programs_match_pytorch(recipe):
@@ -265,6 +274,7 @@ def test_x_to_the_x_has_its_closed_form_third_derivative():
         assert derivatives[3].data == pytest.approx(closed, rel=1e-13)
 
 
+@needs_torch
 def test_the_hessian_of_a_function_of_every_op_is_pytorchs():
     def f(x, y, z, tanh, exp, log, relu, sigmoid, softplus):
         return (tanh(x * y) * z + exp(x / z) - y ** 3 + log(z) * sigmoid(y) + softplus(x ** z)
@@ -390,8 +400,8 @@ def test_type_errors_and_wrong_seeds():
         grad(f, [x, 1.0])
     with pytest.raises(TypeError, match="outputs must be Values"):
         grad([f, 3], [x])
-    with pytest.raises(TypeError, match="outputs must be a Value or a sequence of Values, not 'Tensor'"):
-        grad(torch.tensor(1.0), [x])
+    with pytest.raises(TypeError, match="outputs must be a Value or a sequence of Values, not 'Decimal'"):
+        grad(decimal.Decimal(1), [x])
     with pytest.raises(TypeError, match="inputs must be a Value or a sequence of Values, not 'float'"):
         grad(f, 1.0)
     with pytest.raises(ValueError, match="2 entries for 1 outputs"):
