@@ -8,8 +8,8 @@
 #define FG_EACH_LANE for (int l = 0; l < FG_LANES; l++)
 
 
-/* A slot whose lanes all hold one number (a shared leaf's, a given one's): a term reads it once, as a scalar,
-   and its lane loop loads half as much. The numbers and their order are the same. */
+/* A slot whose lanes all hold one number (a shared leaf's, a given one's): a sum's term reads it once, as a
+   scalar from uniform_values, and folds its grad (fg_fold_into). The numbers and their order are the same. */
 FG_KERNEL int fg_uniform(const fg_lane_program *program, int32_t slot) {
     return program->uniform_begin <= slot && slot < program->uniform_end;
 }
