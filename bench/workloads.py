@@ -425,6 +425,16 @@ class CompiledMoonsStep(MoonsStep):
 
 
 @functools.lru_cache(maxsize=1)      # the engines of a row take turns on the same points
+def total_time_of(run):
+    """A sampler timing `inner` calls of run() in all, the row's one phase ("total")."""
+    def sampler(inner):
+        start = clock()
+        for _ in range(inner):
+            run()
+        return {"total": clock() - start}
+    return sampler
+
+
 def moons_data(points):
     """micrograd's moons points (X, y), the same for every engine (which only read them)."""
     from fastgrad import moons
@@ -892,12 +902,7 @@ class MoonsHessianVectorProduct(Workload):
         product()
         self.products["fastgrad"] = math.fsum(p.grad * vi for p, vi in zip(params, v))
 
-        def sampler(inner):
-            start = clock()
-            for _ in range(inner):
-                product()
-            return {"total": clock() - start}
-        return sampler
+        return total_time_of(product)
 
     def torch_sampler(self, engine):
         import torch
@@ -918,12 +923,7 @@ class MoonsHessianVectorProduct(Workload):
 
         self.products["torch-tensor"] = math.fsum(float((hv * vi).sum()) for hv, vi in zip(product(), v))
 
-        def sampler(inner):
-            start = clock()
-            for _ in range(inner):
-                product()
-            return {"total": clock() - start}
-        return sampler
+        return total_time_of(product)
 
     def jax_sampler(self, engine):
         import jax
@@ -946,12 +946,7 @@ class MoonsHessianVectorProduct(Workload):
         hv = jax.block_until_ready(product(model.params, v, model.X, model.y))
         self.products["jax"] = math.fsum(float(jnp.sum(h * vi)) for layer, vl in zip(hv, v) for h, vi in zip(layer, vl))
 
-        def sampler(inner):
-            start = clock()
-            for _ in range(inner):
-                jax.block_until_ready(product(model.params, v, model.X, model.y))
-            return {"total": clock() - start}
-        return sampler
+        return total_time_of(lambda: jax.block_until_ready(product(model.params, v, model.X, model.y)))
 
 
 class PhysicsInformedStep(Workload):
@@ -1011,12 +1006,7 @@ class PhysicsInformedStep(Workload):
 
         self.first_loss["fastgrad"] = step()
 
-        def sampler(inner):
-            start = clock()
-            for _ in range(inner):
-                step()
-            return {"total": clock() - start}
-        return sampler
+        return total_time_of(step)
 
     def torch_sampler(self, points):
         import torch
@@ -1051,12 +1041,7 @@ class PhysicsInformedStep(Workload):
 
         self.first_loss["torch-tensor"] = float(step().detach())
 
-        def sampler(inner):
-            start = clock()
-            for _ in range(inner):
-                step()
-            return {"total": clock() - start}
-        return sampler
+        return total_time_of(step)
 
     def jax_sampler(self, points):
         import jax
@@ -1108,12 +1093,7 @@ class PhysicsInformedStep(Workload):
 
         self.first_loss["jax"] = float(run())
 
-        def sampler(inner):
-            start = clock()
-            for _ in range(inner):
-                run()
-            return {"total": clock() - start}
-        return sampler
+        return total_time_of(run)
 
 
 def moons_loss_graph():
