@@ -1,5 +1,6 @@
 """Helpers shared by the test modules: fresh interpreters, float comparison, the random-program recipes,
 a graph for the error paths, and a few graph shapes. Test modules import from here, never from each other."""
+import gc
 import math
 import operator
 import os
@@ -8,6 +9,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 
 import pytest
 from hypothesis import event
@@ -42,6 +44,22 @@ def vm_rss_kib():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def bytes_left_after(build, times):
+    """Memory still held (tracemalloc) after build() ran times times and a GC pass, build() having run once
+    before, so that caches and the slabs it fills are in place."""
+    build()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(times):
+            build()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
 
 
 def under_address_sanitizer():

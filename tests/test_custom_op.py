@@ -6,13 +6,12 @@ import gc
 import math
 import pickle
 import sys
-import tracemalloc
 
 import pytest
 
 import fastgrad
 from fastgrad import Value
-from support import same_float
+from support import bytes_left_after, same_float
 
 softsign = fastgrad.op("softsign", lambda x: x / (1 + abs(x)), lambda x: (1 / (1 + abs(x)) ** 2,))
 hypot = fastgrad.op("hypot", math.hypot, lambda a, b: (a / math.hypot(a, b), b / math.hypot(a, b)))
@@ -337,20 +336,6 @@ def test_custom_nodes_are_tracked_and_a_cycle_through_an_op_is_collected():
     del looped, holder
     gc.collect()
     assert sys.getrefcount(a) == 3           # a, y's input, and getrefcount's argument
-
-
-def bytes_left_after(build, times):
-    build()
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(times):
-            build()
-        gc.collect()
-        return tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
 
 
 def test_100000_custom_nodes_made_run_and_dropped_give_their_memory_back():

@@ -11,7 +11,6 @@ import pickle
 import subprocess
 import sys
 import threading
-import tracemalloc
 from pathlib import Path
 
 import micrograd.engine
@@ -19,7 +18,7 @@ import pytest
 
 import fastgrad
 from fastgrad import Value, draw_dot, trace
-from support import readme_code
+from support import bytes_left_after, readme_code
 
 ENGINES = [Value, micrograd.engine.Value]
 
@@ -48,22 +47,6 @@ def both(build):
 
 def grads(nodes):
     return [float(n.grad) for n in nodes]
-
-
-def bytes_left_after(build, times):
-    """Memory still held (tracemalloc) after build() ran times times and a GC pass, build() having run once
-    before, so that caches and the slabs it fills are in place."""
-    build()
-    gc.collect()
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for _ in range(times):
-            build()
-        gc.collect()
-        return tracemalloc.get_traced_memory()[0] - before
-    finally:
-        tracemalloc.stop()
 
 
 # ---------------------------------------------------------------------------------------------------
