@@ -2,13 +2,13 @@
 with create_graph=True, as Values whose graphs express them in terms of the original leaves, so that they can
 be differentiated again (Newton steps, Hessian-vector products, losses that hold u'(x)).
 
-Two phases.
+Two phases, each one pass over the graph's nodes (80 bytes each, read from memory: a pass costs its cache
+misses, whatever it does per node).
 
-make_plan(): the engine's C topological sort over every output's graph, then one pass that gives each node a
-place (inner nodes in the sort's order, then the leaves as they are met) and records each inner node's
-children's places. A node's place is kept in its `gradient` for the length of that pass (the grads saved
-beside it, and put back), as the replay's recorder does; every mark and grad is restored before make_plan()
-returns, on every path. What follows works on arrays indexed by place, and may run Python code freely.
+make_plan(): a depth-first sort of every output's graph that, as it puts a node after its children (backward()'s
+order), gives it a place (leaves get theirs where they are first met) and records its children's places. A
+node's place is kept in its `gradient` (its grad saved beside it, in `saved`), as the replay's recorder does.
+What follows works on arrays indexed by place.
 
 The sweep, in backward()'s order and with its order of additions (each node's grad into its first child,
 then into its second), into a side array instead of the nodes' grads, only along paths that reach an input
@@ -17,6 +17,10 @@ then into its second), into a side array instead of the nodes' grads, only along
 - Values: each op's derivative as ops (ops.h, beside its kernels), the same formula as its derivative kernel,
   each op made into a node with that op's own kernels, so that the first derivatives are backward()'s bits
   as well.
+The sweep gives each node its grad and clears its mark as it reaches it (the give-back), while no Python code
+can run: a sweep that may run some (a custom op's functions; nodes with a GC header, whose making can start a
+GC pass and whose freeing can run finalizers) gives every grad and mark back before it starts, and a failing
+sweep gives back the rest before its exception is made. So no Python code ever sees a place or a mark.
 A custom op's node (fastgrad.op) has its derivative as a Python function on floats: the float sweep calls it,
 as backward() does; it has no derivative as Values, so create_graph=True refuses a graph where one lies on a
 path to an input, naming it.
@@ -29,8 +33,9 @@ from libc.math cimport signbit
 from libc.string cimport memset
 
 cimport fastgrad._ops as ops
-from fastgrad.engine cimport (NodeArray, Value, binary_node, catch_up, check_replayable, count_reach_in,
-                              custom_derivative, custom_inputs, free_array, leaf, sort_topologically, unary_node)
+from fastgrad.engine cimport (CALLS_PYTHON, HAS_CLOSURE, HEADERED, NodeArray, Value, binary_node, catch_up,
+                              check_replayable, count_reach_in, custom_derivative, custom_inputs, free_array, leaf,
+                              unary_node)
 
 
 def grad(outputs, inputs, *, grad_outputs=None, bint create_graph=False):
@@ -45,13 +50,15 @@ def grad(outputs, inputs, *, grad_outputs=None, bint create_graph=False):
     cdef tuple outs = as_values(outputs, "outputs")
     cdef tuple ins = as_values(inputs, "inputs")
     cdef list seeds = seed_list(grad_outputs, len(outs), create_graph)
+    cdef _Sweep sweep = _Sweep.new() if create_graph else None    # before the plan: making it can start a GC pass
     cdef Plan own
     cdef Plan* plan = &kept
     cdef Py_ssize_t* out_places = NULL
     cdef Py_ssize_t* in_places = NULL
+    cdef NodeArray found
     global kept_busy
     if kept_busy:              # grad called from a finalizer that ran during grad: it gets its own arrays
-        own = Plan(NodeArray(NULL, 0, 0), NodeArray(NULL, 0, 0), 0, 0, NULL, 0, NULL, 0)
+        own = empty_plan()
         plan = &own
     kept_busy |= plan == &kept
     try:
@@ -65,11 +72,20 @@ def grad(outputs, inputs, *, grad_outputs=None, bint create_graph=False):
         catch_up()
         count_reach_in()
         make_plan(plan, outs, ins, out_places, in_places)
+        # backward() calls a `_backward` closure, which grad cannot see into: rather than pass nothing through
+        # it, the engine's TypeError (every grad and mark given back first)
+        if plan.closure != NULL:
+            give_back(plan)
+            found = NodeArray(&plan.closure, 1, 1)
+            check_replayable(&found, "grad")
         if create_graph:
-            check_no_custom_op(plan)
-            return sweep_values(plan, seeds, out_places, in_places, len(ins))
+            if plan.custom != NULL:
+                give_back(plan)
+                raise custom_op_error(<Value>plan.custom)
+            return sweep_values(sweep, plan, seeds, out_places, in_places, len(ins))
         return sweep_floats(plan, seeds, out_places, in_places, len(ins))
     finally:
+        give_back(plan)           # nothing left to give back unless a failure came past the sweeps
         PyMem_Free(out_places)
         release(plan, plan != &kept)
         if plan == &kept:
@@ -112,136 +128,226 @@ cdef list seed_list(object grad_outputs, Py_ssize_t count, bint create_graph):
     return seeds
 
 
+cdef object custom_op_error(Value node):
+    return TypeError(
+        f"grad(create_graph=True) cannot differentiate through {node!r} (_op {node._op!r}, label "
+        f"{node.label!r}): the custom op's derivative is a Python function on floats, not made of Values; "
+        f"use create_graph=False, or build the op from fastgrad's ops")
+
+
 # ---------------------------------------------------------------------------------------------------
 # The plan
 
 cdef enum:
-    PLACED = 1               # sort_topologically's mark (True), and place_leaf's: its place is in `gradient`
+    PLACED = 1               # on the sort's stack, then placed: its place is in `gradient`
     INPUT = 2                # an input lies at or below the node
     SEEDED = 4               # an output, given a weight already
+    ASKED = 8                # an input itself: the sweep keeps its gradient for the result
+    NONE = -1                # a child's place where there is no child, or no input lies at or below it: the
+                             # spare place before the others, which the float sweep adds into and nothing reads
 
 
 cdef struct Plan:
-    NodeArray nodes          # borrowed (the outputs hold them): inner nodes children first, then the leaves
+    NodeArray nodes          # borrowed (the outputs hold them): every placed node, by place; inner nodes in
+                             # backward()'s order, each leaf just after the node where it was first met
     NodeArray stack          # the sort's
-    Py_ssize_t inner         # how many of nodes are inner
-    Py_ssize_t spare         # a place after the nodes' (the last of numbers), which nothing reads
-    Py_ssize_t* children     # inner node i's children's places: 2 * i and 2 * i + 1; `spare`: no such
-    Py_ssize_t children_capacity     # child, or none of the inputs lies at or below it
-    double* numbers          # while planning, each placed node's grad (its `gradient` holds its place);
-    Py_ssize_t numbers_capacity      # then the sweep's gradients by place, floats or Value pointers
+    Py_ssize_t capacity      # places the arrays below (and nodes.items) have room for
+    double* saved            # each placed node's grad, while its `gradient` holds its place
+    Py_ssize_t* children     # place p's children's places: 2 * p and 2 * p + 1 (leaves: not set)
+    double* numbers          # the sweep's gradients, floats or Value pointers: place p's at p + 1, NONE's at 0
+    Py_ssize_t holding       # the nodes at places below it still hold their place and their mark
+    unsigned char flags      # every placed node's flags, or-ed
+    PyObject* closure        # the first inner node with a `_backward` closure, if any
+    PyObject* custom         # the first custom op's node that an input lies below, if any
+
+
+cdef inline Plan empty_plan() noexcept:
+    return Plan(NodeArray(NULL, 0, 0), NodeArray(NULL, 0, 0), 0, NULL, NULL, NULL, 0, 0, NULL, NULL)
 
 
 # The arrays are kept from one call to the next, as backward()'s are: a training loop (a physics-informed
 # loss, a gradient penalty) calls grad on a graph of about the same size every step, and fresh arrays of
 # that size come from the system each time, page fault after page fault.
-cdef Plan kept = Plan(NodeArray(NULL, 0, 0), NodeArray(NULL, 0, 0), 0, 0, NULL, 0, NULL, 0)
+cdef Plan kept = empty_plan()
 cdef bint kept_busy = False
 cdef enum:
-    KEPT_CAPACITY = 1 << 20       # entries; a bigger array is returned after the call
+    KEPT_CAPACITY = 1 << 20       # places; bigger arrays are returned after the call
 
 
 cdef void release(Plan* plan, bint everything) noexcept:
-    if everything or plan.nodes.capacity > KEPT_CAPACITY:
+    if everything or plan.capacity > KEPT_CAPACITY:
         free_array(&plan.nodes)
+        PyMem_Free(plan.saved)
+        PyMem_Free(plan.children)
+        PyMem_Free(plan.numbers)
+        plan.saved = plan.numbers = NULL
+        plan.children = NULL
+        plan.capacity = 0
     if everything or plan.stack.capacity > KEPT_CAPACITY:
         free_array(&plan.stack)
-    if everything or plan.children_capacity > 2 * KEPT_CAPACITY:
-        PyMem_Free(plan.children)
-        plan.children = NULL
-        plan.children_capacity = 0
-    if everything or plan.numbers_capacity > KEPT_CAPACITY:
-        PyMem_Free(plan.numbers)
-        plan.numbers = NULL
-        plan.numbers_capacity = 0
 
 
-cdef int reserve(void** array, Py_ssize_t* capacity, Py_ssize_t needed, size_t item_size) noexcept:
+cdef int reserve(void** array, Py_ssize_t needed, size_t item_size) noexcept:
     """Make room for needed items in *array, keeping what it holds; 0, or -1 if memory ran out."""
-    cdef void* grown
-    if needed <= capacity[0]:
-        return 0
-    grown = PyMem_Realloc(array[0], needed * item_size)
+    cdef void* grown = PyMem_Realloc(array[0], needed * item_size)
     if grown == NULL:
         return -1
     array[0] = grown
-    capacity[0] = needed
     return 0
+
+
+cdef int grow(Plan* plan, Py_ssize_t needed) except -1:
+    """Room for needed places (at least), in every array indexed by place."""
+    cdef Py_ssize_t capacity = max(needed, 2 * plan.capacity, 1024)
+    if (reserve(<void**>&plan.nodes.items, capacity, sizeof(PyObject*)) < 0
+            or reserve(<void**>&plan.saved, capacity, sizeof(double)) < 0
+            or reserve(<void**>&plan.children, 2 * capacity, sizeof(Py_ssize_t)) < 0
+            or reserve(<void**>&plan.numbers, capacity + 1, sizeof(double)) < 0):
+        raise MemoryError()                     # (each array grown so far keeps its room: realloc kept it valid)
+    plan.capacity = plan.nodes.capacity = capacity
+    return 0
+
+
+cdef int push(NodeArray* stack, PyObject* node) except -1:
+    cdef PyObject** items
+    cdef Py_ssize_t capacity
+    if stack.length == stack.capacity:
+        capacity = max(2 * stack.capacity, 1024)
+        items = <PyObject**>PyMem_Realloc(stack.items, capacity * sizeof(PyObject*))
+        if items == NULL:
+            raise MemoryError()
+        stack.items = items
+        stack.capacity = capacity
+    stack.items[stack.length] = node
+    stack.length += 1
+    return 0
+
+
+cdef inline void place(Plan* plan, PyObject* node) noexcept:
+    """Give node the next place (room for it is made beforehand)."""
+    cdef Py_ssize_t p = plan.nodes.length
+    plan.saved[p] = (<Value>node).gradient
+    (<Value>node).gradient = <double>p
+    (<Value>node).visited = (<Value>node).visited | PLACED      # (`|=` would take a reference)
+    plan.flags |= (<Value>node).flags
+    plan.nodes.items[p] = node
+    plan.nodes.length = p + 1
+
+
+cdef inline bint unplaced_op(PyObject* node) noexcept:
+    return node != NULL and (<Value>node).child_a != NULL and not (<Value>node).visited & PLACED
 
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
+cdef inline void place_inner(Plan* plan, PyObject* node) noexcept:
+    """Place an inner node whose inner children all have places; its leaves met for the first time after it.
+    An inner node is marked INPUT when a child is (children come first)."""
+    cdef Py_ssize_t p = plan.nodes.length
+    cdef PyObject* child
+    cdef bint below = False
+    cdef int j
+    place(plan, node)
+    for j in range(2):
+        child = (<Value>node).child_a if j == 0 else (<Value>node).child_b
+        plan.children[2 * p + j] = NONE
+        if child == NULL:
+            continue
+        if not (<Value>child).visited & PLACED:
+            place(plan, child)
+        if (<Value>child).visited & INPUT:
+            plan.children[2 * p + j] = <Py_ssize_t>(<Value>child).gradient
+            below = True
+    if below:
+        (<Value>node).visited = (<Value>node).visited | INPUT
+        if (<Value>node).op == ops.PYTHON and plan.custom == NULL:
+            plan.custom = node
+    if (<Value>node).flags & HAS_CLOSURE and plan.closure == NULL:
+        plan.closure = node
+
+
+cdef int place_graph(Plan* plan, PyObject* root) except -1:
+    """root's graph, in the order of the engine's sort_topologically (backward()'s): an iterative depth-first
+    search, first child first, each node placed once its children are."""
+    cdef NodeArray* stack = &plan.stack
+    cdef PyObject* top
+    cdef PyObject* child
+    stack.length = 0
+    if not unplaced_op(root):      # a leaf (placed as an output), or below an output placed before
+        return 0
+    push(stack, root)
+    (<Value>root).visited = (<Value>root).visited | PLACED
+    while stack.length:
+        top = stack.items[stack.length - 1]
+        child = (<Value>top).child_a
+        if not unplaced_op(child):
+            child = (<Value>top).child_b
+        if unplaced_op(child):                   # descend, as the recursion would
+            push(stack, child)
+            (<Value>child).visited = (<Value>child).visited | PLACED
+        else:                                    # all children placed: top follows them, then its new leaves
+            if plan.nodes.length + 3 > plan.capacity:
+                grow(plan, plan.nodes.length + 3)
+            place_inner(plan, top)
+            stack.length -= 1
+    return 0
+
+
 cdef int make_plan(Plan* plan, tuple outs, tuple ins, Py_ssize_t* out_places,
                    Py_ssize_t* in_places) except -1:
-    cdef double* saved                   # each placed node's grad, while its `gradient` holds its place
-    cdef Py_ssize_t i, j, count, capacity
+    cdef Py_ssize_t i, j
     cdef PyObject* node
-    cdef PyObject* child
-    cdef NodeArray* nodes = &plan.nodes
-    nodes.length = 0
-    for root in outs:           # the union of the graphs, children first: a valid order for all outputs
-        if not (<Value>root).visited:          # an output below another, or given twice, is placed once
-            sort_topologically(<Value>root, nodes, &plan.stack)
-    # backward() calls a `_backward` closure, which grad cannot see into: rather than pass nothing through
-    # it, TypeError (the marks cleared)
-    check_replayable(nodes, "grad")
-    plan.inner = nodes.length
-    # Every leaf is a child of an inner node or an output: room for all of them, so nothing fails below.
-    capacity = 3 * nodes.length + len(outs) + 1
-    if (reserve(<void**>&nodes.items, &nodes.capacity, capacity, sizeof(PyObject*)) < 0
-            or reserve(<void**>&plan.numbers, &plan.numbers_capacity, capacity, sizeof(double)) < 0
-            or reserve(<void**>&plan.children, &plan.children_capacity, 2 * nodes.length + 1,
-                       sizeof(Py_ssize_t)) < 0):
-        for i in range(nodes.length):
-            (<Value>nodes.items[i]).visited = False
-        raise MemoryError()
-    saved = plan.numbers
-    # No Python code and no failure from here to the end: the marks are all cleared below. An input is marked
-    # INPUT first; an inner node gets the mark when a child has it (children come first).
+    plan.nodes.length = plan.holding = 0
+    plan.flags = 0
+    plan.closure = plan.custom = NULL
     for j in range(len(ins)):
-        (<Value>ins[j]).visited |= INPUT
-    plan.spare = capacity - 1
-    count = nodes.length
-    for i in range(plan.inner):
-        node = nodes.items[i]
-        saved[i] = (<Value>node).gradient
-        (<Value>node).gradient = <double>i
-        for j in range(2):
-            child = (<Value>node).child_a if j == 0 else (<Value>node).child_b
-            plan.children[2 * i + j] = plan.spare
-            if child == NULL:
-                continue
-            if not (<Value>child).visited & PLACED:     # a leaf met for the first time (the sort placed the rest)
-                place_leaf(nodes, saved, &count, child)
-            if (<Value>child).visited & INPUT:
-                plan.children[2 * i + j] = <Py_ssize_t>(<Value>child).gradient
-                (<Value>node).visited = (<Value>node).visited | INPUT      # (`|=` would take a reference)
+        (<Value>ins[j]).visited |= INPUT | ASKED
+    try:
+        for root in outs:       # the union of the graphs, children first: a valid order for all outputs
+            place_graph(plan, <PyObject*>root)
+        if plan.nodes.length + len(outs) > plan.capacity:      # outputs that are leaves
+            grow(plan, plan.nodes.length + len(outs))
+    except MemoryError:
+        plan.holding = plan.nodes.length
+        give_back(plan)
+        for i in range(plan.stack.length):        # pushed, not placed
+            (<Value>plan.stack.items[i]).visited = 0
+        for j in range(len(ins)):
+            (<Value>ins[j]).visited = 0
+        raise
     # An output's weight is its gradient, as backward() sets the root's grad (-0.0 stays -0.0); an output given
     # again, or below another, adds its weight: the first at its place is told by a mark, SEEDED.
     for j in range(len(outs)):
         node = <PyObject*>outs[j]
         if not (<Value>node).visited & PLACED:          # an output that is a leaf
-            place_leaf(nodes, saved, &count, node)
+            place(plan, node)
         out_places[j] = <Py_ssize_t>(<Value>node).gradient
         out_places[len(outs) + j] = not (<Value>node).visited & SEEDED
         (<Value>node).visited |= SEEDED
     for j in range(len(ins)):
         node = <PyObject*>ins[j]
-        in_places[j] = <Py_ssize_t>(<Value>node).gradient if (<Value>node).visited & PLACED else -1
-        (<Value>node).visited = 0                        # an input outside the graphs was marked too
-    nodes.length = count
-    for i in range(count):
-        (<Value>nodes.items[i]).gradient = saved[i]
-        (<Value>nodes.items[i]).visited = 0
+        if (<Value>node).visited & PLACED:
+            in_places[j] = <Py_ssize_t>(<Value>node).gradient
+        else:
+            in_places[j] = -1
+            (<Value>node).visited = 0                    # an input outside the graphs was marked too
+    plan.holding = plan.nodes.length
     return 0
 
 
-cdef inline void place_leaf(NodeArray* nodes, double* saved, Py_ssize_t* count, PyObject* node) noexcept:
-    saved[count[0]] = (<Value>node).gradient
-    (<Value>node).gradient = <double>count[0]
-    (<Value>node).visited |= PLACED
-    nodes.items[count[0]] = node
-    count[0] += 1
+@cython.boundscheck(False)
+@cython.wraparound(False)
+cdef inline void give_back_at(Plan* plan, Py_ssize_t p) noexcept:
+    (<Value>plan.nodes.items[p]).gradient = plan.saved[p]
+    (<Value>plan.nodes.items[p]).visited = 0
+
+
+cdef void give_back(Plan* plan) noexcept:
+    """Every node still holding a place gets its grad back and loses its marks."""
+    cdef Py_ssize_t p
+    for p in range(plan.holding):
+        give_back_at(plan, p)
+    plan.holding = 0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -251,23 +357,28 @@ cdef inline void place_leaf(NodeArray* nodes, double* saved, Py_ssize_t* count, 
 @cython.wraparound(False)
 cdef list sweep_floats(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_t* in_places,
                        Py_ssize_t count):
-    cdef double* grads = plan.numbers         # the spare place is added into, never read: not zeroed
+    cdef double* grads = plan.numbers + 1     # the spare place, grads[NONE], is added into, never read
     cdef Py_ssize_t i, j
     cdef PyObject* node
     cdef PyObject* a
     cdef PyObject* b
     cdef unsigned char op
     cdef double da, db
+    cdef bint giving_back = not plan.flags & CALLS_PYTHON     # else a custom op's functions run in the sweep
+    if not giving_back:
+        give_back(plan)
     memset(grads, 0, plan.nodes.length * sizeof(double))
     for j in range(len(seeds)):
         if out_places[len(seeds) + j]:          # the first output at its place: see make_plan
             grads[out_places[j]] = <double>seeds[j]
         else:
             grads[out_places[j]] += <double>seeds[j]
-    for i in range(plan.inner - 1, -1, -1):
+    for i in range(plan.nodes.length - 1, -1, -1):
         node = plan.nodes.items[i]
+        if giving_back:
+            give_back_at(plan, i)
         op = (<Value>node).op
-        if op <= ops.CUSTOM:       # a hand-made node: nothing flows through it, as in backward()
+        if op <= ops.CUSTOM:       # a leaf, or a hand-made node: nothing flows through it, as in backward()
             continue
         if op == ops.PYTHON:
             custom_step(plan, grads, i)
@@ -279,6 +390,7 @@ cdef list sweep_floats(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
                        0.0 if b == NULL else (<Value>b).value, (<Value>node).constant, &da, &db)
         grads[plan.children[2 * i]] += da       # into the spare place for a pruned child
         grads[plan.children[2 * i + 1]] += db
+    plan.holding = 0
     return [grads[in_places[j]] if in_places[j] >= 0 else 0.0 for j in range(count)]
 
 
@@ -297,7 +409,7 @@ cdef int custom_step(Plan* plan, double* grads, Py_ssize_t i) except -1:
         for k in range(n):
             if k == 0:
                 place = plan.children[2 * i]
-            elif k == n - 1 or rest == plan.spare:      # the last input, or no input lies below the rest
+            elif k == n - 1 or rest == NONE:      # the last input, or no input lies below the rest
                 place = rest
             else:
                 place = plan.children[2 * rest]
@@ -305,19 +417,6 @@ cdef int custom_step(Plan* plan, double* grads, Py_ssize_t i) except -1:
             grads[place] += grads[i] * slopes[k]
     finally:
         PyMem_Free(slopes)
-    return 0
-
-
-cdef int check_no_custom_op(Plan* plan) except -1:
-    cdef Py_ssize_t i
-    cdef Value node
-    for i in range(plan.inner):
-        node = <Value>plan.nodes.items[i]
-        if node.op == ops.PYTHON and (plan.children[2 * i] != plan.spare or plan.children[2 * i + 1] != plan.spare):
-            raise TypeError(
-                f"grad(create_graph=True) cannot differentiate through {node!r} (_op {node._op!r}, label "
-                f"{node.label!r}): the custom op's derivative is a Python function on floats, not made of Values; "
-                f"use create_graph=False, or build the op from fastgrad's ops")
     return 0
 
 
@@ -330,18 +429,30 @@ cdef class _Sweep:
     derivative's steps (ops.h) read and write. Everything per node works on borrowed pointers: a reference is
     taken only where a node is kept (a gradient at its place, a step's result until its derivative is added)."""
     cdef PyObject** grads          # owned references, in the plan's numbers (a pointer is as big as a double)
-    cdef Py_ssize_t spare
+    cdef Plan* plan
     cdef Value one                 # the constants' registers point at these
     cdef Value zero
     cdef Value half
     cdef PyObject* registers[ops.R_T0 + 5]     # by ops.h's register numbers; the steps' results are owned
     cdef int made                  # how many steps' results the registers hold now
 
-    cdef void set_constants(self) noexcept:
-        self.registers[<int>ops.R_NONE] = NULL
-        self.registers[<int>ops.R_ONE] = <PyObject*>self.one
-        self.registers[<int>ops.R_ZERO] = <PyObject*>self.zero
-        self.registers[<int>ops.R_HALF] = <PyObject*>self.half
+    @staticmethod
+    cdef _Sweep new():
+        cdef _Sweep sweep = _Sweep.__new__(_Sweep)
+        sweep.one = leaf(1.0)
+        sweep.zero = leaf(0.0)
+        sweep.half = leaf(0.5)
+        sweep.registers[<int>ops.R_NONE] = NULL
+        sweep.registers[<int>ops.R_ONE] = <PyObject*>sweep.one
+        sweep.registers[<int>ops.R_ZERO] = <PyObject*>sweep.zero
+        sweep.registers[<int>ops.R_HALF] = <PyObject*>sweep.half
+        return sweep
+
+    cdef int fail(self, ops.Status status) except -1:
+        """An op's kernel refused its operands (a derivative outside its domain): the eager op's exception,
+        made once every grad and mark is given back."""
+        give_back(self.plan)
+        raise ops.op_error(status)
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
@@ -357,12 +468,12 @@ cdef class _Sweep:
             else:
                 return 0
         if total != NULL:
-            made = apply2(ops.ADD, <Value>total, <Value>term)        # it holds total now
+            made = self.apply2(ops.ADD, <Value>total, <Value>term)        # it holds total now
             self.grads[place] = <PyObject*>made
             Py_INCREF(made)
             Py_DECREF(<object>total)
         elif (<Value>term).value == 0.0 and signbit((<Value>term).value):
-            made = apply2(ops.ADD, self.zero, <Value>term)   # 0.0 + -0.0 is 0.0, as backward() has it
+            made = self.apply2(ops.ADD, self.zero, <Value>term)   # 0.0 + -0.0 is 0.0, as backward() has it
             self.grads[place] = <PyObject*>made
             Py_INCREF(made)
         else:
@@ -381,11 +492,11 @@ cdef class _Sweep:
             step = &steps.step[i]
             x = self.operand(step.x, out)
             if step.op == ops.POW_CONST:
-                made = pow_const(x, step.y, out)
+                made = self.pow_const(x, step.y, out)
             elif ops.op_facts(step.op).arity == 1:
-                made = apply1(step.op, x)
+                made = self.apply1(step.op, x)
             else:
-                made = apply2(step.op, x, self.operand(step.y, out))
+                made = self.apply2(step.op, x, self.operand(step.y, out))
             Py_INCREF(made)
             self.registers[ops.R_T0 + i] = <PyObject*>made
             self.made = i + 1
@@ -411,22 +522,56 @@ cdef class _Sweep:
             Py_DECREF(<object>self.registers[ops.R_T0 + i])
         self.made = 0
 
+    cdef inline Value apply2(self, int op, Value x, Value y):
+        """The node op(x, y), its data from the op's kernel, or the eager op's exception."""
+        cdef double value = 0.0
+        cdef ops.Status status = ops.forward(op, x.value, y.value, 0.0, &value)
+        if status != ops.OK:
+            self.fail(status)
+        return binary_node(op, value, x, y)
+
+    cdef inline Value apply1(self, int op, Value x):
+        cdef double value = 0.0
+        cdef ops.Status status = ops.forward(op, x.value, 0.0, 0.0, &value)
+        if status != ops.OK:
+            self.fail(status)
+        return unary_node(op, value, x)
+
+    cdef Value pow_const(self, Value x, int exponent, Value out):
+        """x ** k, k the number in the exponent register (ops.h): out's k - 1, spelled `**2` rather than `**2.0`
+        if out's was given as an int, or -1 or -2, as micrograd spells b ** -1."""
+        cdef double k = out.constant - 1.0 if exponent == ops.R_K_MINUS_ONE else (
+            -1.0 if exponent == ops.R_MINUS_ONE else -2.0)
+        cdef bint given_as_int = out.constant_is_int if exponent == ops.R_K_MINUS_ONE else True
+        cdef double value = 0.0
+        cdef ops.Status status = ops.pow_const_forward(x.value, 0.0, k, &value)
+        if status != ops.OK:
+            self.fail(status)
+        cdef Value n = unary_node(ops.POW_CONST, value, x)
+        n.constant = k
+        n.constant_is_int = given_as_int
+        return n
+
 
 @cython.boundscheck(False)
 @cython.wraparound(False)
-cdef list sweep_values(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_t* in_places,
+cdef list sweep_values(_Sweep sweep, Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_t* in_places,
                        Py_ssize_t count):
-    cdef _Sweep sweep = _Sweep.__new__(_Sweep)
-    cdef Py_ssize_t i, j
+    cdef Py_ssize_t i, j, p
     cdef PyObject* node
     cdef PyObject* g
-    sweep.grads = <PyObject**>plan.numbers
-    memset(sweep.grads, 0, plan.nodes.length * sizeof(PyObject*))   # derivative_values never adds to spare
-    sweep.spare = plan.spare
-    sweep.one = leaf(1.0)
-    sweep.zero = leaf(0.0)
-    sweep.half = leaf(0.5)
-    sweep.set_constants()
+    cdef unsigned char flags = plan.flags
+    cdef bint giving_back, keep
+    for seed in seeds:
+        flags |= (<Value>seed).flags
+    # With a GC header in the graph or a seed, the nodes made here get one too (tracked: making one can start a
+    # GC pass), and freeing one can run finalizers: every grad and mark is given back first.
+    giving_back = not flags & HEADERED
+    if not giving_back:
+        give_back(plan)
+    sweep.plan = plan
+    sweep.grads = <PyObject**>(plan.numbers + 1)
+    memset(sweep.grads, 0, plan.nodes.length * sizeof(PyObject*))   # derivative_values never adds to NONE
     try:
         for j in range(len(seeds)):
             if out_places[len(seeds) + j]:
@@ -434,24 +579,44 @@ cdef list sweep_values(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
                 sweep.grads[out_places[j]] = <PyObject*>seeds[j]
             else:
                 sweep.add_to(out_places[j], <PyObject*>seeds[j])
-        for i in range(plan.inner - 1, -1, -1):
+        for i in range(plan.nodes.length - 1, -1, -1):
             node = plan.nodes.items[i]
-            if (<Value>node).op <= ops.CUSTOM:    # nothing flows through a hand-made node, as in backward()
-                continue
-            # A node nothing but 0.0 flowed into (under x ** 0, or a hand-made node) still sends its children
-            # 0 times its local derivative, as backward() does: nan where that derivative is inf or nan.
             g = sweep.grads[i]
-            derivative_values(sweep, <PyObject*>sweep.zero if g == NULL else g, node,
-                              plan.children[2 * i], plan.children[2 * i + 1])
+            # Nothing flows to this place any more: its gradient is dropped here (where it is still in the
+            # cache) unless it is an input's, for the result.
+            keep = True
+            if giving_back:
+                keep = (<Value>node).visited & ASKED
+                give_back_at(plan, i)
+                plan.holding = i
+            if (<Value>node).op > ops.CUSTOM:    # nothing flows through a leaf or a hand-made node (backward())
+                # A node nothing but 0.0 flowed into (under x ** 0, or a hand-made node) still sends its
+                # children 0 times its local derivative, as backward() does: nan where that derivative is
+                # inf or nan.
+                derivative_values(sweep, <PyObject*>sweep.zero if g == NULL else g, node,
+                                  plan.children[2 * i], plan.children[2 * i + 1])
+            if not keep and g != NULL:
+                sweep.grads[i] = NULL
+                Py_DECREF(<object>g)
         result = []
         for j in range(count):
             g = sweep.grads[in_places[j]] if in_places[j] >= 0 else NULL
             result.append(leaf(0.0) if g == NULL else <Value>g)
-        return result
-    finally:
+    except BaseException:
+        give_back(plan)
         sweep.release()
-        for i in range(plan.nodes.length):
-            Py_XDECREF(sweep.grads[i])
+        for p in range(plan.nodes.length):
+            Py_XDECREF(sweep.grads[p])
+        raise
+    if giving_back:        # only the inputs' gradients are left (an input given twice: once)
+        for j in range(count):
+            if in_places[j] >= 0:
+                Py_XDECREF(sweep.grads[in_places[j]])
+                sweep.grads[in_places[j]] = NULL
+    else:
+        for p in range(plan.nodes.length):
+            Py_XDECREF(sweep.grads[p])
+    return result
 
 
 # Each op's derivative as Values is a table beside its kernels in ops.h ("Derivatives as ops"), which build()
@@ -459,8 +624,8 @@ cdef list sweep_values(Plan* plan, list seeds, Py_ssize_t* out_places, Py_ssize_
 # Value cannot appear in C, and the kernels sit below the engine), so an op's derivative would be written in
 # two places in two languages; as steps of ops it is written once more, next to the kernel it must match.
 cdef int derivative_values(_Sweep s, PyObject* g, PyObject* out, Py_ssize_t pa, Py_ssize_t pb) except -1:
-    """Add what out's gradient g gives its children into their gradients at places pa and pb (s.spare:
-    a child no input lies below, whose term is not built)."""
+    """Add what out's gradient g gives its children into their gradients at places pa and pb (NONE: a child no
+    input lies below, whose term is not built)."""
     cdef const ops.DerivativeSteps* da
     cdef const ops.DerivativeSteps* db
     cdef PyObject* b = (<Value>out).child_b
@@ -471,45 +636,12 @@ cdef int derivative_values(_Sweep s, PyObject* g, PyObject* out, Py_ssize_t pa, 
     ops.derivative_ops((<Value>out).op, (<Value>(<Value>out).child_a).value, 0.0 if b == NULL else (<Value>b).value,
                        (<Value>out).constant, &da, &db)
     # (most derivatives are g itself, a sum's: no step to make, no call)
-    if pa != s.spare:
+    if pa != NONE:
         s.add_to(pa, s.build(da, <Value>out) if da.steps else s.registers[da.result])
         if s.made:
             s.release()
-    if pb != s.spare:
+    if pb != NONE:
         s.add_to(pb, s.build(db, <Value>out) if db.steps else s.registers[db.result])
         if s.made:
             s.release()
     return 0
-
-
-cdef inline Value apply2(int op, Value x, Value y):
-    """The node op(x, y), its data from the op's kernel, or the eager op's exception."""
-    cdef double value = 0.0
-    cdef ops.Status status = ops.forward(op, x.value, y.value, 0.0, &value)
-    if status != ops.OK:
-        raise ops.op_error(status)
-    return binary_node(op, value, x, y)
-
-
-cdef inline Value apply1(int op, Value x):
-    cdef double value = 0.0
-    cdef ops.Status status = ops.forward(op, x.value, 0.0, 0.0, &value)
-    if status != ops.OK:
-        raise ops.op_error(status)
-    return unary_node(op, value, x)
-
-
-cdef Value pow_const(Value x, int exponent, Value out):
-    """x ** k, k the number in the exponent register (ops.h): out's k - 1, spelled `**2` rather than `**2.0` if
-    out's was given as an int, or -1 or -2, as micrograd spells b ** -1."""
-    cdef double k = out.constant - 1.0 if exponent == ops.R_K_MINUS_ONE else (
-        -1.0 if exponent == ops.R_MINUS_ONE else -2.0)
-    cdef bint given_as_int = out.constant_is_int if exponent == ops.R_K_MINUS_ONE else True
-    cdef double value = 0.0
-    cdef ops.Status status = ops.pow_const_forward(x.value, 0.0, k, &value)
-    if status != ops.OK:
-        raise ops.op_error(status)
-    cdef Value n = unary_node(ops.POW_CONST, value, x)
-    n.constant = k
-    n.constant_is_int = given_as_int
-    return n
