@@ -33,6 +33,9 @@ from libc.math cimport signbit
 from libc.string cimport memset
 
 cimport fastgrad._ops as ops
+
+cdef extern from "portability.h":
+    void prefetch "fg_prefetch" (const void* p) noexcept nogil
 from fastgrad.engine cimport (CALLS_PYTHON, HAS_CLOSURE, HEADERED, NodeArray, Value, binary_node, catch_up,
                               check_replayable, count_reach_in, custom_derivative, custom_inputs, free_array, leaf,
                               unary_node)
@@ -171,6 +174,7 @@ cdef inline Plan empty_plan() noexcept:
 cdef Plan kept = empty_plan()
 cdef bint kept_busy = False
 cdef enum:
+    AHEAD = 16
     KEPT_CAPACITY = 1 << 20       # places; bigger arrays are returned after the call
 
 
@@ -283,6 +287,7 @@ cdef int place_graph(Plan* plan, PyObject* root) except -1:
         if not unplaced_op(child):
             child = (<Value>top).child_b
         if unplaced_op(child):                   # descend, as the recursion would
+            prefetch((<Value>child).child_b)
             push(stack, child)
             (<Value>child).visited = (<Value>child).visited | PLACED
         else:                                    # all children placed: top follows them, then its new leaves
@@ -559,6 +564,7 @@ cdef list sweep_values(_Sweep sweep, Plan* plan, list seeds, Py_ssize_t* out_pla
                        Py_ssize_t count):
     cdef Py_ssize_t i, j, p
     cdef PyObject* node
+    cdef PyObject* ahead
     cdef PyObject* g
     cdef unsigned char flags = plan.flags
     cdef bint giving_back, keep
@@ -580,6 +586,11 @@ cdef list sweep_values(_Sweep sweep, Plan* plan, list seeds, Py_ssize_t* out_pla
             else:
                 sweep.add_to(out_places[j], <PyObject*>seeds[j])
         for i in range(plan.nodes.length - 1, -1, -1):
+            if i >= AHEAD:
+                ahead = plan.nodes.items[i - AHEAD // 2]
+                prefetch(plan.nodes.items[i - AHEAD])
+                prefetch((<Value>ahead).child_a)
+                prefetch((<Value>ahead).child_b)
             node = plan.nodes.items[i]
             g = sweep.grads[i]
             # Nothing flows to this place any more: its gradient is dropped here (where it is still in the

@@ -50,6 +50,14 @@
 /* A compile-time check that works in C89 and C++ alike (a negative array size fails the build). */
 #define FG_STATIC_ASSERT(condition) ((void)sizeof(char[(condition) ? 1 : -1]))
 
+/* Ask for the cache line at p ahead of its use (a hint: p may be anything, even NULL). gcc's and clang's builtin;
+   other compilers go without. */
+#if defined(__GNUC__) || defined(__clang__)
+#define fg_prefetch(p) __builtin_prefetch(p)
+#else
+#define fg_prefetch(p) ((void)(p))
+#endif
+
 /* The index of the lowest set bit of a nonzero 64-bit word: MSVC's intrinsic (x64 and arm64 Windows; the wheels
    are 64-bit only), gcc's and clang's builtin everywhere else (one instruction: tzcnt/bsf, rbit+clz). */
 #if defined(_MSC_VER)
