@@ -646,13 +646,25 @@ cdef int derivative_values(_Sweep s, PyObject* g, PyObject* out, Py_ssize_t pa, 
     s.registers[<int>ops.R_B] = b                      # NULL for a one-child op, whose steps do not read it
     ops.derivative_ops((<Value>out).op, (<Value>(<Value>out).child_a).value, 0.0 if b == NULL else (<Value>b).value,
                        (<Value>out).constant, &da, &db)
-    # (most derivatives are g itself, a sum's: no step to make, no call)
     if pa != NONE:
-        s.add_to(pa, s.build(da, <Value>out) if da.steps else s.registers[da.result])
-        if s.made:
-            s.release()
+        add_derivative(s, pa, da, <Value>out)
     if pb != NONE:
-        s.add_to(pb, s.build(db, <Value>out) if db.steps else s.registers[db.result])
-        if s.made:
-            s.release()
+        add_derivative(s, pb, db, <Value>out)
+    return 0
+
+
+cdef inline int add_derivative(_Sweep s, Py_ssize_t place, const ops.DerivativeSteps* d, Value out) except -1:
+    """Make one child's derivative d and add it into the gradient at place. Most derivatives are g itself (a
+    sum's: no step to make) or one op on two registers (a product's): those are made without build()'s
+    registers."""
+    cdef const ops.Step* step = &d.step[0]
+    cdef Value made
+    if d.steps == 0:
+        return s.add_to(place, s.registers[d.result])
+    if (d.steps == 1 and d.result == ops.R_T0 and step.op != ops.POW_CONST and ops.op_facts(step.op).arity == 2
+            and step.x != ops.R_K and step.x != ops.R_DB1 and step.y != ops.R_K and step.y != ops.R_DB1):
+        made = s.apply2(step.op, <Value>s.registers[step.x], <Value>s.registers[step.y])
+        return s.add_to(place, <PyObject*>made)
+    s.add_to(place, s.build(d, out))
+    s.release()
     return 0

@@ -78,6 +78,15 @@ cdef extern from *:
     unsigned long Py_TPFLAGS_IMMUTABLETYPE
 
 cdef extern from "node_memory.h":
+    """
+    /* A node in the slabs, its type set and its one reference counted (a new reference), or NULL with
+       MemoryError set: what tp_alloc does for a node without a GC header, returned to Cython as a Value. */
+    static inline PyObject *fg_slab_node(PyTypeObject *type, unsigned int *slab_index) {
+        PyObject *node = (PyObject *)fg_node_alloc(slab_index);
+        return node == NULL ? PyErr_NoMemory() : PyObject_Init(node, type);
+    }
+    """
+    Value slab_node "fg_slab_node" (PyTypeObject* type, unsigned int* slab_index)
     void* node_alloc "fg_node_alloc" (unsigned int* slab_index) noexcept nogil
     void node_free "fg_node_free" (void* node, unsigned int slab_index) noexcept nogil
     void return_spare_slabs "fg_return_spare_slabs" () noexcept nogil
@@ -394,17 +403,11 @@ cdef inline Value plain_node():
     makes, with the slab's fast path inline instead of behind Cython's tp_new and the tp_alloc slot (a third of
     the cost of a node that grad(create_graph=True) makes)."""
     cdef unsigned int slab
-    cdef PyObject* p
     cdef Value n
     if not use_slabs:
         return Value.__new__(Value)
-    p = <PyObject*>node_alloc(&slab)
-    if p == NULL:
-        raise MemoryError()
-    init_object(p, <PyTypeObject*>Value)
-    (<Value>p).slab = slab
-    n = <Value>p
-    decref(p)
+    n = slab_node(<PyTypeObject*>Value, &slab)
+    n.slab = slab
     return n
 
 
