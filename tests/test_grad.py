@@ -145,6 +145,63 @@ def test_grad_over_a_subclass_tracks_what_it_builds_so_a_cycle_through_it_is_col
     assert alive() is None
 
 
+def test_python_code_that_a_gc_pass_runs_during_grad_finds_every_grad_and_mark_in_place():
+    # grad keeps each node's place in its grad and marks it while it works. Nodes made from a subclass's are
+    # tracked by the GC, so making them can start a GC pass, whose finalizers run Python code: here each one
+    # reads the graph's grads, runs grad on it (its sort would skip a node left marked), and leaves another
+    # cycle with a finalizer for a later pass.
+    x, y = Tagged(0.7), Value(1.3)
+    f = (x * y).tanh() * y + y.exp() * x - (x + y).sigmoid()
+    nodes, _ = trace(f)
+    for i, node in enumerate(nodes):
+        node.grad = 0.25 + i
+    expected = [node.grad for node in nodes]
+    expected_gradient = grad(f, [x, y])
+    checks = []
+
+    class Finalized:
+        def __del__(self):
+            if len(checks) < 200:
+                checks.append((inside, [node.grad for node in nodes] == expected, grad(f, [x, y]) == expected_gradient))
+                again = Finalized()
+                again.cycle = again
+
+    threshold = gc.get_threshold()
+    gc.collect()
+    gc.set_threshold(1)
+    try:
+        inside = False
+        first = Finalized()
+        first.cycle = first
+        del first
+        for _ in range(20):
+            inside = True
+            first_derivatives = grad(f, [x, y], create_graph=True)
+            inside = False
+    finally:
+        gc.set_threshold(*threshold)
+        gc.collect()
+    assert [g.data for g in first_derivatives] == expected_gradient
+    assert any(during for during, _, _ in checks), checks      # some ran while grad was at work
+    assert all(grads_kept and same_gradient for _, grads_kept, same_gradient in checks), checks
+
+
+def test_inner_nodes_and_repeated_inputs_get_backwards_numbers_in_both_modes():
+    x, y = Value(0.3), Value(-1.2)
+    u = (x * y).tanh()
+    v = u * x + y.exp() * u
+    inputs = [u, x, u, v, y, Value(2.0), x]
+    floats = grad(v, inputs)
+    values = grad(v, inputs, create_graph=True)
+    assert all(same_float(a, b) for a, b in zip(floats, backward_grads(v, inputs)))
+    assert all(same_float(g.data, a) for g, a in zip(values, floats))
+    # the gradient kept for an inner input is a whole graph: differentiated again, it is its finite difference
+    h = 1e-6
+    slope = [grad(((x * Value(t)).tanh() * x + Value(t).exp() * (x * Value(t)).tanh()), [x])[0]
+             for t in (-1.2 + h, -1.2 - h)]
+    assert grad(values[1], [y])[0] == pytest.approx((slope[0] - slope[1]) / (2 * h), rel=1e-6)
+
+
 @needs_torch
 def test_several_outputs_weighted_by_grad_outputs_as_pytorch():
     leaves = [Value(0.3), Value(-1.2), Value(2.0)]
