@@ -37,6 +37,7 @@ cdef extern from "Python.h":
 cdef extern from "lanes.h" nogil:
     enum: FG_LANES
     enum: FG_LANE_DOT
+    enum: FG_LANE_LAYER
     ctypedef struct fg_lane_instruction:
         int32_t op, out, a, b
     ctypedef struct fg_lane_program:
@@ -123,6 +124,9 @@ cdef class BatchedGraph(Recording):
     """
     cdef fg_lane_instruction* lane_code
     cdef int32_t* lane_terms
+    cdef Py_ssize_t lane_term_words
+    cdef int32_t* lane_nodes             # per lane instruction: its node's slot in the recording (a LAYER: its
+                                         # first neuron's)
     cdef fg_lane_program program
     cdef Py_ssize_t lane_slots, computed, root_lane
     cdef Py_ssize_t input_count          # lane slots [computed, computed + input_count): the inputs, in order
@@ -160,6 +164,7 @@ cdef class BatchedGraph(Recording):
         cdef Py_ssize_t i
         PyMem_Free(self.lane_code)
         PyMem_Free(self.lane_terms)
+        PyMem_Free(self.lane_nodes)
         PyMem_Free(self.given_nodes)
         PyMem_Free(self.given_values)
         PyMem_Free(self.input_recorded)
@@ -180,8 +185,8 @@ cdef class BatchedGraph(Recording):
 
     def __sizeof__(self):
         return (sizeof(BatchedGraph) + self.program_bytes()
-                + self.program.instructions * sizeof(fg_lane_instruction)
-                + self.term_words * sizeof(int32_t)
+                + self.program.instructions * (sizeof(fg_lane_instruction) + sizeof(int32_t))
+                + self.lane_term_words * sizeof(int32_t)
                 + (self.shared_count + self.given_count) * (sizeof(PyObject*) + sizeof(double))
                 + self.calls * sizeof(int32_t)
                 + self.workers_allocated * self.block_doubles() * sizeof(double))
@@ -204,7 +209,7 @@ cdef class BatchedGraph(Recording):
     # -- laying the recording out for lanes
 
     cdef int lay_out_lanes(self, inputs, threads) except -1:
-        cdef Py_ssize_t i, j, n, k, slot, lane, term, call
+        cdef Py_ssize_t i, j, n, k, q, m, slot, lane, term, call, out, neuron
         cdef uint32_t word
         cdef int op
         cdef int32_t* lane_of
@@ -226,12 +231,14 @@ cdef class BatchedGraph(Recording):
             if id(x) not in leaf_slot:
                 raise ValueError(f"inputs[{i}] ({x!r}) is not in the graph of the root")
             seen[id(x)] = i
+        input_slots = {leaf_slot[key] for key in seen}
         # Lane slots: the computed ones, the inputs, the shared leaves, the numbers given, the scratch slot.
         self.input_count = len(inputs)
         self.shared_count = self.size - self.inner - self.input_count
         given = 0
         computed = 0
         slot = 0
+        ends = []                                     # per instruction: the slot after its nodes
         for i in range(self.instructions):
             word = self.code[i]
             if word & OP_MASK == DOT:
@@ -241,21 +248,26 @@ cdef class BatchedGraph(Recording):
                 given += word & OP_MASK == ops.CUSTOM
                 computed += word & OP_MASK != ops.CUSTOM
                 slot += 1
+            ends.append(slot)
+        layers, later_neurons = self.find_layers(input_slots)
+        n = self.term_words + sum(2 + len(key) - len(key) * len(neurons) for key, neurons in layers.values())
+        self.lane_term_words = max(n, self.term_words)
         self.computed = computed
         self.given_count = given + (self.slots - 1 - self.size)
         self.lane_slots = computed + self.input_count + self.shared_count + self.given_count + 1
         n = self.shared_count + self.given_count
         self.lane_code = <fg_lane_instruction*>PyMem_Malloc(computed * sizeof(fg_lane_instruction) + 1)
-        self.lane_terms = <int32_t*>PyMem_Malloc(self.term_words * sizeof(int32_t) + 1)
+        self.lane_nodes = <int32_t*>PyMem_Malloc(computed * sizeof(int32_t) + 1)
+        self.lane_terms = <int32_t*>PyMem_Malloc(self.lane_term_words * sizeof(int32_t) + 1)
         self.given_nodes = <PyObject**>PyMem_Malloc(n * sizeof(PyObject*) + 1)
         self.given_values = <double*>PyMem_Malloc(n * sizeof(double) + 1)
         self.input_recorded = <int32_t*>PyMem_Malloc(self.input_count * sizeof(int32_t) + 1)
         self.lane_calls = <int32_t*>PyMem_Malloc(self.calls * sizeof(int32_t) + 1)
-        self.slope_words = self.term_words * FG_LANES if self.calls else 0
+        self.slope_words = self.lane_term_words * FG_LANES if self.calls else 0
         lane_of = <int32_t*>PyMem_Malloc(self.slots * sizeof(int32_t) + 1)
         try:
-            if not (self.lane_code and self.lane_terms and self.given_nodes and self.given_values
-                    and self.input_recorded and self.lane_calls and lane_of):
+            if not (self.lane_code and self.lane_nodes and self.lane_terms and self.given_nodes
+                    and self.given_values and self.input_recorded and self.lane_calls and lane_of):
                 raise MemoryError()
             # Leaves: an input's slot by its place in inputs, a shared leaf's in recording order.
             lane = computed + self.input_count
@@ -274,55 +286,100 @@ cdef class BatchedGraph(Recording):
                 lane_of[slot] = <int32_t>lane
                 lane += 1
             lane_of[self.size] = <int32_t>(self.lane_slots - 1)       # the scratch slot
-            # Instructions, children before parents: each maps its children, then gets its own slot.
-            slot = 0
+            # Instructions, children before parents: each maps its children, then gets its own slot. A layer
+            # takes the place of its first neuron.
             j = 0
+            out = 0
             term = 0
             call = 0
             for i in range(self.instructions):
                 word = self.code[i]
                 op = word & OP_MASK
+                if i in later_neurons:
+                    continue
+                if i in layers:
+                    x_slots, neurons = layers[i]
+                    k = len(neurons)
+                    n = len(x_slots)
+                    self.lane_terms[term] = <int32_t>k
+                    self.lane_terms[term + 1] = <int32_t>n
+                    for m in range(n):
+                        self.lane_terms[term + 2 + m] = lane_of[x_slots[m]]
+                    for q in range(k):
+                        neuron = neurons[q]
+                        slot = term + 2 + n + q * (n + 1)
+                        self.lane_terms[slot] = lane_of[self.code[neuron] >> OP_BITS]
+                        for m in range(n):
+                            self.lane_terms[slot + 1 + m] = lane_of[self.terms[self.second[neuron] + 1 + 2 * m]]
+                        lane_of[ends[neuron] - 1] = <int32_t>(out + q)      # the sum's top
+                    self.lane_code[j] = fg_lane_instruction(FG_LANE_LAYER, <int32_t>out, 0, <int32_t>term)
+                    self.lane_nodes[j] = <int32_t>(ends[neurons[0]] - 1)
+                    term += 2 + n + k * (n + 1)
+                    out += k
+                    j += 1
+                    continue
                 if op == DOT:
                     n = self.terms[self.second[i]]
                     self.lane_terms[term] = <int32_t>n
                     for k in range(2 * n):
                         self.lane_terms[term + 1 + k] = lane_of[self.terms[self.second[i] + 1 + k]]
-                    self.lane_code[j] = fg_lane_instruction(FG_LANE_DOT, <int32_t>j, lane_of[word >> OP_BITS],
+                    self.lane_code[j] = fg_lane_instruction(FG_LANE_DOT, <int32_t>out, lane_of[word >> OP_BITS],
                                                             <int32_t>term)
                     term += 2 * n + 1
-                    slot += 2 * n
-                    lane_of[slot - 1] = <int32_t>j        # the sum's top: the only one of its nodes read after
-                    j += 1
                 elif op == ops.PYTHON:                    # a custom op's: its inputs as lane slots
                     n = self.terms[self.second[i]]
                     self.lane_terms[term] = <int32_t>n
                     for k in range(1, n + 2):
                         self.lane_terms[term + k] = lane_of[self.terms[self.second[i] + k]]
-                    self.lane_code[j] = fg_lane_instruction(op, <int32_t>j, lane_of[word >> OP_BITS], <int32_t>term)
+                    self.lane_code[j] = fg_lane_instruction(op, <int32_t>out, lane_of[word >> OP_BITS],
+                                                            <int32_t>term)
                     self.lane_calls[call] = <int32_t>j
                     call += 1
                     term += n + 2
-                    lane_of[slot] = <int32_t>j
-                    j += 1
-                    slot += 1
                 elif op == ops.CUSTOM:                    # made by hand: its data is given, read at each pass
-                    self.given_nodes[lane - computed - self.input_count] = self.nodes[slot]
-                    lane_of[slot] = <int32_t>lane
+                    self.given_nodes[lane - computed - self.input_count] = self.nodes[ends[i] - 1]
+                    lane_of[ends[i] - 1] = <int32_t>lane
                     lane += 1
-                    slot += 1
+                    continue
                 else:
-                    self.lane_code[j] = fg_lane_instruction(op, <int32_t>j, lane_of[word >> OP_BITS],
+                    self.lane_code[j] = fg_lane_instruction(op, <int32_t>out, lane_of[word >> OP_BITS],
                                                             lane_of[self.second[i]])
-                    lane_of[slot] = <int32_t>j
-                    j += 1
-                    slot += 1
+                lane_of[ends[i] - 1] = <int32_t>out       # a sum's top: the only one of its nodes read after
+                self.lane_nodes[j] = <int32_t>(ends[i] - 1)
+                out += 1
+                j += 1
             self.root_lane = lane_of[self.root_slot()]
         finally:
             PyMem_Free(lane_of)
-        self.program = fg_lane_program(self.lane_code, self.lane_terms, computed,
+        self.program = fg_lane_program(self.lane_code, self.lane_terms, j,
                                        <int32_t>(computed + self.input_count), <int32_t>(self.lane_slots - 1),
                                        self.given_values, self.lane_slots * FG_LANES)
         return 0
+
+    cdef tuple find_layers(self, input_slots):
+        """The layers: the sums (DOT) over the same inputs whose starts and weights are all shared leaves or
+        given numbers, two or more. Returns ({first neuron's instruction: (its inputs' slots, its neurons'
+        instructions)}, the set of the other neurons' instructions). A layer is computed where its first neuron
+        was: its other neurons read only the same inputs and numbers every sample shares."""
+        cdef Py_ssize_t i, m, n, t
+        cdef uint32_t word
+        by_inputs = {}
+        for i in range(self.instructions):
+            word = self.code[i]
+            if word & OP_MASK != DOT:
+                continue
+            t = self.second[i]
+            n = self.terms[t]
+            if all(self.shares(self.terms[t + 1 + 2 * m], input_slots) for m in range(n)) and \
+                    self.shares(word >> OP_BITS, input_slots):
+                by_inputs.setdefault(tuple([self.terms[t + 2 + 2 * m] for m in range(n)]), []).append(i)
+        layers = {neurons[0]: (key, neurons) for key, neurons in by_inputs.items() if len(neurons) > 1}
+        later = {i for key, neurons in layers.values() for i in neurons[1:]}
+        return layers, later
+
+    cdef bint shares(self, Py_ssize_t slot, input_slots):
+        """Whether every sample has the same number in slot: a leaf not in inputs, or an exponent."""
+        return (self.inner <= slot < self.size and slot not in input_slots) or slot > self.size
 
     # -- what Python sees
 
@@ -767,15 +824,7 @@ cdef class BatchedGraph(Recording):
 
     cdef Value node_of(self, Py_ssize_t instruction):
         """The node a lane instruction computes (a DOT: its sum's top)."""
-        cdef Py_ssize_t i, j = 0, slot = 0, op
-        for i in range(self.instructions):
-            op = self.code[i] & OP_MASK
-            slot += 2 * self.terms[self.second[i]] if op == DOT else 1
-            if op != ops.CUSTOM:
-                if j == instruction:
-                    return <Value>self.nodes[slot - 1]
-                j += 1
-        return self.root_node
+        return <Value>self.nodes[self.lane_nodes[instruction]]
 
 
 cdef Py_ssize_t check_threads(threads) except -1:

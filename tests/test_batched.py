@@ -85,6 +85,49 @@ def test_grads_match_finite_differences():
         assert abs(p.grad - (up - down) / (2 * h)) <= 1e-5 * max(1.0, abs(p.grad))
 
 
+@pytest.mark.parametrize("widths", [(1,), (2, 3), (5, 1), (4, 4, 2), (9, 7, 1), (3, 8)])
+@pytest.mark.parametrize("input_count", [1, 2, 5])
+def test_layers_of_any_width_give_each_rows_eager_bits_and_the_eager_grads(widths, input_count):
+    """Neurons over the same inputs run as one layer: any number of them (blocks of four and what is left), any
+    number of inputs, an input listed twice, a shared leaf among the inputs, neurons of one layer apart in the
+    graph's order."""
+    random.seed(sum(widths) * 10 + input_count)
+    model = MLP(input_count, list(widths))
+    params = model.parameters()
+    shared = params[0]
+    side = [([Value(random.uniform(-1, 1)) for _ in range(4)], Value(random.uniform(-1, 1))) for _ in range(3)]
+
+    def loss_of(xs):
+        out = model(xs)
+        total = out if isinstance(out, Value) else sum(out)
+        terms = [xs[0], xs[-1], xs[0], shared]
+        for weights, bias in side:       # each neuron's sum, with other nodes between them
+            total = total * 0.5 + sum((w * x for w, x in zip(weights, terms)), bias).tanh()
+        return total
+
+    inputs = [Value(0.0) for _ in range(input_count)]
+    loss = loss_of(inputs)
+    rows = np.random.default_rng(input_count).uniform(-2, 2, size=(70, input_count))
+    every = params + [v for weights, bias in side for v in weights + [bias]]
+    results = set()
+    for threads in (1, 3):
+        batch = fastgrad.compile(loss, inputs=inputs, threads=threads)
+        outputs = batch.forward(rows)
+        for v in every:
+            v.grad = 0.0
+        batch.backward(1.0 / len(rows))
+        results.add((bytes(outputs), tuple(v.grad for v in every)))
+    assert len(results) == 1
+    batched = [v.grad for v in every]
+    eager = [loss_of([Value(x) for x in row]) for row in rows]
+    assert all(same_float(o, e.data) for o, e in zip(outputs, eager))
+    for v in every:
+        v.grad = 0.0
+    (sum(eager) * (1.0 / len(rows))).backward()
+    for got, v in zip(batched, every):
+        assert math.isclose(got, v.grad, rel_tol=1e-12, abs_tol=1e-15), (got, v.grad)
+
+
 @settings(max_examples=150, deadline=None)
 @given(recipe=recipe_strategy(leaf_numbers, operand_numbers, max_leaves=4),
        inputs_taken=st.integers(1, 4), rows=st.lists(st.lists(leaf_numbers, min_size=4, max_size=4),
