@@ -128,6 +128,20 @@ def test_layers_of_any_width_give_each_rows_eager_bits_and_the_eager_grads(width
         assert math.isclose(got, v.grad, rel_tol=1e-12, abs_tol=1e-15), (got, v.grad)
 
 
+@pytest.mark.parametrize("count", [2, 34])
+def test_a_short_blocks_unused_lanes_reach_no_layers_grad(count):
+    """The lanes past the last row repeat it with a grad of 0: 0 * inf would make the weights' grads nan."""
+    w = [Value(0.5), Value(-1.5), Value(2.0), Value(0.25)]
+    b = [Value(0.1), Value(-0.2)]
+    x1, x2 = Value(0.0), Value(0.0)
+    loss = (b[0] + w[0] * x1 + w[1] * x2) + (b[1] + w[2] * x1 + w[3] * x2)     # two neurons, as Neuron sums
+    batch = fastgrad.compile(loss, inputs=[x1, x2])
+    rows = [[1.0, 2.0]] * (count - 1) + [[math.inf, 1.0]]
+    batch.forward(rows)
+    batch.backward()
+    assert [v.grad for v in w + b] == [math.inf, 2 * count - 1, math.inf, 2 * count - 1, count, count]
+
+
 @settings(max_examples=150, deadline=None)
 @given(recipe=recipe_strategy(leaf_numbers, operand_numbers, max_leaves=4),
        inputs_taken=st.integers(1, 4), rows=st.lists(st.lists(leaf_numbers, min_size=4, max_size=4),

@@ -105,10 +105,6 @@ FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *te
    forward pass took 1.9 times its adds and multiplies at 2 a cycle as one DOT a neuron). */
 #define FG_LAYER_BLOCK 4
 
-FG_KERNEL double fg_uniform_value(const fg_lane_program *program, int32_t slot) {
-    return program->uniform_values[slot - program->uniform_begin];
-}
-
 FG_KERNEL void fg_neurons_forward(const fg_lane_program *program, const int32_t *terms, int32_t first,
                                   const int count, double *restrict out, const double *values) {
     const int32_t n = terms[1];
@@ -116,13 +112,13 @@ FG_KERNEL void fg_neurons_forward(const fg_lane_program *program, const int32_t 
     const int32_t *neuron = terms + 2 + n + (ptrdiff_t)first * (n + 1);     /* start, w1, ..., wn */
     double total[FG_LAYER_BLOCK][FG_LANES];
     for (int q = 0; q < count; q++) {
-        const double start = fg_uniform_value(program, neuron[q * (n + 1)]);
+        const double start = program->uniform_values[neuron[q * (n + 1)] - program->uniform_begin];
         FG_EACH_LANE total[q][l] = start;
     }
     for (int32_t j = 0; j < n; j++) {
         const double *x = values + (ptrdiff_t)x_slots[j] * FG_LANES;
         for (int q = 0; q < count; q++) {
-            const double weight = fg_uniform_value(program, neuron[q * (n + 1) + 1 + j]);
+            const double weight = program->uniform_values[neuron[q * (n + 1) + 1 + j] - program->uniform_begin];
             FG_EACH_LANE {
                 double product;
                 fg_mul_forward(weight, x[l], 0.0, &product);
@@ -148,12 +144,13 @@ FG_KERNEL void fg_layer_backward(const fg_lane_program *program, const int32_t *
                                  const double *values, double *grads) {
     /* Input by input: x_j's grad gathers every neuron's share in registers and is stored once, where neuron by
        neuron it was loaded and stored k times (perf: those stores were the backward pass's hottest
-       instructions). The shares are added last neuron first, as the eager graph's backward() adds them; a
-       neuron's grad becomes 0.0 + its grad first, as in fg_dot_backward (grad, the k neurons' grads, is
-       scratch of this block's pass). */
+       instructions); last neuron first, as the eager graph's backward() adds them. A neuron's grad becomes
+       0.0 + its grad first, as in fg_dot_backward (grad, the k neurons' grads, is scratch of this block).
+       A short block has no uniform slots (run_block): its weights' grads go lane by lane, as every slot's. */
     const int32_t k = terms[0], n = terms[1];
     const int32_t *x_slots = terms + 2;
     const int32_t *neurons = terms + 2 + n;
+    const int folds = program->uniform_end > program->uniform_begin;
     for (int32_t i = 0; i < k; i++) {
         double *inner = grad + (ptrdiff_t)i * FG_LANES;
         FG_EACH_LANE inner[l] = 0.0 + inner[l];
@@ -166,18 +163,31 @@ FG_KERNEL void fg_layer_backward(const fg_lane_program *program, const int32_t *
         for (int32_t i = k - 1; i >= 0; i--) {
             const double *inner = grad + (ptrdiff_t)i * FG_LANES;
             const int32_t w = neurons[(ptrdiff_t)i * (n + 1) + 1 + j];
-            const double weight = fg_uniform_value(program, w);
+            const double weight = program->uniform_values[w - program->uniform_begin];
             double dw[FG_LANES], dx;
             FG_EACH_LANE {
                 fg_mul_derivative(inner[l], 0.0, weight, x[l], 0.0, &dw[l], &dx);
                 sum[l] += dx;
             }
-            fg_fold_into(fg_folded(program, grads, w), dw);
+            if (folds) {
+                fg_fold_into(fg_folded(program, grads, w), dw);
+            } else {
+                double *w_grad = grads + (ptrdiff_t)w * FG_LANES;
+                FG_EACH_LANE w_grad[l] += dw[l];
+            }
         }
         FG_EACH_LANE x_grad[l] = sum[l];
     }
-    for (int32_t i = k - 1; i >= 0; i--)
-        fg_fold_into(fg_folded(program, grads, neurons[(ptrdiff_t)i * (n + 1)]), grad + (ptrdiff_t)i * FG_LANES);
+    for (int32_t i = k - 1; i >= 0; i--) {
+        const double *inner = grad + (ptrdiff_t)i * FG_LANES;
+        const int32_t start = neurons[(ptrdiff_t)i * (n + 1)];
+        if (folds) {
+            fg_fold_into(fg_folded(program, grads, start), inner);
+        } else {
+            double *start_grad = grads + (ptrdiff_t)start * FG_LANES;
+            FG_EACH_LANE start_grad[l] += inner[l];
+        }
+    }
 }
 
 /* The loops read the program through a copy of its header on their own stack: Python's headers make the build
