@@ -253,13 +253,16 @@ FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const doub
         case FG_LANE_LAYER:
             fg_layer_backward(program, program->terms + ins.b, grads + (ptrdiff_t)ins.out * FG_LANES, values, grads);
             break;
+/* A one-child op's b is the scratch slot (or an exponent's): its grad is not added to, which saved a load and a
+   store a lane for each neuron's relu. */
 #define FG_BACKWARD_LANES(code, kernel) \
         case code: \
             FG_EACH_LANE { \
                 double da = 0.0, db = 0.0; \
                 kernel##_derivative(grad[l], out[l], a[l], b[l], b[l], &da, &db); \
                 a_grad[l] += da; \
-                b_grad[l] += db; \
+                if (fg_facts(code).arity == 2) \
+                    b_grad[l] += db; \
             } \
             break;
         FG_KERNEL_OPS(FG_BACKWARD_LANES)
