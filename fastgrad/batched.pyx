@@ -34,6 +34,12 @@ from concurrent.futures import ThreadPoolExecutor
 cdef extern from "Python.h":
     int check_signals "PyErr_CheckSignals" () except -1
 
+cdef extern from "portability.h" nogil:
+    Py_ssize_t fg_atomic_add(Py_ssize_t* p, Py_ssize_t n)
+    Py_ssize_t fg_atomic_load(Py_ssize_t* p)
+    void fg_atomic_store(Py_ssize_t* p, Py_ssize_t v)
+    void fg_spin_pause()
+
 cdef extern from "lanes.h" nogil:
     enum: FG_LANES
     enum: FG_LANE_DOT
@@ -65,6 +71,8 @@ cdef enum:
     CHUNK_BLOCKS = 16         # blocks a chunk at least: each chunk's lanes are summed once, at its end
     MAX_CHUNKS = 256          # chunks a pass is cut into at most, so that their sums take little memory
     WORKER_ROWS = 2048        # rows a thread at least: fewer do not pay for waking it
+    SPINS_AT_JOIN = 100000    # pauses a pass waits for its workers before it sleeps (a few ms at most)
+    SPINS_BEFORE_GIL = 1000   # pauses a worker leaves the pass's thread to take the GIL (a few us)
     CACHE_LINE = 64
 
 cdef const fg_lane_loops* lane_loops = NULL
@@ -150,8 +158,10 @@ cdef class BatchedGraph(Recording):
     cdef double* partials                # per chunk: its sum of each shared leaf's grad
     cdef Py_ssize_t partials_capacity
     cdef Py_ssize_t chunk_blocks, chunk_count
-    cdef bint stop                       # a worker failed or Ctrl-C: the others stop at their next chunk
+    # Shared by the pass's workers without the GIL (portability.h's atomics):
+    cdef Py_ssize_t stop                 # a worker failed or Ctrl-C: the others stop at their next chunk
     cdef Py_ssize_t next_chunk           # the first chunk of the pass no worker has taken yet
+    cdef Py_ssize_t workers_busy         # the pool's workers not done with the pass
     cdef bint sums_dirty                 # a backward pass stopped with its lanes' sums not taken
     cdef Py_ssize_t workers_filled       # the workers whose blocks hold this pass's shared and given numbers
     cdef fg_lane_failure* failures       # per worker: its failure, and in failed_blocks its block; status OK: a
@@ -550,8 +560,9 @@ cdef class BatchedGraph(Recording):
         self.chunk_count = max(1, (blocks + self.chunk_blocks - 1) // self.chunk_blocks)
         workers = max(1, min(self.threads, self.chunk_count, count // WORKER_ROWS))
         self.allocate_pass(workers, with_backward)
-        self.stop = False
+        self.stop = 0
         self.next_chunk = 0
+        self.workers_busy = workers - 1
         running = []
         if workers > 1:
             with pool_lock:
@@ -562,31 +573,50 @@ cdef class BatchedGraph(Recording):
         try:
             self._work(0, with_backward)
         finally:
-            for future in running:           # after a Ctrl-C too: they stop at their next chunk
-                future.result()
+            if running:                      # after a Ctrl-C too: they stop at their next chunk
+                self.join(running)
         return self.raise_failure(workers)
+
+    cdef void join(self, running) except *:
+        """Wait for the pool's workers: spinning while their last chunks end (a sleeping thread woke up 20 to 50
+        us after them on a 2-core VM, a chunk's worth), then, if one is late (the OS has not run it yet), as
+        their futures say (which also raises what a worker raised)."""
+        cdef Py_ssize_t spins = 0
+        with nogil:
+            while fg_atomic_load(&self.workers_busy) > 0 and spins < SPINS_AT_JOIN:
+                fg_spin_pause()
+                spins += 1
+        if fg_atomic_load(&self.workers_busy) > 0:
+            for future in running:
+                future.result()
 
     def _work(self, Py_ssize_t worker, bint with_backward):
         """A worker's part (a method, for the pool's threads): the next chunk nobody has taken, until none is
-        left. Taken with the GIL held, so each once; a thread that starts late takes fewer (each chunk's sums go
-        to its own place, whoever computes them: the same bits). The GIL is released for each chunk; between
-        chunks the main thread looks for Ctrl-C."""
-        cdef Py_ssize_t chunk
-        cdef bint done
+        left. Taken atomically without the GIL, so each once; a thread that starts late takes fewer (each
+        chunk's sums go to their own place, whoever computes them: the same bits). Between chunks the main
+        thread looks for Ctrl-C."""
+        cdef Py_ssize_t chunk, spins
         cdef bint checks_signals = worker == 0 and threading.current_thread() is threading.main_thread()
         try:
-            while self.next_chunk < self.chunk_count and not self.stop:
-                chunk = self.next_chunk
-                self.next_chunk = chunk + 1
-                with nogil:
-                    done = self.run_chunk(worker, chunk, with_backward)
-                if not done:                 # a row failed: the others need not go on
-                    self.stop = True
-                    return
-                if checks_signals:
-                    check_signals()
+            with nogil:
+                while not fg_atomic_load(&self.stop):
+                    chunk = fg_atomic_add(&self.next_chunk, 1)
+                    if chunk >= self.chunk_count:
+                        break
+                    if not self.run_chunk(worker, chunk, with_backward):
+                        fg_atomic_store(&self.stop, 1)      # a row failed: the others need not go on
+                        break
+                    if checks_signals:
+                        with gil:
+                            check_signals()
+                if worker > 0:
+                    # Done: the pass's thread, spinning in join(), takes the GIL first; had this one taken it,
+                    # that one would sleep until this one let it go, and wake up late.
+                    fg_atomic_add(&self.workers_busy, -1)
+                    for spins in range(SPINS_BEFORE_GIL):
+                        fg_spin_pause()
         except BaseException:
-            self.stop = True
+            fg_atomic_store(&self.stop, 1)
             raise
 
     cdef bint run_chunk(self, Py_ssize_t worker, Py_ssize_t chunk, bint with_backward) noexcept nogil:
