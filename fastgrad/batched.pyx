@@ -383,9 +383,22 @@ cdef class BatchedGraph(Recording):
             if all(self.shares(self.terms[t + 1 + 2 * m], input_slots) for m in range(n)) and \
                     self.shares(word >> OP_BITS, input_slots):
                 by_inputs.setdefault(tuple([self.terms[t + 2 + 2 * m] for m in range(n)]), []).append(i)
-        layers = {neurons[0]: (key, neurons) for key, neurons in by_inputs.items() if len(neurons) > 1}
+        layers = {neurons[0]: (key, neurons) for key, neurons in by_inputs.items()
+                  if len(neurons) > 1 and self.distinct_numbers(neurons)}
         later = {i for key, neurons in layers.values() for i in neurons[1:]}
         return layers, later
+
+    cdef bint distinct_numbers(self, neurons):
+        """Whether no start or weight is listed twice in these neurons: a width that takes the lanes in parts
+        folds each weight's grad part by part (lanes.c), and the same number's two folds would then interleave
+        in another order than at another width."""
+        cdef Py_ssize_t i, m, t
+        slots = []
+        for i in neurons:
+            t = self.second[i]
+            slots.append(self.code[i] >> OP_BITS)
+            slots.extend([self.terms[t + 1 + 2 * m] for m in range(self.terms[t])])
+        return len(set(slots)) == len(slots)
 
     cdef bint shares(self, Py_ssize_t slot, input_slots):
         """Whether every sample has the same number in slot: a leaf not in inputs, or an exponent."""

@@ -128,6 +128,40 @@ def test_layers_of_any_width_give_each_rows_eager_bits_and_the_eager_grads(width
         assert math.isclose(got, v.grad, rel_tol=1e-12, abs_tol=1e-15), (got, v.grad)
 
 
+def test_neurons_sharing_a_weight_give_the_same_bits_at_every_simd_width():
+    """Two neurons over the same inputs with one weight in common (and a neuron using a weight twice)."""
+    random.seed(4)
+    shared = Value(0.7)
+    other = [Value(random.uniform(-1, 1)) for _ in range(6)]
+    x1, x2 = Value(0.0), Value(0.0)
+    neurons = [other[0] + shared * x1 + other[1] * x2, other[2] + other[3] * x1 + shared * x2,
+               other[4] + other[5] * x1 + other[5] * x2]
+    loss = sum(n.tanh() for n in neurons)
+    rows = np.random.default_rng(4).uniform(-2, 2, size=(1000, 2))
+    results = set()
+    before = simd()
+    try:
+        for width in ("baseline", "avx2", "avx512"):
+            try:
+                choose_simd(width)
+            except ValueError:
+                continue
+            batch = fastgrad.compile(loss, inputs=[x1, x2])
+            for v in [shared] + other:
+                v.grad = 0.0
+            batch.forward_backward(rows)
+            results.add(tuple(v.grad for v in [shared] + other))
+    finally:
+        choose_simd(before)
+    assert len(results) == 1
+    eager = [sum(n.tanh() for n in [other[0] + shared * a + other[1] * b, other[2] + other[3] * a + shared * b,
+                                    other[4] + other[5] * a + other[5] * b]) for a, b in rows]
+    for v in [shared] + other:
+        v.grad = 0.0
+    sum(eager).backward()
+    assert all(math.isclose(got, v.grad, rel_tol=1e-12) for got, v in zip(results.pop(), [shared] + other))
+
+
 @pytest.mark.parametrize("count", [2, 34])
 def test_a_short_blocks_unused_lanes_reach_no_layers_grad(count):
     """The lanes past the last row repeat it with a grad of 0: 0 * inf would make the weights' grads nan."""
