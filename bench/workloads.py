@@ -8,6 +8,7 @@ Graph engines all run the same workload body; plain floats run the same arithmet
 backward and no graph. Graphs are dropped outside the timed phases, except in the scaling sweep, which times
 the whole life of a graph (build, backward, free).
 """
+import array
 import functools
 import gc
 import hashlib
@@ -953,7 +954,8 @@ class PhysicsInformedStep(Workload):
     """A training step of the README's physics-informed fit (u'' + u = 0, u(0) = 0, u'(0) = 1) on 1,000
     collocation points, the notebook's tanh MLP(1, [16, 16, 1]) with the notebook's weights on every engine, Adam
     (lr 1e-3), one thread. fastgrad: (u'' + u)^2 as a gradient graph, batched over the points
-    (compile(..., inputs=[x], threads=1), forward_backward), the initial conditions compiled. PyTorch: the same network as
+    (compile(..., inputs=[x], threads=1), forward_backward, the points an array.array of float64 made once, as
+    the others' tensors are), the initial conditions compiled. PyTorch: the same network as
     nn.Linear + Tanh in float64 over all points at once, u' and u'' by autograd.grad(create_graph=True). JAX: u of
     one point, u' and u'' by nested jax.jvp over x (forward over forward: the fastest of grad-of-grad, jvp-of-grad
     and jvp-of-jvp here), vmapped over the points, the whole step with Adam one jax.jit."""
@@ -995,10 +997,11 @@ class PhysicsInformedStep(Workload):
         (du0,) = grad(u0, [x0], create_graph=True)
         initial = fastgrad.compile(u0 ** 2 + (du0 - 1.0) ** 2)
         adam = optim.Adam(model.parameters(), lr=self.LR)
+        rows = array.array("d", (x for (x,) in points))     # read in place, as the others' tensors are made once
 
         def step():
             adam.zero_grad()
-            residuals = equation.forward_backward(points, 1.0 / len(points))
+            residuals = equation.forward_backward(rows, 1.0 / len(points))
             at_zero = initial.forward()
             initial.backward()
             adam.step()

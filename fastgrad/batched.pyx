@@ -34,9 +34,16 @@ from concurrent.futures import ThreadPoolExecutor
 cdef extern from "Python.h":
     int check_signals "PyErr_CheckSignals" () except -1
 
+cdef extern from "portability.h" nogil:
+    Py_ssize_t fg_atomic_add(Py_ssize_t* p, Py_ssize_t n)
+    Py_ssize_t fg_atomic_load(Py_ssize_t* p)
+    void fg_atomic_store(Py_ssize_t* p, Py_ssize_t v)
+    void fg_spin_pause()
+
 cdef extern from "lanes.h" nogil:
     enum: FG_LANES
     enum: FG_LANE_DOT
+    enum: FG_LANE_LAYER
     ctypedef struct fg_lane_instruction:
         int32_t op, out, a, b
     ctypedef struct fg_lane_program:
@@ -64,6 +71,8 @@ cdef enum:
     CHUNK_BLOCKS = 16         # blocks a chunk at least: each chunk's lanes are summed once, at its end
     MAX_CHUNKS = 256          # chunks a pass is cut into at most, so that their sums take little memory
     WORKER_ROWS = 2048        # rows a thread at least: fewer do not pay for waking it
+    SPINS_AT_JOIN = 100000    # pauses a pass waits for its workers before it sleeps (a few ms at most)
+    SPINS_BEFORE_GIL = 1000   # pauses a worker leaves the pass's thread to take the GIL (a few us)
     CACHE_LINE = 64
 
 cdef const fg_lane_loops* lane_loops = NULL
@@ -123,6 +132,9 @@ cdef class BatchedGraph(Recording):
     """
     cdef fg_lane_instruction* lane_code
     cdef int32_t* lane_terms
+    cdef Py_ssize_t lane_term_words
+    cdef int32_t* lane_nodes             # per lane instruction: its node's slot in the recording (a LAYER: its
+                                         # first neuron's)
     cdef fg_lane_program program
     cdef Py_ssize_t lane_slots, computed, root_lane
     cdef Py_ssize_t input_count          # lane slots [computed, computed + input_count): the inputs, in order
@@ -146,8 +158,10 @@ cdef class BatchedGraph(Recording):
     cdef double* partials                # per chunk: its sum of each shared leaf's grad
     cdef Py_ssize_t partials_capacity
     cdef Py_ssize_t chunk_blocks, chunk_count
-    cdef bint stop                       # a worker failed or Ctrl-C: the others stop at their next chunk
+    # Shared by the pass's workers without the GIL (portability.h's atomics):
+    cdef Py_ssize_t stop                 # a worker failed or Ctrl-C: the others stop at their next chunk
     cdef Py_ssize_t next_chunk           # the first chunk of the pass no worker has taken yet
+    cdef Py_ssize_t workers_busy         # the pool's workers not done with the pass
     cdef bint sums_dirty                 # a backward pass stopped with its lanes' sums not taken
     cdef Py_ssize_t workers_filled       # the workers whose blocks hold this pass's shared and given numbers
     cdef fg_lane_failure* failures       # per worker: its failure, and in failed_blocks its block; status OK: a
@@ -160,6 +174,7 @@ cdef class BatchedGraph(Recording):
         cdef Py_ssize_t i
         PyMem_Free(self.lane_code)
         PyMem_Free(self.lane_terms)
+        PyMem_Free(self.lane_nodes)
         PyMem_Free(self.given_nodes)
         PyMem_Free(self.given_values)
         PyMem_Free(self.input_recorded)
@@ -180,8 +195,8 @@ cdef class BatchedGraph(Recording):
 
     def __sizeof__(self):
         return (sizeof(BatchedGraph) + self.program_bytes()
-                + self.program.instructions * sizeof(fg_lane_instruction)
-                + self.term_words * sizeof(int32_t)
+                + self.program.instructions * (sizeof(fg_lane_instruction) + sizeof(int32_t))
+                + self.lane_term_words * sizeof(int32_t)
                 + (self.shared_count + self.given_count) * (sizeof(PyObject*) + sizeof(double))
                 + self.calls * sizeof(int32_t)
                 + self.workers_allocated * self.block_doubles() * sizeof(double))
@@ -204,7 +219,7 @@ cdef class BatchedGraph(Recording):
     # -- laying the recording out for lanes
 
     cdef int lay_out_lanes(self, inputs, threads) except -1:
-        cdef Py_ssize_t i, j, n, k, slot, lane, term, call
+        cdef Py_ssize_t i, j, n, k, q, m, slot, lane, term, call, out, neuron
         cdef uint32_t word
         cdef int op
         cdef int32_t* lane_of
@@ -226,12 +241,14 @@ cdef class BatchedGraph(Recording):
             if id(x) not in leaf_slot:
                 raise ValueError(f"inputs[{i}] ({x!r}) is not in the graph of the root")
             seen[id(x)] = i
+        input_slots = {leaf_slot[key] for key in seen}
         # Lane slots: the computed ones, the inputs, the shared leaves, the numbers given, the scratch slot.
         self.input_count = len(inputs)
         self.shared_count = self.size - self.inner - self.input_count
         given = 0
         computed = 0
         slot = 0
+        ends = []                                     # per instruction: the slot after its nodes
         for i in range(self.instructions):
             word = self.code[i]
             if word & OP_MASK == DOT:
@@ -241,21 +258,26 @@ cdef class BatchedGraph(Recording):
                 given += word & OP_MASK == ops.CUSTOM
                 computed += word & OP_MASK != ops.CUSTOM
                 slot += 1
+            ends.append(slot)
+        layers, later_neurons = self.find_layers(input_slots)
+        n = self.term_words + sum(2 + len(key) - len(key) * len(neurons) for key, neurons in layers.values())
+        self.lane_term_words = max(n, self.term_words)
         self.computed = computed
         self.given_count = given + (self.slots - 1 - self.size)
         self.lane_slots = computed + self.input_count + self.shared_count + self.given_count + 1
         n = self.shared_count + self.given_count
         self.lane_code = <fg_lane_instruction*>PyMem_Malloc(computed * sizeof(fg_lane_instruction) + 1)
-        self.lane_terms = <int32_t*>PyMem_Malloc(self.term_words * sizeof(int32_t) + 1)
+        self.lane_nodes = <int32_t*>PyMem_Malloc(computed * sizeof(int32_t) + 1)
+        self.lane_terms = <int32_t*>PyMem_Malloc(self.lane_term_words * sizeof(int32_t) + 1)
         self.given_nodes = <PyObject**>PyMem_Malloc(n * sizeof(PyObject*) + 1)
         self.given_values = <double*>PyMem_Malloc(n * sizeof(double) + 1)
         self.input_recorded = <int32_t*>PyMem_Malloc(self.input_count * sizeof(int32_t) + 1)
         self.lane_calls = <int32_t*>PyMem_Malloc(self.calls * sizeof(int32_t) + 1)
-        self.slope_words = self.term_words * FG_LANES if self.calls else 0
+        self.slope_words = self.lane_term_words * FG_LANES if self.calls else 0
         lane_of = <int32_t*>PyMem_Malloc(self.slots * sizeof(int32_t) + 1)
         try:
-            if not (self.lane_code and self.lane_terms and self.given_nodes and self.given_values
-                    and self.input_recorded and self.lane_calls and lane_of):
+            if not (self.lane_code and self.lane_nodes and self.lane_terms and self.given_nodes
+                    and self.given_values and self.input_recorded and self.lane_calls and lane_of):
                 raise MemoryError()
             # Leaves: an input's slot by its place in inputs, a shared leaf's in recording order.
             lane = computed + self.input_count
@@ -274,55 +296,113 @@ cdef class BatchedGraph(Recording):
                 lane_of[slot] = <int32_t>lane
                 lane += 1
             lane_of[self.size] = <int32_t>(self.lane_slots - 1)       # the scratch slot
-            # Instructions, children before parents: each maps its children, then gets its own slot.
-            slot = 0
+            # Instructions, children before parents: each maps its children, then gets its own slot. A layer
+            # takes the place of its first neuron.
             j = 0
+            out = 0
             term = 0
             call = 0
             for i in range(self.instructions):
                 word = self.code[i]
                 op = word & OP_MASK
+                if i in later_neurons:
+                    continue
+                if i in layers:
+                    x_slots, neurons = layers[i]
+                    k = len(neurons)
+                    n = len(x_slots)
+                    self.lane_terms[term] = <int32_t>k
+                    self.lane_terms[term + 1] = <int32_t>n
+                    for m in range(n):
+                        self.lane_terms[term + 2 + m] = lane_of[x_slots[m]]
+                    for q in range(k):
+                        neuron = neurons[q]
+                        slot = term + 2 + n + q * (n + 1)
+                        self.lane_terms[slot] = lane_of[self.code[neuron] >> OP_BITS]
+                        for m in range(n):
+                            self.lane_terms[slot + 1 + m] = lane_of[self.terms[self.second[neuron] + 1 + 2 * m]]
+                        lane_of[ends[neuron] - 1] = <int32_t>(out + q)      # the sum's top
+                    self.lane_code[j] = fg_lane_instruction(FG_LANE_LAYER, <int32_t>out, 0, <int32_t>term)
+                    self.lane_nodes[j] = <int32_t>(ends[neurons[0]] - 1)
+                    term += 2 + n + k * (n + 1)
+                    out += k
+                    j += 1
+                    continue
                 if op == DOT:
                     n = self.terms[self.second[i]]
                     self.lane_terms[term] = <int32_t>n
                     for k in range(2 * n):
                         self.lane_terms[term + 1 + k] = lane_of[self.terms[self.second[i] + 1 + k]]
-                    self.lane_code[j] = fg_lane_instruction(FG_LANE_DOT, <int32_t>j, lane_of[word >> OP_BITS],
+                    self.lane_code[j] = fg_lane_instruction(FG_LANE_DOT, <int32_t>out, lane_of[word >> OP_BITS],
                                                             <int32_t>term)
                     term += 2 * n + 1
-                    slot += 2 * n
-                    lane_of[slot - 1] = <int32_t>j        # the sum's top: the only one of its nodes read after
-                    j += 1
                 elif op == ops.PYTHON:                    # a custom op's: its inputs as lane slots
                     n = self.terms[self.second[i]]
                     self.lane_terms[term] = <int32_t>n
                     for k in range(1, n + 2):
                         self.lane_terms[term + k] = lane_of[self.terms[self.second[i] + k]]
-                    self.lane_code[j] = fg_lane_instruction(op, <int32_t>j, lane_of[word >> OP_BITS], <int32_t>term)
+                    self.lane_code[j] = fg_lane_instruction(op, <int32_t>out, lane_of[word >> OP_BITS],
+                                                            <int32_t>term)
                     self.lane_calls[call] = <int32_t>j
                     call += 1
                     term += n + 2
-                    lane_of[slot] = <int32_t>j
-                    j += 1
-                    slot += 1
                 elif op == ops.CUSTOM:                    # made by hand: its data is given, read at each pass
-                    self.given_nodes[lane - computed - self.input_count] = self.nodes[slot]
-                    lane_of[slot] = <int32_t>lane
+                    self.given_nodes[lane - computed - self.input_count] = self.nodes[ends[i] - 1]
+                    lane_of[ends[i] - 1] = <int32_t>lane
                     lane += 1
-                    slot += 1
+                    continue
                 else:
-                    self.lane_code[j] = fg_lane_instruction(op, <int32_t>j, lane_of[word >> OP_BITS],
+                    self.lane_code[j] = fg_lane_instruction(op, <int32_t>out, lane_of[word >> OP_BITS],
                                                             lane_of[self.second[i]])
-                    lane_of[slot] = <int32_t>j
-                    j += 1
-                    slot += 1
+                lane_of[ends[i] - 1] = <int32_t>out       # a sum's top: the only one of its nodes read after
+                self.lane_nodes[j] = <int32_t>(ends[i] - 1)
+                out += 1
+                j += 1
             self.root_lane = lane_of[self.root_slot()]
         finally:
             PyMem_Free(lane_of)
-        self.program = fg_lane_program(self.lane_code, self.lane_terms, computed,
+        self.program = fg_lane_program(self.lane_code, self.lane_terms, j,
                                        <int32_t>(computed + self.input_count), <int32_t>(self.lane_slots - 1),
                                        self.given_values, self.lane_slots * FG_LANES)
         return 0
+
+    cdef tuple find_layers(self, input_slots):
+        """The layers: the sums (DOT) over the same inputs whose starts and weights are all shared leaves or
+        given numbers, two or more. Returns ({first neuron's instruction: (its inputs' slots, its neurons'
+        instructions)}, the set of the other neurons' instructions). A layer is computed where its first neuron
+        was: its other neurons read only the same inputs and numbers every sample shares."""
+        cdef Py_ssize_t i, m, n, t
+        cdef uint32_t word
+        by_inputs = {}
+        for i in range(self.instructions):
+            word = self.code[i]
+            if word & OP_MASK != DOT:
+                continue
+            t = self.second[i]
+            n = self.terms[t]
+            if all(self.shares(self.terms[t + 1 + 2 * m], input_slots) for m in range(n)) and \
+                    self.shares(word >> OP_BITS, input_slots):
+                by_inputs.setdefault(tuple([self.terms[t + 2 + 2 * m] for m in range(n)]), []).append(i)
+        layers = {neurons[0]: (key, neurons) for key, neurons in by_inputs.items()
+                  if len(neurons) > 1 and self.distinct_numbers(neurons)}
+        later = {i for key, neurons in layers.values() for i in neurons[1:]}
+        return layers, later
+
+    cdef bint distinct_numbers(self, neurons):
+        """Whether no start or weight is listed twice in these neurons: a width that takes the lanes in parts
+        folds each weight's grad part by part (lanes.c), and the same number's two folds would then interleave
+        in another order than at another width."""
+        cdef Py_ssize_t i, m, t
+        slots = []
+        for i in neurons:
+            t = self.second[i]
+            slots.append(self.code[i] >> OP_BITS)
+            slots.extend([self.terms[t + 1 + 2 * m] for m in range(self.terms[t])])
+        return len(set(slots)) == len(slots)
+
+    cdef bint shares(self, Py_ssize_t slot, input_slots):
+        """Whether every sample has the same number in slot: a leaf not in inputs, or an exponent."""
+        return (self.inner <= slot < self.size and slot not in input_slots) or slot > self.size
 
     # -- what Python sees
 
@@ -493,8 +573,9 @@ cdef class BatchedGraph(Recording):
         self.chunk_count = max(1, (blocks + self.chunk_blocks - 1) // self.chunk_blocks)
         workers = max(1, min(self.threads, self.chunk_count, count // WORKER_ROWS))
         self.allocate_pass(workers, with_backward)
-        self.stop = False
+        self.stop = 0
         self.next_chunk = 0
+        self.workers_busy = workers - 1
         running = []
         if workers > 1:
             with pool_lock:
@@ -505,31 +586,50 @@ cdef class BatchedGraph(Recording):
         try:
             self._work(0, with_backward)
         finally:
-            for future in running:           # after a Ctrl-C too: they stop at their next chunk
-                future.result()
+            if running:                      # after a Ctrl-C too: they stop at their next chunk
+                self.join(running)
         return self.raise_failure(workers)
+
+    cdef void join(self, running) except *:
+        """Wait for the pool's workers: spinning while their last chunks end (a sleeping thread woke up 20 to 50
+        us after them on a 2-core VM, a chunk's worth), then, if one is late (the OS has not run it yet), as
+        their futures say (which also raises what a worker raised)."""
+        cdef Py_ssize_t spins = 0
+        with nogil:
+            while fg_atomic_load(&self.workers_busy) > 0 and spins < SPINS_AT_JOIN:
+                fg_spin_pause()
+                spins += 1
+        if fg_atomic_load(&self.workers_busy) > 0:
+            for future in running:
+                future.result()
 
     def _work(self, Py_ssize_t worker, bint with_backward):
         """A worker's part (a method, for the pool's threads): the next chunk nobody has taken, until none is
-        left. Taken with the GIL held, so each once; a thread that starts late takes fewer (each chunk's sums go
-        to its own place, whoever computes them: the same bits). The GIL is released for each chunk; between
-        chunks the main thread looks for Ctrl-C."""
-        cdef Py_ssize_t chunk
-        cdef bint done
+        left. Taken atomically without the GIL, so each once; a thread that starts late takes fewer (each
+        chunk's sums go to their own place, whoever computes them: the same bits). Between chunks the main
+        thread looks for Ctrl-C."""
+        cdef Py_ssize_t chunk, spins
         cdef bint checks_signals = worker == 0 and threading.current_thread() is threading.main_thread()
         try:
-            while self.next_chunk < self.chunk_count and not self.stop:
-                chunk = self.next_chunk
-                self.next_chunk = chunk + 1
-                with nogil:
-                    done = self.run_chunk(worker, chunk, with_backward)
-                if not done:                 # a row failed: the others need not go on
-                    self.stop = True
-                    return
-                if checks_signals:
-                    check_signals()
+            with nogil:
+                while not fg_atomic_load(&self.stop):
+                    chunk = fg_atomic_add(&self.next_chunk, 1)
+                    if chunk >= self.chunk_count:
+                        break
+                    if not self.run_chunk(worker, chunk, with_backward):
+                        fg_atomic_store(&self.stop, 1)      # a row failed: the others need not go on
+                        break
+                    if checks_signals:
+                        with gil:
+                            check_signals()
+                if worker > 0:
+                    # Done: the pass's thread, spinning in join(), takes the GIL first; had this one taken it,
+                    # that one would sleep until this one let it go, and wake up late.
+                    fg_atomic_add(&self.workers_busy, -1)
+                    for spins in range(SPINS_BEFORE_GIL):
+                        fg_spin_pause()
         except BaseException:
-            self.stop = True
+            fg_atomic_store(&self.stop, 1)
             raise
 
     cdef bint run_chunk(self, Py_ssize_t worker, Py_ssize_t chunk, bint with_backward) noexcept nogil:
@@ -767,15 +867,7 @@ cdef class BatchedGraph(Recording):
 
     cdef Value node_of(self, Py_ssize_t instruction):
         """The node a lane instruction computes (a DOT: its sum's top)."""
-        cdef Py_ssize_t i, j = 0, slot = 0, op
-        for i in range(self.instructions):
-            op = self.code[i] & OP_MASK
-            slot += 2 * self.terms[self.second[i]] if op == DOT else 1
-            if op != ops.CUSTOM:
-                if j == instruction:
-                    return <Value>self.nodes[slot - 1]
-                j += 1
-        return self.root_node
+        return <Value>self.nodes[self.lane_nodes[instruction]]
 
 
 cdef Py_ssize_t check_threads(threads) except -1:

@@ -85,6 +85,97 @@ def test_grads_match_finite_differences():
         assert abs(p.grad - (up - down) / (2 * h)) <= 1e-5 * max(1.0, abs(p.grad))
 
 
+@pytest.mark.parametrize("widths", [(1,), (2, 3), (5, 1), (4, 4, 2), (9, 7, 1), (3, 8)])
+@pytest.mark.parametrize("input_count", [1, 2, 5])
+def test_layers_of_any_width_give_each_rows_eager_bits_and_the_eager_grads(widths, input_count):
+    """Neurons over the same inputs run as one layer: any number of them (blocks of four and what is left), any
+    number of inputs, an input listed twice, a shared leaf among the inputs, neurons of one layer apart in the
+    graph's order."""
+    random.seed(sum(widths) * 10 + input_count)
+    model = MLP(input_count, list(widths))
+    params = model.parameters()
+    shared = params[0]
+    side = [([Value(random.uniform(-1, 1)) for _ in range(4)], Value(random.uniform(-1, 1))) for _ in range(3)]
+
+    def loss_of(xs):
+        out = model(xs)
+        total = out if isinstance(out, Value) else sum(out)
+        terms = [xs[0], xs[-1], xs[0], shared]
+        for weights, bias in side:       # each neuron's sum, with other nodes between them
+            total = total * 0.5 + sum((w * x for w, x in zip(weights, terms)), bias).tanh()
+        return total
+
+    inputs = [Value(0.0) for _ in range(input_count)]
+    loss = loss_of(inputs)
+    rows = np.random.default_rng(input_count).uniform(-2, 2, size=(70, input_count))
+    every = params + [v for weights, bias in side for v in weights + [bias]]
+    results = set()
+    for threads in (1, 3):
+        batch = fastgrad.compile(loss, inputs=inputs, threads=threads)
+        outputs = batch.forward(rows)
+        for v in every:
+            v.grad = 0.0
+        batch.backward(1.0 / len(rows))
+        results.add((bytes(outputs), tuple(v.grad for v in every)))
+    assert len(results) == 1
+    batched = [v.grad for v in every]
+    eager = [loss_of([Value(x) for x in row]) for row in rows]
+    assert all(same_float(o, e.data) for o, e in zip(outputs, eager))
+    for v in every:
+        v.grad = 0.0
+    (sum(eager) * (1.0 / len(rows))).backward()
+    for got, v in zip(batched, every):
+        assert math.isclose(got, v.grad, rel_tol=1e-12, abs_tol=1e-15), (got, v.grad)
+
+
+def test_neurons_sharing_a_weight_give_the_same_bits_at_every_simd_width():
+    """Two neurons over the same inputs with one weight in common (and a neuron using a weight twice)."""
+    random.seed(4)
+    shared = Value(0.7)
+    other = [Value(random.uniform(-1, 1)) for _ in range(6)]
+    x1, x2 = Value(0.0), Value(0.0)
+    neurons = [other[0] + shared * x1 + other[1] * x2, other[2] + other[3] * x1 + shared * x2,
+               other[4] + other[5] * x1 + other[5] * x2]
+    loss = sum(n.tanh() for n in neurons)
+    rows = np.random.default_rng(4).uniform(-2, 2, size=(1000, 2))
+    results = set()
+    before = simd()
+    try:
+        for width in ("baseline", "avx2", "avx512"):
+            try:
+                choose_simd(width)
+            except ValueError:
+                continue
+            batch = fastgrad.compile(loss, inputs=[x1, x2])
+            for v in [shared] + other:
+                v.grad = 0.0
+            batch.forward_backward(rows)
+            results.add(tuple(v.grad for v in [shared] + other))
+    finally:
+        choose_simd(before)
+    assert len(results) == 1
+    eager = [sum(n.tanh() for n in [other[0] + shared * a + other[1] * b, other[2] + other[3] * a + shared * b,
+                                    other[4] + other[5] * a + other[5] * b]) for a, b in rows]
+    for v in [shared] + other:
+        v.grad = 0.0
+    sum(eager).backward()
+    assert all(math.isclose(got, v.grad, rel_tol=1e-12) for got, v in zip(results.pop(), [shared] + other))
+
+
+@pytest.mark.parametrize("count", [2, 34])
+def test_a_short_blocks_unused_lanes_reach_no_layers_grad(count):
+    """The lanes past the last row repeat it with a grad of 0: 0 * inf would make the weights' grads nan."""
+    w = [Value(0.5), Value(-1.5), Value(2.0), Value(0.25)]
+    b = [Value(0.1), Value(-0.2)]
+    x1, x2 = Value(0.0), Value(0.0)
+    loss = (b[0] + w[0] * x1 + w[1] * x2) + (b[1] + w[2] * x1 + w[3] * x2)     # two neurons, as Neuron sums
+    batch = fastgrad.compile(loss, inputs=[x1, x2])
+    rows = [[1.0, 2.0]] * (count - 1) + [[math.inf, 1.0]]
+    batch.forward(rows)
+    batch.backward()
+    assert [v.grad for v in w + b] == [math.inf, 2 * count - 1, math.inf, 2 * count - 1, count, count]
+
+
 @settings(max_examples=150, deadline=None)
 @given(recipe=recipe_strategy(leaf_numbers, operand_numbers, max_leaves=4),
        inputs_taken=st.integers(1, 4), rows=st.lists(st.lists(leaf_numbers, min_size=4, max_size=4),

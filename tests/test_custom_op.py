@@ -5,6 +5,7 @@ and the eager graph, which compile and the batched replay must give bit for bit.
 import gc
 import math
 import pickle
+import random
 import sys
 
 import pytest
@@ -167,6 +168,34 @@ def test_the_batched_replay_gives_the_same_bits_on_any_number_of_threads():
     for row in rows:
         sums = [s + g / len(rows) for s, g in zip(sums, eager_run(row, SHARED)[2])]
     assert all(math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-12) for got, want in zip(results[0][1], sums))
+
+
+def test_a_layer_between_custom_ops_gives_each_rows_eager_bits_and_grads():
+    """A micrograd MLP runs its neurons as layers: here its inputs and its output pass through a custom op."""
+    from fastgrad.micrograd.nn import MLP
+    cube = fastgrad.op("cube", lambda a: a ** 3, lambda a: 3 * a * a)
+    random.seed(3)
+    mlp = MLP(2, [5, 4, 1])
+
+    def loss_of(xs):
+        out = mlp([cube(x) for x in xs])
+        return cube(out) + out
+
+    inputs = [Value(0.0), Value(0.0)]
+    rows = rows_of(45)
+    for threads in (1, 3):
+        graph = fastgrad.compile(loss_of(inputs), inputs=inputs, threads=threads)
+        outputs = list(graph.forward(rows))
+        for p in mlp.parameters():
+            p.grad = 0.0
+        graph.backward(1.0)
+        batched = [p.grad for p in mlp.parameters()]
+        eager = [loss_of([Value(a), Value(b)]) for a, b in rows]
+        assert all(same_float(o, e.data) for o, e in zip(outputs, eager))
+        for p in mlp.parameters():
+            p.grad = 0.0
+        sum(eager).backward()
+        assert all(math.isclose(got, p.grad, rel_tol=1e-12, abs_tol=1e-15) for got, p in zip(batched, mlp.parameters()))
 
 
 def test_grad_without_create_graph_gives_backwards_bits_and_with_it_names_the_op():

@@ -40,23 +40,23 @@ FG_KERNEL void fg_dot_forward(const fg_lane_program *program, const int32_t *ter
     FG_EACH_LANE out[l] = total[l];
 }
 
-/* A shared leaf's grad from a block, folded into its 8 numbers past the block's grads (program->folded): every
-   eighth lane summed in lane order, then added once. A term then stores one vector instead of a block's, and
-   the folded grads lie together, where slots' 256-byte stride would put every weight's grad in a quarter of
-   L1's sets (perf: its load was the backward loop's hottest instruction then). The same order at every SIMD
-   width. The 8 numbers go through a local copy: added in place, GCC 12 left the whole fold scalar (the
-   backward pass 45% slower). */
-FG_KERNEL void fg_fold_into(double *folded, const double *block_grads) {
-    double part[8], sum[8];
+/* A shared leaf's grad from `count` lanes of a block, folded into its 8 numbers past the block's grads
+   (program->folded): each group of 8 lanes added in lane order, as fg_take_lane_sums then adds the lanes'. A term
+   then stores one vector instead of a block's, and the folded grads lie together, where slots' 256-byte stride
+   would put every weight's grad in a quarter of L1's sets (perf: its load was the backward loop's hottest
+   instruction then). The same order at every SIMD width, and for a block folded at once or in parts. The 8
+   numbers go through a local copy, by loops: added in place, GCC 12 left the whole fold scalar (the backward
+   pass 45% slower); copied by memcpy, it moved them 16 bytes at a time for AVX2, and each 32-byte load waited
+   on two stores (the AVX2 layer backward 3.5 times as slow). */
+FG_KERNEL void fg_fold_into(double *folded, const double *lanes, const int count) {
+    double sum[8];
     for (int i = 0; i < 8; i++)
-        part[i] = block_grads[i];
-    for (int group = 1; group < FG_LANES / 8; group++)
+        sum[i] = folded[i];
+    for (int group = 0; group < count / 8; group++)
         for (int i = 0; i < 8; i++)
-            part[i] += block_grads[group * 8 + i];
-    memcpy(sum, folded, sizeof sum);
+            sum[i] += lanes[group * 8 + i];
     for (int i = 0; i < 8; i++)
-        sum[i] += part[i];
-    memcpy(folded, sum, sizeof sum);
+        folded[i] = sum[i];
 }
 
 FG_KERNEL double *fg_folded(const fg_lane_program *program, double *grads, int32_t slot) {
@@ -83,7 +83,7 @@ FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *te
                 fg_mul_derivative(inner[l], 0.0, weight, x[l], 0.0, &dw[l], &dx);
                 x_grad[l] += dx;
             }
-            fg_fold_into(fg_folded(program, grads, terms[1 + 2 * j]), dw);
+            fg_fold_into(fg_folded(program, grads, terms[1 + 2 * j]), dw, FG_LANES);
         } else {
             double *w_grad = grads + (ptrdiff_t)terms[1 + 2 * j] * FG_LANES;
             FG_EACH_LANE {
@@ -94,9 +94,123 @@ FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *te
         }
     }
     if (fg_uniform(program, start))
-        fg_fold_into(fg_folded(program, grads, start), inner);
+        fg_fold_into(fg_folded(program, grads, start), inner, FG_LANES);
     else
         FG_EACH_LANE grads[(ptrdiff_t)start * FG_LANES + l] += inner[l];
+}
+
+/* A layer: k neurons over the same inputs, each sum made as fg_dot_forward makes it, with uniform starts and
+   weights. Its loops take `part` lanes of the block at a time, and the forward pass `neurons` sums side by side,
+   as many as the width's vector registers hold (FG_LANE_LOOPS): each x_j is loaded once for them, and their sums
+   are independent chains of adds, where one neuron's sum waits on each add before the next (perf: the moons
+   model's forward pass took 1.9 times its adds and multiplies at 2 a cycle as one DOT a neuron). */
+#define FG_MOST_NEURONS 4
+
+FG_KERNEL void fg_neurons_forward(const fg_lane_program *program, const int32_t *terms, int32_t first,
+                                  const int count, double *restrict out, const double *values, int lane0,
+                                  const int part) {
+    const int32_t n = terms[1];
+    const int32_t *x_slots = terms + 2;
+    const int32_t *neuron = terms + 2 + n + (ptrdiff_t)first * (n + 1);     /* start, w1, ..., wn */
+    double total[FG_MOST_NEURONS][FG_LANES];
+    for (int q = 0; q < count; q++) {
+        const double start = program->uniform_values[neuron[q * (n + 1)] - program->uniform_begin];
+        for (int l = 0; l < part; l++)
+            total[q][l] = start;
+    }
+    for (int32_t j = 0; j < n; j++) {
+        const double *x = values + (ptrdiff_t)x_slots[j] * FG_LANES + lane0;
+        for (int q = 0; q < count; q++) {
+            const double weight = program->uniform_values[neuron[q * (n + 1) + 1 + j] - program->uniform_begin];
+            for (int l = 0; l < part; l++) {
+                double product;
+                fg_mul_forward(weight, x[l], 0.0, &product);
+                fg_add_forward(total[q][l], product, 0.0, &total[q][l]);
+            }
+        }
+    }
+    for (int q = 0; q < count; q++)
+        for (int l = 0; l < part; l++)
+            out[(ptrdiff_t)(first + q) * FG_LANES + lane0 + l] = total[q][l];
+}
+
+FG_KERNEL void fg_layer_forward(const fg_lane_program *program, const int32_t *terms, double *restrict out,
+                                const double *values, const int part, const int neurons) {
+    const int32_t k = terms[0];
+    for (int lane0 = 0; lane0 < FG_LANES; lane0 += part) {
+        int32_t first = 0;
+        for (; first + neurons <= k; first += neurons)
+            fg_neurons_forward(program, terms, first, neurons, out, values, lane0, part);
+        for (; first < k; first++)
+            fg_neurons_forward(program, terms, first, 1, out, values, lane0, part);
+    }
+}
+
+FG_KERNEL void fg_layer_inputs_backward(const fg_lane_program *program, const int32_t *terms, const double *grad,
+                                        const double *values, double *grads, int lane0, const int part,
+                                        const int folds) {
+    /* Input by input: x_j's grad gathers every neuron's share in registers and is stored once, where neuron by
+       neuron it was loaded and stored k times (perf: those stores were the backward pass's hottest
+       instructions); last neuron first, as the eager graph's backward() adds them. Its weights' grads are
+       folded, or in a short block (no uniform slots: run_block) added lane by lane, as every slot's. */
+    const int32_t k = terms[0], n = terms[1];
+    const int32_t *x_slots = terms + 2;
+    const int32_t *neurons = terms + 2 + n;
+    for (int32_t j = 0; j < n; j++) {
+        const double *x = values + (ptrdiff_t)x_slots[j] * FG_LANES + lane0;
+        double *x_grad = grads + (ptrdiff_t)x_slots[j] * FG_LANES + lane0;
+        double sum[FG_LANES];
+        for (int l = 0; l < part; l++)
+            sum[l] = x_grad[l];
+        for (int32_t i = k - 1; i >= 0; i--) {
+            const double *inner = grad + (ptrdiff_t)i * FG_LANES + lane0;
+            const int32_t w = neurons[(ptrdiff_t)i * (n + 1) + 1 + j];
+            const double weight = program->uniform_values[w - program->uniform_begin];
+            double dw[FG_LANES], dx;
+            for (int l = 0; l < part; l++) {
+                fg_mul_derivative(inner[l], 0.0, weight, x[l], 0.0, &dw[l], &dx);
+                sum[l] += dx;
+            }
+            if (folds) {
+                fg_fold_into(fg_folded(program, grads, w), dw, part);
+            } else {
+                double *w_grad = grads + (ptrdiff_t)w * FG_LANES + lane0;
+                for (int l = 0; l < part; l++)
+                    w_grad[l] += dw[l];
+            }
+        }
+        for (int l = 0; l < part; l++)
+            x_grad[l] = sum[l];
+    }
+}
+
+FG_KERNEL void fg_layer_backward(const fg_lane_program *program, const int32_t *terms, double *grad,
+                                 const double *values, double *grads, const int part) {
+    /* A neuron's grad becomes 0.0 + its grad first, as in fg_dot_backward (grad, the k neurons' grads, is
+       scratch of this block); then the inputs' and weights' grads, then the starts'. */
+    const int32_t k = terms[0], n = terms[1];
+    const int32_t *neurons = terms + 2 + n;
+    const int folds = program->uniform_end > program->uniform_begin;
+    for (int32_t i = 0; i < k; i++) {
+        double *inner = grad + (ptrdiff_t)i * FG_LANES;
+        FG_EACH_LANE inner[l] = 0.0 + inner[l];
+    }
+    for (int lane0 = 0; lane0 < FG_LANES; lane0 += part) {
+        if (folds)               /* a copy of the loops each way (perf: the test in the loop cost 10%) */
+            fg_layer_inputs_backward(program, terms, grad, values, grads, lane0, part, 1);
+        else
+            fg_layer_inputs_backward(program, terms, grad, values, grads, lane0, part, 0);
+    }
+    for (int32_t i = k - 1; i >= 0; i--) {
+        const double *inner = grad + (ptrdiff_t)i * FG_LANES;
+        const int32_t start = neurons[(ptrdiff_t)i * (n + 1)];
+        if (folds) {
+            fg_fold_into(fg_folded(program, grads, start), inner, FG_LANES);
+        } else {
+            double *start_grad = grads + (ptrdiff_t)start * FG_LANES;
+            FG_EACH_LANE start_grad[l] += inner[l];
+        }
+    }
 }
 
 /* The loops read the program through a copy of its header on their own stack: Python's headers make the build
@@ -106,7 +220,8 @@ FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *te
     const fg_lane_program local_program = *(program); \
     program = &local_program
 
-FG_KERNEL fg_lane_failure fg_lanes_forward_body(const fg_lane_program *program, double *values) {
+FG_KERNEL fg_lane_failure fg_lanes_forward_body(const fg_lane_program *program, double *values, const int part,
+                                                const int neurons) {
     fg_lane_failure failure = {-1, 0, FG_OK};
     FG_LOCAL_PROGRAM(program);
     for (ptrdiff_t i = 0; i < program->instructions; i++) {
@@ -118,6 +233,9 @@ FG_KERNEL fg_lane_failure fg_lanes_forward_body(const fg_lane_program *program, 
         switch (ins.op) {
         case FG_LANE_DOT:
             fg_dot_forward(program, program->terms + ins.b, a, out, values);
+            break;
+        case FG_LANE_LAYER:
+            fg_layer_forward(program, program->terms + ins.b, out, values, part, neurons);
             break;
 #define FG_FORWARD_LANES(code, kernel) \
         case code: FG_EACH_LANE refused |= kernel##_forward(a[l], b[l], b[l], &out[l]) != FG_OK; break;
@@ -142,7 +260,8 @@ FG_KERNEL fg_lane_failure fg_lanes_forward_body(const fg_lane_program *program, 
     return failure;
 }
 
-FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const double *values, double *grads) {
+FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const double *values, double *grads,
+                                      const int part) {
     FG_LOCAL_PROGRAM(program);
     for (ptrdiff_t i = program->instructions - 1; i >= 0; i--) {
         const fg_lane_instruction ins = program->code[i];
@@ -156,13 +275,20 @@ FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const doub
         case FG_LANE_DOT:
             fg_dot_backward(program, program->terms + ins.b, ins.a, grad, values, grads);
             break;
+        case FG_LANE_LAYER:
+            fg_layer_backward(program, program->terms + ins.b, grads + (ptrdiff_t)ins.out * FG_LANES, values, grads,
+                              part);
+            break;
+/* A one-child op's b is the scratch slot (or an exponent's): its grad is not added to, which saved a load and a
+   store a lane for each neuron's relu. */
 #define FG_BACKWARD_LANES(code, kernel) \
         case code: \
             FG_EACH_LANE { \
                 double da = 0.0, db = 0.0; \
                 kernel##_derivative(grad[l], out[l], a[l], b[l], b[l], &da, &db); \
                 a_grad[l] += da; \
-                b_grad[l] += db; \
+                if (fg_facts(code).arity == 2) \
+                    b_grad[l] += db; \
             } \
             break;
         FG_KERNEL_OPS(FG_BACKWARD_LANES)
@@ -192,14 +318,20 @@ FG_KERNEL void fg_take_lane_sums_body(double *slots, double *folded, ptrdiff_t c
 
 /* One copy of the loops per width. GCC and Clang compile a function for the target its attribute names; the
    inline bodies and kernels are compiled into it. Elsewhere (MSVC, other architectures) the baseline only:
-   SSE2 on x86-64, NEON on aarch64, both 2 doubles wide. */
-#define FG_LANE_LOOPS(suffix, attribute) \
+   SSE2 on x86-64, NEON on aarch64, both 2 doubles wide. A layer's loops take part of a block's lanes at a time
+   (backward: a multiple of 8, for the folds), and its forward pass sums a few neurons side by side, as the
+   width's registers hold them. Measured on a layer of 16 x 16 (a 2-core Xeon): taken whole, AVX2's backward
+   spilled its sums to the stack and took 3.5 times AVX-512's time; with these parts AVX2 takes 1.4 times and
+   SSE2 2.1 times. */
+#define FG_LANE_LOOPS(suffix, attribute, forward_part, neurons, backward_part) \
     attribute static fg_lane_failure fg_lanes_forward_##suffix(const fg_lane_program *program, double *values) { \
-        return fg_lanes_forward_body(program, values); \
+        FG_STATIC_ASSERT(FG_LANES % (forward_part) == 0 && (neurons) <= FG_MOST_NEURONS); \
+        FG_STATIC_ASSERT(FG_LANES % (backward_part) == 0 && (backward_part) % 8 == 0); \
+        return fg_lanes_forward_body(program, values, forward_part, neurons); \
     } \
     attribute static void fg_lanes_backward_##suffix(const fg_lane_program *program, const double *values, \
                                                      double *grads) { \
-        fg_lanes_backward_body(program, values, grads); \
+        fg_lanes_backward_body(program, values, grads, backward_part); \
     } \
     attribute static void fg_take_lane_sums_##suffix(double *slots, double *folded, ptrdiff_t count, \
                                                      double *sums) { \
@@ -208,10 +340,10 @@ FG_KERNEL void fg_take_lane_sums_body(double *slots, double *folded, ptrdiff_t c
     static const fg_lane_loops fg_lane_loops_##suffix = { \
         #suffix, fg_lanes_forward_##suffix, fg_lanes_backward_##suffix, fg_take_lane_sums_##suffix};
 
-FG_LANE_LOOPS(baseline, )
+FG_LANE_LOOPS(baseline, , 8, 2, 16)
 #if FG_X86_TARGETS
-FG_LANE_LOOPS(avx2, __attribute__((target("avx2"))))
-FG_LANE_LOOPS(avx512, __attribute__((target(FG_AVX512_TARGET))))
+FG_LANE_LOOPS(avx2, __attribute__((target("avx2"))), 8, 4, 16)
+FG_LANE_LOOPS(avx512, __attribute__((target(FG_AVX512_TARGET))), 32, FG_MOST_NEURONS, 32)
 #endif
 
 FG_HIDDEN const fg_lane_loops *fg_lane_loops_for(const char *wanted) {

@@ -17,21 +17,25 @@
    less, and 16 lanes 2.3 times as long (GCC 12 vectorises those loops far worse). */
 #define FG_LANES 32
 
-/* The batched program's own op beside ops.h's: a neuron's sum, start + w1*x1 + ... + wn*xn. */
+/* The batched program's own ops beside ops.h's: a neuron's sum, start + w1*x1 + ... + wn*xn; and a layer,
+   the sums of k neurons over the same n inputs whose starts and weights are all uniform slots. */
 #define FG_LANE_DOT 31
+#define FG_LANE_LAYER 32
 
 typedef struct {
-    int32_t op;        /* an fg_op with kernels, FG_CUSTOM (data given: nothing to compute), or FG_LANE_DOT;
+    int32_t op;        /* an fg_op with kernels, FG_CUSTOM (data given: nothing to compute), FG_LANE_DOT or
+                          FG_LANE_LAYER;
                           FG_PYTHON (a custom op's) is never run here: the caller runs the loops on the slices
                           of the program between such instructions, and those itself (batched.pyx) */
-    int32_t out;       /* the slot it computes */
+    int32_t out;       /* the slot it computes; LAYER: the first of its k consecutive slots */
     int32_t a;         /* its first child's slot; DOT: the sum's start */
-    int32_t b;         /* its second child's slot (x ** k: k's, one child: a scratch slot); DOT: its terms */
+    int32_t b;         /* its second child's slot (x ** k: k's, one child: a scratch slot); DOT, LAYER: its terms */
 } fg_lane_instruction;
 
 typedef struct {
     const fg_lane_instruction *code;
-    const int32_t *terms;            /* per DOT: n, then w1, x1, ..., wn, xn (slots) */
+    const int32_t *terms;            /* per DOT: n, then w1, x1, ..., wn, xn (slots); per LAYER: k, n, then
+                                        x1, ..., xn, then per neuron its start, w1, ..., wn */
     ptrdiff_t instructions;
     int32_t uniform_begin, uniform_end;   /* slots whose lanes all hold one number (shared, given) */
     /* Those numbers once each, contiguous: a neuron's weights read from here take a few cache lines, not one

@@ -106,6 +106,31 @@ static inline int fg_lowest_bit(unsigned long long word) {
 #define fg_prefault(p, n) ((void)0)
 #endif
 
+/* What a batched pass's threads share without the GIL: the next chunk to take, whether to stop, how many are
+   still working. fg_atomic_add returns the value before. The last worker's add releases what it computed, and
+   the load that sees it acquires it, so the caller may read the chunks' sums without a lock. fg_spin_pause
+   tells the CPU a loop is waiting (and the other hyperthread may have the core). */
+#if defined(_MSC_VER)
+#include <intrin.h>
+static inline ptrdiff_t fg_atomic_add(ptrdiff_t *p, ptrdiff_t n) {
+    return (ptrdiff_t)_InterlockedExchangeAdd64((volatile long long *)p, n);
+}
+static inline ptrdiff_t fg_atomic_load(ptrdiff_t *p) { return (ptrdiff_t)_InterlockedOr64((volatile long long *)p, 0); }
+static inline void fg_atomic_store(ptrdiff_t *p, ptrdiff_t v) { _InterlockedExchange64((volatile long long *)p, v); }
+#define fg_spin_pause() YieldProcessor()
+#else
+static inline ptrdiff_t fg_atomic_add(ptrdiff_t *p, ptrdiff_t n) { return __atomic_fetch_add(p, n, __ATOMIC_ACQ_REL); }
+static inline ptrdiff_t fg_atomic_load(ptrdiff_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+static inline void fg_atomic_store(ptrdiff_t *p, ptrdiff_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+#if defined(__x86_64__) || defined(__i386__)
+#define fg_spin_pause() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define fg_spin_pause() __asm__ __volatile__("yield")
+#else
+#define fg_spin_pause() ((void)0)
+#endif
+#endif
+
 /* Seconds on a monotonic clock: GetTickCount64 on Windows (steps of 10 to 16 ms, which the one-second staleness
    of empty slabs does not mind), clock_gettime on Linux and macOS (10.12 and later: every macOS wheel). */
 #if defined(_WIN32)
