@@ -402,7 +402,7 @@ cdef inline Value plain_node():
     """A new node without a GC header, every field zeroed: op LEAF, no children, grad 0.0. What Value.__new__(Value)
     makes, with the slab's fast path inline instead of behind Cython's tp_new and the tp_alloc slot (a third of
     the cost of a node that grad(create_graph=True) makes)."""
-    cdef unsigned int slab
+    cdef unsigned int slab = 0          # set by slab_node; 0 keeps gcc from warning it may not be
     cdef Value n
     if not use_slabs:
         return Value.__new__(Value)
