@@ -694,7 +694,7 @@ cdef class BatchedGraph(Recording):
     cdef fg_lane_failure forward_calling(self, Py_ssize_t worker, const fg_lane_program* program, double* values,
                                          Py_ssize_t lanes) noexcept nogil:
         cdef fg_lane_program part = program[0]
-        cdef fg_lane_failure failure
+        cdef fg_lane_failure failure = fg_lane_failure(-1, 0, ops.OK)
         cdef Py_ssize_t call, end, begin = 0
         for call in range(self.calls + 1):
             end = self.lane_calls[call] if call < self.calls else program.instructions
@@ -717,7 +717,7 @@ cdef class BatchedGraph(Recording):
         """Every call's derivatives for the block first (nothing is added if one raises), then the loops between
         the calls, last first, each call's grad times its derivatives into its inputs' grads, in their order."""
         cdef fg_lane_program part = program[0]
-        cdef fg_lane_failure failure
+        cdef fg_lane_failure failure = fg_lane_failure(-1, 0, ops.OK)
         cdef Py_ssize_t call, k, l, n, end = program.instructions
         cdef double* slopes = (<double*>values) + self.block_doubles() - self.slope_words
         cdef const double* g
@@ -726,7 +726,7 @@ cdef class BatchedGraph(Recording):
         cdef const int32_t* inputs
         with gil:
             for call in range(self.calls):
-                failure = self.call_lanes(worker, call, values, slopes, lanes)
+                failure = self.call_lanes(worker, call, <double*>values, slopes, lanes)   # reads values: slopes is given
                 if failure.instruction >= 0:
                     return failure
         for call in range(self.calls - 1, -1, -1):

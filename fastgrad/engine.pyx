@@ -56,7 +56,7 @@ cdef extern from "Python.h":
     ctypedef int (*inquiry)(PyObject*) noexcept
     ctypedef PyObject* (*allocfunc)(PyTypeObject*, Py_ssize_t) noexcept
     ctypedef PyObject* (*newfunc)(PyTypeObject*, PyObject*, PyObject*) noexcept
-    ctypedef PyObject* (*vectorcallfunc)(PyObject*, PyObject** args, size_t, PyObject*) noexcept
+    ctypedef PyObject* (*vectorcallfunc)(PyObject*, PyObject* const* args, size_t, PyObject*) noexcept
     Py_ssize_t vectorcall_nargs "PyVectorcall_NARGS" (size_t)
     ctypedef struct TypeSlots "PyTypeObject":
         unsigned long tp_flags
@@ -1181,7 +1181,7 @@ cdef bint gives_children_or_op(PyObject* args, PyObject* kwds) noexcept:
     return not (is_empty(children) and is_empty(op))
 
 
-cdef bint vector_gives_children_or_op(PyObject** args, Py_ssize_t count, PyObject* names) noexcept:
+cdef bint vector_gives_children_or_op(PyObject* const* args, Py_ssize_t count, PyObject* names) noexcept:
     """gives_children_or_op for a vectorcall: count positional arguments, then one for each name."""
     if count <= 1 and names == NULL:                 # Value(number): a leaf, the common call
         return False
@@ -1221,7 +1221,7 @@ cdef PyObject* new_value(PyTypeObject* type, PyObject* args, PyObject* kwds) noe
     return node
 
 
-cdef PyObject* call_value(PyObject* type, PyObject** args, size_t flags, PyObject* names) noexcept:
+cdef PyObject* call_value(PyObject* type, PyObject* const* args, size_t flags, PyObject* names) noexcept:
     """tp_vectorcall: Value(...) from Python, as new_value decides."""
     global making_by_hand
     making_by_hand = vector_gives_children_or_op(args, vectorcall_nargs(flags), names)
