@@ -21,5 +21,5 @@ from fastgrad.batched import BatchedGraph
 from fastgrad.replay import CompiledGraph, compile
 from fastgrad.viz import draw_dot, trace
 
-__all__ = ["Value", "op", "CustomOp", "grad", "compile", "CompiledGraph", "BatchedGraph", "Module", "Neuron", "Layer", "MLP", "trace",
-           "draw_dot", "install_as_micrograd", "optim", "losses", "save", "load", "__version__"]
+__all__ = ["Value", "op", "CustomOp", "grad", "compile", "CompiledGraph", "BatchedGraph", "Module", "Neuron", "Layer",
+           "MLP", "trace", "draw_dot", "install_as_micrograd", "optim", "losses", "save", "load", "__version__"]

@@ -219,7 +219,7 @@ cdef class BatchedGraph(Recording):
     # -- laying the recording out for lanes
 
     cdef int lay_out_lanes(self, inputs, threads) except -1:
-        cdef Py_ssize_t i, j, n, k, q, m, slot, lane, term, call, out, neuron
+        cdef Py_ssize_t i, j, n, k, q, m, slot, lane, term, call, out, neuron, params
         cdef uint32_t word
         cdef int op
         cdef int32_t* lane_of
@@ -317,10 +317,10 @@ cdef class BatchedGraph(Recording):
                         self.lane_terms[term + 2 + m] = lane_of[x_slots[m]]
                     for q in range(k):
                         neuron = neurons[q]
-                        slot = term + 2 + n + q * (n + 1)
-                        self.lane_terms[slot] = lane_of[self.code[neuron] >> OP_BITS]
+                        params = term + 2 + n + q * (n + 1)                 # its start, then its weights
+                        self.lane_terms[params] = lane_of[self.code[neuron] >> OP_BITS]
                         for m in range(n):
-                            self.lane_terms[slot + 1 + m] = lane_of[self.terms[self.second[neuron] + 1 + 2 * m]]
+                            self.lane_terms[params + 1 + m] = lane_of[self.terms[self.second[neuron] + 1 + 2 * m]]
                         lane_of[ends[neuron] - 1] = <int32_t>(out + q)      # the sum's top
                     self.lane_code[j] = fg_lane_instruction(FG_LANE_LAYER, <int32_t>out, 0, <int32_t>term)
                     self.lane_nodes[j] = <int32_t>(ends[neurons[0]] - 1)
@@ -725,8 +725,8 @@ cdef class BatchedGraph(Recording):
         cdef const double* slope
         cdef const int32_t* inputs
         with gil:
-            for call in range(self.calls):
-                failure = self.call_lanes(worker, call, <double*>values, slopes, lanes)   # reads values: slopes is given
+            for call in range(self.calls):             # given slopes, call_lanes only reads values
+                failure = self.call_lanes(worker, call, <double*>values, slopes, lanes)
                 if failure.instruction >= 0:
                     return failure
         for call in range(self.calls - 1, -1, -1):
@@ -866,7 +866,7 @@ cdef class BatchedGraph(Recording):
         raise type(error)(f"{error} ({where})")
 
     cdef Value node_of(self, Py_ssize_t instruction):
-        """The node a lane instruction computes (a DOT: its sum's top)."""
+        """The node a lane instruction computes (a DOT: its sum's top; a LAYER: its first neuron's)."""
         return <Value>self.nodes[self.lane_nodes[instruction]]
 
 

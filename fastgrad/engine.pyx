@@ -956,7 +956,8 @@ def rebuild_graph(int format, list entries):
         op, a, b, int_flag = (pickled_index(op_field), pickled_index(a_field), pickled_index(b_field),
                               pickled_index(int_flag_field))
         constant = real_number(constant_field, "a pickled exponent")
-        if not (0 <= op < ops.OP_COUNT and op != ops.PYTHON and -1 <= a < len(nodes) and -1 <= b < len(nodes) and not a < 0 <= b
+        if not (0 <= op < ops.OP_COUNT and op != ops.PYTHON
+                and -1 <= a < len(nodes) and -1 <= b < len(nodes) and not a < 0 <= b
                 and ops.op_facts(op).arity in (-1, (a >= 0) + (b >= 0))
                 and (op == ops.CUSTOM) == (custom_op is not None)        # a CUSTOM node's _op is its own
                 and int_flag in (0, 1) and (not int_flag or op == ops.POW_CONST and spelled_as_int(constant))):

@@ -97,6 +97,22 @@ leaf_numbers = st.one_of(
 operand_numbers = st.one_of(st.integers(-3, 3), st.sampled_from([0.5, -0.5, 1.5, 2.0, -1.0, 0.0]), st.floats(-4, 4))
 
 
+def simd_widths():
+    """Choose each SIMD width of the batched replay's lane loops this CPU runs, in turn, yielding its name; the
+    width chosen before is chosen again after."""
+    from fastgrad.batched import choose_simd, simd
+    before = simd()
+    try:
+        for width in ("baseline", "avx2", "avx512"):
+            try:
+                choose_simd(width)
+            except ValueError:
+                continue                       # not on this CPU
+            yield width
+    finally:
+        choose_simd(before)
+
+
 def step_strategy(operands, unary=UNARY_OPS):
     """One recipe step: an op on nodes of the pool, or on a node and a number drawn from operands.
 

@@ -13,10 +13,9 @@ from hypothesis import strategies as st
 
 import fastgrad
 from fastgrad import Value, moons, optim
-from fastgrad.batched import choose_simd, simd
 from fastgrad.micrograd.nn import MLP
 from support import (apply_step, leaf_numbers, operand_numbers, readme_code, recipe_strategy, run_python,
-                     same_float, under_address_sanitizer)
+                     same_float, simd_widths, under_address_sanitizer)
 
 np = pytest.importorskip("numpy")
 
@@ -133,33 +132,29 @@ def test_neurons_sharing_a_weight_give_the_same_bits_at_every_simd_width():
     random.seed(4)
     shared = Value(0.7)
     other = [Value(random.uniform(-1, 1)) for _ in range(6)]
-    x1, x2 = Value(0.0), Value(0.0)
-    neurons = [other[0] + shared * x1 + other[1] * x2, other[2] + other[3] * x1 + shared * x2,
-               other[4] + other[5] * x1 + other[5] * x2]
-    loss = sum(n.tanh() for n in neurons)
+    leaves = [shared] + other
+
+    def loss_of(x1, x2):
+        neurons = [other[0] + shared * x1 + other[1] * x2, other[2] + other[3] * x1 + shared * x2,
+                   other[4] + other[5] * x1 + other[5] * x2]
+        return sum(n.tanh() for n in neurons)
+
+    inputs = [Value(0.0), Value(0.0)]
+    loss = loss_of(*inputs)
     rows = np.random.default_rng(4).uniform(-2, 2, size=(1000, 2))
     results = set()
-    before = simd()
-    try:
-        for width in ("baseline", "avx2", "avx512"):
-            try:
-                choose_simd(width)
-            except ValueError:
-                continue
-            batch = fastgrad.compile(loss, inputs=[x1, x2])
-            for v in [shared] + other:
-                v.grad = 0.0
-            batch.forward_backward(rows)
-            results.add(tuple(v.grad for v in [shared] + other))
-    finally:
-        choose_simd(before)
+    for _ in simd_widths():
+        batch = fastgrad.compile(loss, inputs=inputs)
+        for v in leaves:
+            v.grad = 0.0
+        batch.forward_backward(rows)
+        results.add(tuple(v.grad for v in leaves))
     assert len(results) == 1
-    eager = [sum(n.tanh() for n in [other[0] + shared * a + other[1] * b, other[2] + other[3] * a + shared * b,
-                                    other[4] + other[5] * a + other[5] * b]) for a, b in rows]
-    for v in [shared] + other:
+    eager = [loss_of(Value(a), Value(b)) for a, b in rows]
+    for v in leaves:
         v.grad = 0.0
     sum(eager).backward()
-    assert all(math.isclose(got, v.grad, rel_tol=1e-12) for got, v in zip(results.pop(), [shared] + other))
+    assert all(math.isclose(got, v.grad, rel_tol=1e-12) for got, v in zip(results.pop(), leaves))
 
 
 @pytest.mark.parametrize("count", [2, 34])
@@ -263,21 +258,13 @@ def test_the_same_bits_for_any_thread_count_and_simd_width():
     model, loss, inputs = moons_sample()
     rows = moons_rows(20_000, seed=5)
     results = set()
-    before = simd()
-    try:
-        for width in ("baseline", "avx2", "avx512"):
-            try:
-                choose_simd(width)
-            except ValueError:
-                continue                       # not on this CPU
-            for threads in (1, 2, 3, 7):
-                batch = fastgrad.compile(loss, inputs=inputs, threads=threads)
-                outputs = bytes(batch.forward(rows))
-                zero(model)
-                batch.backward(1.0 / len(rows))
-                results.add((outputs, tuple(grads_of(model))))
-    finally:
-        choose_simd(before)
+    for _ in simd_widths():
+        for threads in (1, 2, 3, 7):
+            batch = fastgrad.compile(loss, inputs=inputs, threads=threads)
+            outputs = bytes(batch.forward(rows))
+            zero(model)
+            batch.backward(1.0 / len(rows))
+            results.add((outputs, tuple(grads_of(model))))
     assert len(results) == 1
 
 

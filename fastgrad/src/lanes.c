@@ -63,6 +63,14 @@ FG_KERNEL double *fg_folded(const fg_lane_program *program, double *grads, int32
     return grads + program->folded + (ptrdiff_t)(slot - program->uniform_begin) * 8;
 }
 
+/* A slot's grad from a block: folded if the slot is uniform, else lane by lane (in a short block, every slot). */
+FG_KERNEL void fg_add_to_grad(const fg_lane_program *program, double *grads, int32_t slot, const double *lanes) {
+    if (fg_uniform(program, slot))
+        fg_fold_into(fg_folded(program, grads, slot), lanes, FG_LANES);
+    else
+        FG_EACH_LANE grads[(ptrdiff_t)slot * FG_LANES + l] += lanes[l];
+}
+
 FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *terms, int32_t start,
                                const double *grad, const double *values, double *grads) {
     /* The eager graph's order, as the plain replay runs it: from the top term down, each product's grad into
@@ -93,10 +101,7 @@ FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *te
             }
         }
     }
-    if (fg_uniform(program, start))
-        fg_fold_into(fg_folded(program, grads, start), inner, FG_LANES);
-    else
-        FG_EACH_LANE grads[(ptrdiff_t)start * FG_LANES + l] += inner[l];
+    fg_add_to_grad(program, grads, start, inner);
 }
 
 /* A layer: k neurons over the same inputs, each sum made as fg_dot_forward makes it, with uniform starts and
@@ -201,16 +206,8 @@ FG_KERNEL void fg_layer_backward(const fg_lane_program *program, const int32_t *
         else
             fg_layer_inputs_backward(program, terms, grad, values, grads, lane0, part, 0);
     }
-    for (int32_t i = k - 1; i >= 0; i--) {
-        const double *inner = grad + (ptrdiff_t)i * FG_LANES;
-        const int32_t start = neurons[(ptrdiff_t)i * (n + 1)];
-        if (folds) {
-            fg_fold_into(fg_folded(program, grads, start), inner, FG_LANES);
-        } else {
-            double *start_grad = grads + (ptrdiff_t)start * FG_LANES;
-            FG_EACH_LANE start_grad[l] += inner[l];
-        }
-    }
+    for (int32_t i = k - 1; i >= 0; i--)
+        fg_add_to_grad(program, grads, neurons[(ptrdiff_t)i * (n + 1)], grad + (ptrdiff_t)i * FG_LANES);
 }
 
 /* The loops read the program through a copy of its header on their own stack: Python's headers make the build
