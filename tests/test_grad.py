@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 import fastgrad
 from fastgrad import Value, grad, trace
-from support import (ALL_UNARY_OPS, apply_step, leaf_numbers, operand_numbers, readme_code, recipe_strategy,
-                     run_python, same_float)
+from support import (ALL_UNARY_OPS, apply_step, leaf_numbers, operand_numbers, pick, readme_code,
+                     recipe_strategy, run_python, same_float)
 
 try:
     import torch
@@ -362,6 +362,16 @@ smooth_recipes = recipe_strategy(
     max_leaves=3, max_steps=8, unary=ALL_UNARY_OPS)
 
 
+@pytest.mark.xfail(strict=True, reason="known bug: Value ** Value's derivative in its base is made as the constant "
+                   "0 where the exponent is exactly 0 (as backward() computes it), which loses its own derivative in "
+                   "the exponent")
+def test_a_power_whose_exponent_is_zero_loses_its_second_derivative():
+    x0, x1 = Value(1.0), Value(1.0)
+    f = x1 ** (x0 - x1)       # d/dx1 = (x0 - x1) * x1 ** (x0 - x1 - 1) - f * log(x1): its d/dx0 is 1 at (1, 1)
+    (slope,) = grad(f, [x1], create_graph=True)
+    assert math.isclose(grad(slope, [x0])[0], 1.0)
+
+
 @settings(max_examples=200, deadline=None)
 @given(recipe=smooth_recipes)
 def test_second_derivatives_are_the_finite_differences_of_the_first(recipe):
@@ -369,6 +379,9 @@ def test_second_derivatives_are_the_finite_differences_of_the_first(recipe):
     assume(not any(step[0] == "unary" and step[1] in ("relu", "abs") for step in steps))   # no kink
     leaves, pool, kept = build(recipe)
     assume(len(kept) == len(steps) and all(abs(v.data) < 1e3 for v in pool))
+    # A known bug, tested on its own (test_a_power_whose_exponent_is_zero_loses_its_second_derivative)
+    assume(not any(step[:2] == ("values", "**") and pick(pool[:len(numbers) + s], step[3]).data == 0.0
+                   for s, step in enumerate(steps)))
     try:
         hessian = [grad(g, leaves) for g in grad(pool[-1], leaves, create_graph=True)]
     except (ArithmeticError, ValueError):
