@@ -644,8 +644,8 @@ cdef int derivative_values(_Sweep s, PyObject* g, PyObject* out, Py_ssize_t pa, 
     s.registers[<int>ops.R_OUT] = out
     s.registers[<int>ops.R_A] = (<Value>out).child_a
     s.registers[<int>ops.R_B] = b                      # NULL for a one-child op, whose steps do not read it
-    ops.derivative_ops((<Value>out).op, (<Value>(<Value>out).child_a).value, 0.0 if b == NULL else (<Value>b).value,
-                       (<Value>out).constant, &da, &db)
+    ops.derivative_ops((<Value>out).op, (<Value>g).value, (<Value>(<Value>out).child_a).value,
+                       0.0 if b == NULL else (<Value>b).value, (<Value>out).constant, &da, &db)
     if pa != NONE:
         add_derivative(s, pa, da, <Value>out)
     if pb != NONE:

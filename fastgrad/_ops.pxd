@@ -127,8 +127,8 @@ cdef extern from "ops.h" nogil:
         int steps
         Step step[5]
         unsigned char result
-    void derivative_ops "fg_derivative_ops" (int op, double a, double b, double k, const DerivativeSteps** da,
-                                             const DerivativeSteps** db) noexcept
+    void derivative_ops "fg_derivative_ops" (int op, double g, double a, double b, double k,
+                                             const DerivativeSteps** da, const DerivativeSteps** db) noexcept
 
 
 cdef inline object op_error(Status status):

@@ -246,12 +246,33 @@ TORCH_UNARY = {} if torch is None else {
 assert torch is None or set(TORCH_UNARY) == set(ALL_UNARY_OPS)
 
 
+class TorchPower(torch.autograd.Function if torch else object):
+    """a ** b, its derivative in a written out as b * a ** (b - 1) * g, so that it keeps its derivative in b
+    where b is 0. PyTorch's own pow takes it as where(b == 0, 0, ...), flat in b: its third derivative of x ** x
+    at 1 is 2, not 3. Only where that product is not finite (0 ** 0) is the slope in a a constant 0."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        ctx.save_for_backward(a, b)
+        return a ** b
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        flat = (b == 0) & ~(torch.isfinite(g) & torch.isfinite(a) & torch.isfinite(1 / a))
+        in_base = torch.where(flat, torch.zeros_like(g), b * TorchPower.apply(a, b - 1) * g)
+        in_exponent = g * torch.where((a == 0) & (b >= 0), torch.zeros_like(g), TorchPower.apply(a, b) * torch.log(a))
+        return in_base, in_exponent
+
+
 def torch_program(numbers, kept):
     leaves = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in numbers]
     pool = list(leaves)
     for kind, op, *operands in kept:
         if kind == "unary":
             pool.append(TORCH_UNARY[op](pool[-1 - operands[0] % len(pool)]))
+        elif (kind, op) == ("values", "**"):
+            pool.append(TorchPower.apply(pick(pool, operands[0]), pick(pool, operands[1])))
         else:
             pool.append(apply_step((kind, op, *operands), pool))
     return leaves, pool[-1]
@@ -362,14 +383,27 @@ smooth_recipes = recipe_strategy(
     max_leaves=3, max_steps=8, unary=ALL_UNARY_OPS)
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: Value ** Value's derivative in its base is made as the constant "
-                   "0 where the exponent is exactly 0 (as backward() computes it), which loses its own derivative in "
-                   "the exponent")
-def test_a_power_whose_exponent_is_zero_loses_its_second_derivative():
-    x0, x1 = Value(1.0), Value(1.0)
-    f = x1 ** (x0 - x1)       # d/dx1 = (x0 - x1) * x1 ** (x0 - x1 - 1) - f * log(x1): its d/dx0 is 1 at (1, 1)
-    (slope,) = grad(f, [x1], create_graph=True)
-    assert math.isclose(grad(slope, [x0])[0], 1.0)
+def test_a_power_keeps_its_derivative_in_the_exponent_where_the_exponent_is_zero():
+    # f = c * x1 ** (x0 - 1) at x0 = 1: df/dx1 = c * b * x1 ** (b - 1) is 0 there, but its d/dx0 is c / x1
+    # (for a base below 0, d/db is nan: a ** b is real at whole b only)
+    for base in (1.0, 2.5, 0.25, 1e300, -3.0):
+        for c in (1.0, -2.0):
+            x0, x1 = Value(1.0), Value(base)
+            f = c * x1 ** (x0 - 1.0)
+            (slope,) = grad(f, [x1], create_graph=True)
+            f.backward()
+            assert same_float(slope.data, x1.grad) and same_float(slope.data, 0.0)    # not -0.0
+            if base < 0:
+                continue
+            mixed, pure = grad(slope, [x0, x1])
+            assert math.isclose(mixed, c / base, rel_tol=1e-15) and pure == 0.0
+            assert math.isclose(grad(grad(f, [x0], create_graph=True)[0], [x1])[0], mixed, rel_tol=1e-15)
+
+
+def test_a_power_of_a_zero_base_and_a_zero_exponent_has_a_flat_slope_in_its_base():
+    x0, x1 = Value(1.0), Value(0.0)     # 0 ** b: its mixed second derivative 1 / x1 is infinite at 0
+    (slope,) = grad(x1 ** (x0 - 1.0), [x1], create_graph=True)
+    assert same_float(slope.data, 0.0) and grad(slope, [x0, x1]) == [0.0, 0.0]
 
 
 @settings(max_examples=200, deadline=None)
@@ -379,9 +413,6 @@ def test_second_derivatives_are_the_finite_differences_of_the_first(recipe):
     assume(not any(step[0] == "unary" and step[1] in ("relu", "abs") for step in steps))   # no kink
     leaves, pool, kept = build(recipe)
     assume(len(kept) == len(steps) and all(abs(v.data) < 1e3 for v in pool))
-    # A known bug, tested on its own (test_a_power_whose_exponent_is_zero_loses_its_second_derivative)
-    assume(not any(step[:2] == ("values", "**") and pick(pool[:len(numbers) + s], step[3]).data == 0.0
-                   for s, step in enumerate(steps)))
     try:
         hessian = [grad(g, leaves) for g in grad(pool[-1], leaves, create_graph=True)]
     except (ArithmeticError, ValueError):

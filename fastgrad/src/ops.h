@@ -8,7 +8,7 @@
                                                   and then leaves out as it was;
      fg_<op>_derivative(g, out, a, b, k, &da, &db)  what the node's grad g adds to each child's grad (db only
                                                   for two-child ops), given the node's data `out`;
-     fg_<op>_derivative_ops(a, b, k, &da, &db)    the same derivative as steps of ops (see "Derivatives as
+     fg_<op>_derivative_ops(g, a, b, k, &da, &db)  the same derivative as steps of ops (see "Derivatives as
                                                   ops"), which grad(create_graph=True) builds into nodes.
    Adding an op: its code in fg_op and its row in fg_facts' table, its three kernels, its entry in
    FG_KERNEL_OPS (at the end), and a method on Value (engine.pyx).
@@ -113,8 +113,8 @@ typedef enum {
 /* Derivatives as ops. grad(create_graph=True) (_grad.pyx) needs each derivative as nodes, so that it can be
    differentiated again: beside each derivative kernel, the same formula as a few steps, each one op on
    registers, which the builder makes into one node each with that op's own kernels, in order. The same
-   operations in the same order give the derivative kernel's bits. fg_<op>_derivative_ops(a, b, k, &da, &db)
-   points da and db at the steps for each child (the children's data and k choose between forms where the kernel
+   operations in the same order give the derivative kernel's bits. fg_<op>_derivative_ops(g, a, b, k, &da, &db)
+   points da and db at the steps for each child (the numbers g, a, b and k choose between forms where the kernel
    branches on them). */
 typedef enum {
     FG_R_NONE,        /* no steps: the kernel adds 0.0 to that child's grad (its derivative is 0 there) */
@@ -162,9 +162,9 @@ FG_KERNEL void fg_add_derivative(double g, double out, double a, double b, doubl
     *da = g;
     *db = g;
 }
-FG_KERNEL void fg_add_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                     const fg_derivative_steps **db) {
-    (void)a; (void)b; (void)k;
+FG_KERNEL void fg_add_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                               const fg_derivative_steps **db) {
+    (void)g; (void)a; (void)b; (void)k;
     *da = *db = &fg_just_g;
 }
 
@@ -181,10 +181,10 @@ FG_KERNEL void fg_sub_derivative(double g, double out, double a, double b, doubl
     *da = g;
     *db = -g;
 }
-FG_KERNEL void fg_sub_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                     const fg_derivative_steps **db) {
+FG_KERNEL void fg_sub_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                               const fg_derivative_steps **db) {
     static const fg_derivative_steps minus_g = {1, {{FG_NEG, FG_R_G, FG_R_NONE}}, FG_R_T0};
-    (void)a; (void)b; (void)k;
+    (void)g; (void)a; (void)b; (void)k;
     *da = &fg_just_g;
     *db = &minus_g;
 }
@@ -200,11 +200,11 @@ FG_KERNEL void fg_mul_derivative(double g, double out, double a, double b, doubl
     *da = b * g;
     *db = a * g;
 }
-FG_KERNEL void fg_mul_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                     const fg_derivative_steps **db) {
+FG_KERNEL void fg_mul_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                               const fg_derivative_steps **db) {
     static const fg_derivative_steps b_g = {1, {{FG_MUL, FG_R_B, FG_R_G}}, FG_R_T0};
     static const fg_derivative_steps a_g = {1, {{FG_MUL, FG_R_A, FG_R_G}}, FG_R_T0};
-    (void)a; (void)b; (void)k;
+    (void)g; (void)a; (void)b; (void)k;
     *da = &b_g;
     *db = &a_g;
 }
@@ -219,10 +219,10 @@ FG_KERNEL void fg_neg_derivative(double g, double out, double a, double b, doubl
     (void)out; (void)a; (void)b; (void)k; (void)db;
     *da = -g;
 }
-FG_KERNEL void fg_neg_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                     const fg_derivative_steps **db) {
+FG_KERNEL void fg_neg_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                               const fg_derivative_steps **db) {
     static const fg_derivative_steps minus_g = {1, {{FG_NEG, FG_R_G, FG_R_NONE}}, FG_R_T0};
-    (void)a; (void)b; (void)k; (void)db;
+    (void)g; (void)a; (void)b; (void)k; (void)db;
     *da = &minus_g;
 }
 
@@ -250,11 +250,11 @@ FG_KERNEL void fg_pow_const_derivative(double g, double out, double a, double b,
     (void)out; (void)b; (void)db;
     *da = k == 0.0 ? 0.0 : k * pow(a, k - 1.0) * g;     /* x ** 0 is flat, at 0 too */
 }
-FG_KERNEL void fg_pow_const_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                           const fg_derivative_steps **db) {
+FG_KERNEL void fg_pow_const_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                                     const fg_derivative_steps **db) {
     static const fg_derivative_steps k_a_to_k_minus_1_g = {3, {
         {FG_POW_CONST, FG_R_A, FG_R_K_MINUS_ONE}, {FG_MUL, FG_R_K, FG_R_T0}, {FG_MUL, FG_R_T1, FG_R_G}}, FG_R_T2};
-    (void)a; (void)b; (void)db;
+    (void)g; (void)a; (void)b; (void)db;
     if (k == 1.0)          /* 1 * a ** 0 * g is g for every a: no a ** 0 node to differentiate again */
         *da = &fg_just_g;
     else if (k == 0.0)
@@ -275,11 +275,11 @@ FG_KERNEL void fg_pow_derivative(double g, double out, double a, double b, doubl
         slope_in_exponent = 0.0;       /* 0**b is flat in b for b > 0, the only zero base forward admits */
     else
         slope_in_exponent = NAN;
-    *da = b == 0.0 ? 0.0 : b * pow(a, b - 1.0) * g;     /* as x ** 0 */
+    *da = b == 0.0 ? 0.0 : b * pow(a, b - 1.0) * g;     /* as x ** 0 (the steps below: at b == 0 too) */
     *db = slope_in_exponent * g;
 }
-FG_KERNEL void fg_pow_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                     const fg_derivative_steps **db) {
+FG_KERNEL void fg_pow_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                               const fg_derivative_steps **db) {
     static const fg_derivative_steps b_a_to_b_minus_1_g = {4, {
         {FG_SUB, FG_R_B, FG_R_ONE}, {FG_POW, FG_R_A, FG_R_T0}, {FG_MUL, FG_R_B, FG_R_T1},
         {FG_MUL, FG_R_T2, FG_R_G}}, FG_R_T3};
@@ -287,8 +287,14 @@ FG_KERNEL void fg_pow_derivative_ops(double a, double b, double k, const fg_deri
         {FG_LOG, FG_R_A, FG_R_NONE}, {FG_MUL, FG_R_OUT, FG_R_T0}, {FG_MUL, FG_R_T1, FG_R_G}}, FG_R_T2};
     static const fg_derivative_steps constant_g = {1, {{FG_MUL, FG_R_DB1, FG_R_G}}, FG_R_T0};
     (void)k;
-    /* where the kernel branches on the children's data, the branch is chosen when the node is built */
-    *da = b == 0.0 ? &fg_nothing : &b_a_to_b_minus_1_g;
+    /* where the kernel branches on the children's data, the branch is chosen when the node is built. At b == 0
+       the kernel's da is 0.0, flat in a but not in b (its d/db is g / a): b * a ** (b - 1) * g is that zero
+       (its sign set right as it is added), wherever that product is finite; elsewhere the second derivative
+       in b is infinite or nan anyway, and the zero is kept as a constant. */
+    if (b == 0.0)
+        *da = isfinite(g) && isfinite(a) && isfinite(1.0 / a) ? &b_a_to_b_minus_1_g : &fg_nothing;
+    else
+        *da = &b_a_to_b_minus_1_g;
     *db = a > 0.0 ? &out_log_a_g : &constant_g;    /* the kernel's constant slope at a == 0 and below */
 }
 
@@ -325,8 +331,8 @@ FG_KERNEL void fg_div_derivative(double g, double out, double a, double b, doubl
     *da = fg_python_product(fg_python_pow(b, &fg_minus_one), g);
     *db = fg_python_product(slope, 0.0 + fg_python_product(a, g));
 }
-FG_KERNEL void fg_div_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                     const fg_derivative_steps **db) {
+FG_KERNEL void fg_div_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                               const fg_derivative_steps **db) {
     /* the kernel's operations, as micrograd's two nodes do them; -(b**-2) for -1 * b**-2 differs in a NaN's sign
        only */
     static const fg_derivative_steps inverse_b_g = {2, {
@@ -334,7 +340,7 @@ FG_KERNEL void fg_div_derivative_ops(double a, double b, double k, const fg_deri
     static const fg_derivative_steps minus_inverse_square_b_a_g = {5, {
         {FG_POW_CONST, FG_R_B, FG_R_MINUS_TWO}, {FG_NEG, FG_R_T0, FG_R_NONE}, {FG_MUL, FG_R_A, FG_R_G},
         {FG_ADD, FG_R_ZERO, FG_R_T2}, {FG_MUL, FG_R_T1, FG_R_T3}}, FG_R_T4};
-    (void)a; (void)b; (void)k;
+    (void)g; (void)a; (void)b; (void)k;
     *da = &inverse_b_g;
     *db = &minus_inverse_square_b_a_g;
 }
@@ -351,12 +357,12 @@ FG_KERNEL void fg_quotient_derivative(double g, double out, double a, double b, 
     *da = g / b;
     *db = -(g * out / b);
 }
-FG_KERNEL void fg_quotient_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                          const fg_derivative_steps **db) {
+FG_KERNEL void fg_quotient_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                                    const fg_derivative_steps **db) {
     static const fg_derivative_steps g_over_b = {1, {{FG_QUOTIENT, FG_R_G, FG_R_B}}, FG_R_T0};
     static const fg_derivative_steps minus_g_out_over_b = {3, {
         {FG_MUL, FG_R_G, FG_R_OUT}, {FG_QUOTIENT, FG_R_T0, FG_R_B}, {FG_NEG, FG_R_T1, FG_R_NONE}}, FG_R_T2};
-    (void)a; (void)b; (void)k;
+    (void)g; (void)a; (void)b; (void)k;
     *da = &g_over_b;
     *db = &minus_g_out_over_b;
 }
@@ -371,11 +377,11 @@ FG_KERNEL void fg_tanh_derivative(double g, double out, double a, double b, doub
     (void)a; (void)b; (void)k; (void)db;
     *da = (1.0 - out * out) * g;
 }
-FG_KERNEL void fg_tanh_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                      const fg_derivative_steps **db) {
+FG_KERNEL void fg_tanh_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                                const fg_derivative_steps **db) {
     static const fg_derivative_steps one_minus_out_squared_g = {3, {
         {FG_MUL, FG_R_OUT, FG_R_OUT}, {FG_SUB, FG_R_ONE, FG_R_T0}, {FG_MUL, FG_R_T1, FG_R_G}}, FG_R_T2};
-    (void)a; (void)b; (void)k; (void)db;
+    (void)g; (void)a; (void)b; (void)k; (void)db;
     *da = &one_minus_out_squared_g;
 }
 
@@ -392,10 +398,10 @@ FG_KERNEL void fg_exp_derivative(double g, double out, double a, double b, doubl
     (void)a; (void)b; (void)k; (void)db;
     *da = out * g;
 }
-FG_KERNEL void fg_exp_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                     const fg_derivative_steps **db) {
+FG_KERNEL void fg_exp_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                               const fg_derivative_steps **db) {
     static const fg_derivative_steps out_g = {1, {{FG_MUL, FG_R_OUT, FG_R_G}}, FG_R_T0};
-    (void)a; (void)b; (void)k; (void)db;
+    (void)g; (void)a; (void)b; (void)k; (void)db;
     *da = &out_g;
 }
 
@@ -411,10 +417,10 @@ FG_KERNEL void fg_log_derivative(double g, double out, double a, double b, doubl
     (void)out; (void)b; (void)k; (void)db;
     *da = g / a;
 }
-FG_KERNEL void fg_log_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                     const fg_derivative_steps **db) {
+FG_KERNEL void fg_log_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                               const fg_derivative_steps **db) {
     static const fg_derivative_steps g_over_a = {1, {{FG_QUOTIENT, FG_R_G, FG_R_A}}, FG_R_T0};
-    (void)a; (void)b; (void)k; (void)db;
+    (void)g; (void)a; (void)b; (void)k; (void)db;
     *da = &g_over_a;
 }
 
@@ -428,10 +434,10 @@ FG_KERNEL void fg_relu_derivative(double g, double out, double a, double b, doub
     (void)a; (void)b; (void)k; (void)db;
     *da = out <= 0.0 ? 0.0 : g;        /* PyTorch's mask: a nan output passes g on */
 }
-FG_KERNEL void fg_relu_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                      const fg_derivative_steps **db) {
+FG_KERNEL void fg_relu_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                                const fg_derivative_steps **db) {
     static const fg_derivative_steps gate_out_g = {1, {{FG_GATE, FG_R_OUT, FG_R_G}}, FG_R_T0};
-    (void)a; (void)b; (void)k; (void)db;
+    (void)g; (void)a; (void)b; (void)k; (void)db;
     *da = &gate_out_g;
 }
 
@@ -453,11 +459,11 @@ FG_KERNEL void fg_sigmoid_derivative(double g, double out, double a, double b, d
     (void)a; (void)b; (void)k; (void)db;
     *da = out * (1.0 - out) * g;
 }
-FG_KERNEL void fg_sigmoid_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                         const fg_derivative_steps **db) {
+FG_KERNEL void fg_sigmoid_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                                   const fg_derivative_steps **db) {
     static const fg_derivative_steps out_one_minus_out_g = {3, {
         {FG_SUB, FG_R_ONE, FG_R_OUT}, {FG_MUL, FG_R_OUT, FG_R_T0}, {FG_MUL, FG_R_T1, FG_R_G}}, FG_R_T2};
-    (void)a; (void)b; (void)k; (void)db;
+    (void)g; (void)a; (void)b; (void)k; (void)db;
     *da = &out_one_minus_out_g;
 }
 
@@ -472,11 +478,11 @@ FG_KERNEL void fg_softplus_derivative(double g, double out, double a, double b, 
     (void)out; (void)b; (void)k; (void)db;
     *da = fg_logistic(a) * g;
 }
-FG_KERNEL void fg_softplus_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                          const fg_derivative_steps **db) {
+FG_KERNEL void fg_softplus_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                                    const fg_derivative_steps **db) {
     static const fg_derivative_steps sigmoid_a_g = {
         2, {{FG_SIGMOID, FG_R_A, FG_R_NONE}, {FG_MUL, FG_R_T0, FG_R_G}}, FG_R_T1};
-    (void)a; (void)b; (void)k; (void)db;
+    (void)g; (void)a; (void)b; (void)k; (void)db;
     *da = &sigmoid_a_g;
 }
 
@@ -492,10 +498,10 @@ FG_KERNEL void fg_gate_derivative(double g, double out, double a, double b, doub
     *da = 0.0;
     *db = a <= 0.0 ? 0.0 : g;
 }
-FG_KERNEL void fg_gate_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                      const fg_derivative_steps **db) {
+FG_KERNEL void fg_gate_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                                const fg_derivative_steps **db) {
     static const fg_derivative_steps gate_a_g = {1, {{FG_GATE, FG_R_A, FG_R_G}}, FG_R_T0};
-    (void)a; (void)b; (void)k;
+    (void)g; (void)a; (void)b; (void)k;
     *da = &fg_nothing;
     *db = &gate_a_g;
 }
@@ -512,10 +518,10 @@ FG_KERNEL void fg_sin_derivative(double g, double out, double a, double b, doubl
     (void)out; (void)b; (void)k; (void)db;
     *da = cos(a) * g;
 }
-FG_KERNEL void fg_sin_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                     const fg_derivative_steps **db) {
+FG_KERNEL void fg_sin_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                               const fg_derivative_steps **db) {
     static const fg_derivative_steps cos_a_g = {2, {{FG_COS, FG_R_A, FG_R_NONE}, {FG_MUL, FG_R_T0, FG_R_G}}, FG_R_T1};
-    (void)a; (void)b; (void)k; (void)db;
+    (void)g; (void)a; (void)b; (void)k; (void)db;
     *da = &cos_a_g;
 }
 FG_KERNEL fg_status fg_cos_forward(double a, double b, double k, double *out) {
@@ -529,11 +535,11 @@ FG_KERNEL void fg_cos_derivative(double g, double out, double a, double b, doubl
     (void)out; (void)b; (void)k; (void)db;
     *da = -sin(a) * g;
 }
-FG_KERNEL void fg_cos_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                     const fg_derivative_steps **db) {
+FG_KERNEL void fg_cos_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                               const fg_derivative_steps **db) {
     static const fg_derivative_steps minus_sin_a_g = {3, {
         {FG_SIN, FG_R_A, FG_R_NONE}, {FG_NEG, FG_R_T0, FG_R_NONE}, {FG_MUL, FG_R_T1, FG_R_G}}, FG_R_T2};
-    (void)a; (void)b; (void)k; (void)db;
+    (void)g; (void)a; (void)b; (void)k; (void)db;
     *da = &minus_sin_a_g;
 }
 
@@ -549,11 +555,11 @@ FG_KERNEL void fg_sqrt_derivative(double g, double out, double a, double b, doub
     (void)a; (void)b; (void)k; (void)db;
     *da = 0.5 / out * g;
 }
-FG_KERNEL void fg_sqrt_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                      const fg_derivative_steps **db) {
+FG_KERNEL void fg_sqrt_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                                const fg_derivative_steps **db) {
     static const fg_derivative_steps half_over_out_g = {2, {
         {FG_QUOTIENT, FG_R_HALF, FG_R_OUT}, {FG_MUL, FG_R_T0, FG_R_G}}, FG_R_T1};
-    (void)a; (void)b; (void)k; (void)db;
+    (void)g; (void)a; (void)b; (void)k; (void)db;
     *da = &half_over_out_g;
 }
 
@@ -570,10 +576,10 @@ FG_KERNEL void fg_abs_derivative(double g, double out, double a, double b, doubl
     (void)out; (void)b; (void)k; (void)db;
     *da = fg_sign(a) * g;
 }
-FG_KERNEL void fg_abs_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                     const fg_derivative_steps **db) {
+FG_KERNEL void fg_abs_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                               const fg_derivative_steps **db) {
     static const fg_derivative_steps sign_a_g = {2, {{FG_SIGN, FG_R_A, FG_R_NONE}, {FG_MUL, FG_R_T0, FG_R_G}}, FG_R_T1};
-    (void)a; (void)b; (void)k; (void)db;
+    (void)g; (void)a; (void)b; (void)k; (void)db;
     *da = &sign_a_g;
 }
 
@@ -587,9 +593,9 @@ FG_KERNEL void fg_sign_derivative(double g, double out, double a, double b, doub
     (void)g; (void)out; (void)a; (void)b; (void)k; (void)db;
     *da = 0.0;
 }
-FG_KERNEL void fg_sign_derivative_ops(double a, double b, double k, const fg_derivative_steps **da,
-                                      const fg_derivative_steps **db) {
-    (void)a; (void)b; (void)k; (void)db;
+FG_KERNEL void fg_sign_derivative_ops(double g, double a, double b, double k, const fg_derivative_steps **da,
+                                                const fg_derivative_steps **db) {
+    (void)g; (void)a; (void)b; (void)k; (void)db;
     *da = &fg_nothing;
 }
 
@@ -623,9 +629,9 @@ FG_KERNEL void fg_derivative(int op, double g, double out, double a, double b, d
 }
 
 /* The op's derivative as ops, for each child (nothing for a child the op has not; LEAF and CUSTOM: nothing). */
-FG_KERNEL void fg_derivative_ops(int op, double a, double b, double k, const fg_derivative_steps **da,
+FG_KERNEL void fg_derivative_ops(int op, double g, double a, double b, double k, const fg_derivative_steps **da,
                                  const fg_derivative_steps **db) {
-#define FG_DERIVATIVE_OPS_CASE(code, kernel) case code: kernel##_derivative_ops(a, b, k, da, db); break;
+#define FG_DERIVATIVE_OPS_CASE(code, kernel) case code: kernel##_derivative_ops(g, a, b, k, da, db); break;
     *da = *db = &fg_nothing;
     switch (op) {
     FG_KERNEL_OPS(FG_DERIVATIVE_OPS_CASE)
