@@ -672,12 +672,13 @@ cdef class BatchedGraph(Recording):
         failure = lane_loops.forward(&program, values) if self.calls == 0 else (
             self.forward_calling(worker, &program, values, lanes))
         if failure.instruction < 0 and with_backward:
-            memset(grads, 0, self.computed * FG_LANES * sizeof(double))
             self.set_root_grads(grads, block, lanes)
             if self.calls == 0:
                 lane_loops.backward(&program, values, grads)
             else:
                 failure = self.backward_calling(worker, &program, values, grads, lanes)
+                if failure.instruction >= 0:     # the loops leave the grads at 0; a call failed before them
+                    memset(grads, 0, self.computed * FG_LANES * sizeof(double))
         if failure.instruction >= 0:
             self.failures[worker] = failure
             self.failed_blocks[worker] = block
@@ -742,6 +743,7 @@ cdef class BatchedGraph(Recording):
                 slope = slopes + (<Py_ssize_t>self.lane_code[end].b + 2) * FG_LANES + k
                 for l in range(FG_LANES):
                     input_grad[l] += g[l] * slope[l * n]
+            memset(<double*>g, 0, FG_LANES * sizeof(double))     # read: cleared, as the loops clear theirs
         part.code = program.code
         part.instructions = end
         lane_loops.backward(&part, values, grads)

@@ -72,14 +72,17 @@ FG_KERNEL void fg_add_to_grad(const fg_lane_program *program, double *grads, int
 }
 
 FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *terms, int32_t start,
-                               const double *grad, const double *values, double *grads) {
+                               double *grad, const double *values, double *grads) {
     /* The eager graph's order, as the plain replay runs it: from the top term down, each product's grad into
        w and x. Every partial sum and product below the top has one parent and starts at 0, so its grad is
        0.0 + the top's (the top's, but for the sign of a zero); so is the start's (a sum has two terms or more:
        the recorder leaves a sum of one term to two instructions). */
     double inner[FG_LANES];
     int32_t n = terms[0];
-    FG_EACH_LANE inner[l] = 0.0 + grad[l];
+    FG_EACH_LANE {
+        inner[l] = 0.0 + grad[l];
+        grad[l] = 0.0;
+    }
     for (int32_t j = n - 1; j >= 0; j--) {
         const double *w = values + (ptrdiff_t)terms[1 + 2 * j] * FG_LANES;
         const double *x = values + (ptrdiff_t)terms[2 + 2 * j] * FG_LANES;
@@ -192,7 +195,7 @@ FG_KERNEL void fg_layer_inputs_backward(const fg_lane_program *program, const in
 FG_KERNEL void fg_layer_backward(const fg_lane_program *program, const int32_t *terms, double *grad,
                                  const double *values, double *grads, const int part) {
     /* A neuron's grad becomes 0.0 + its grad first, as in fg_dot_backward (grad, the k neurons' grads, is
-       scratch of this block); then the inputs' and weights' grads, then the starts'. */
+       scratch of this block); then the inputs' and weights' grads, then the starts'; then it is cleared. */
     const int32_t k = terms[0], n = terms[1];
     const int32_t *neurons = terms + 2 + n;
     const int folds = program->uniform_end > program->uniform_begin;
@@ -206,8 +209,10 @@ FG_KERNEL void fg_layer_backward(const fg_lane_program *program, const int32_t *
         else
             fg_layer_inputs_backward(program, terms, grad, values, grads, lane0, part, 0);
     }
-    for (int32_t i = k - 1; i >= 0; i--)
+    for (int32_t i = k - 1; i >= 0; i--) {
         fg_add_to_grad(program, grads, neurons[(ptrdiff_t)i * (n + 1)], grad + (ptrdiff_t)i * FG_LANES);
+        FG_EACH_LANE grad[(ptrdiff_t)i * FG_LANES + l] = 0.0;
+    }
 }
 
 /* The loops read the program through a copy of its header on their own stack: Python's headers make the build
@@ -263,7 +268,7 @@ FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const doub
     for (ptrdiff_t i = program->instructions - 1; i >= 0; i--) {
         const fg_lane_instruction ins = program->code[i];
         const double *out = values + (ptrdiff_t)ins.out * FG_LANES;
-        const double *grad = grads + (ptrdiff_t)ins.out * FG_LANES;
+        double *grad = grads + (ptrdiff_t)ins.out * FG_LANES;
         const double *a = values + (ptrdiff_t)ins.a * FG_LANES;
         const double *b = values + (ptrdiff_t)ins.b * FG_LANES;
         double *a_grad = grads + (ptrdiff_t)ins.a * FG_LANES;
@@ -273,8 +278,7 @@ FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const doub
             fg_dot_backward(program, program->terms + ins.b, ins.a, grad, values, grads);
             break;
         case FG_LANE_LAYER:
-            fg_layer_backward(program, program->terms + ins.b, grads + (ptrdiff_t)ins.out * FG_LANES, values, grads,
-                              part);
+            fg_layer_backward(program, program->terms + ins.b, grad, values, grads, part);
             break;
 /* A one-child op's b is the scratch slot (or an exponent's): its grad is not added to, which saved a load and a
    store a lane for each neuron's relu. */
@@ -286,11 +290,13 @@ FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const doub
                 a_grad[l] += da; \
                 if (fg_facts(code).arity == 2) \
                     b_grad[l] += db; \
+                grad[l] = 0.0; \
             } \
             break;
         FG_KERNEL_OPS(FG_BACKWARD_LANES)
 #undef FG_BACKWARD_LANES
         default:               /* CUSTOM: nothing flows through it, as in the seed */
+            FG_EACH_LANE grad[l] = 0.0;
             break;
         }
     }
