@@ -12,16 +12,18 @@ documents, so that a test can build the same graph here and in fastgrad and comp
 - errors are Python's: `x / 0` and `0.0 ** -1` raise ZeroDivisionError, `log(x <= 0)` ValueError,
   `exp` and `**` overflow OverflowError, and a negative base to a fractional power raises ValueError
   where Python would return a complex number;
-- `tanh` is `math.tanh` (the seed's `(e^2x - 1) / (e^2x + 1)` overflows for x > 355; it is kept as
-  `seed_tanh` for comparison) and `sigmoid` is computed in the form that cannot overflow.
+- `tanh` is fastgrad's own, `tanh(x)` below: the kernel's steps in Python floats, so the same bits (the
+  seed's `(e^2x - 1) / (e^2x + 1)` overflows for x > 355; it is kept as `seed_tanh` for comparison), and
+  `sigmoid` is computed in the form that cannot overflow.
 
 It is plain Python on purpose, and imports nothing of fastgrad's.
 """
 import math
 import numbers
 import random
+import struct
 
-__all__ = ["Value", "Module", "Neuron", "Layer", "MLP", "trace", "seed_tanh"]
+__all__ = ["Value", "Module", "Neuron", "Layer", "MLP", "trace", "seed_tanh", "tanh"]
 
 
 def _inverse_square(x):
@@ -35,6 +37,35 @@ def _inverse_square(x):
 def seed_tanh(x):
     """tanh as the seed's notebook computes it."""
     return (math.exp(2 * x) - 1) / (math.exp(2 * x) + 1)
+
+
+def tanh(x):
+    """fastgrad's tanh of a float (src/ops.h, fg_tanh, where its steps are explained), step for step in Python's
+    IEEE doubles, so bit for bit: within 1.5 ulp of the exact tanh, and not always math.tanh's bits."""
+    ax = abs(x)
+    z = ax * ax
+    g = -0.3333333333333333 + z * (0.13333333333332728 + z * (-0.05396825396745119
+        + z * (0.021869488494452378 + z * (-0.008863234415954168 + z * (0.003592110618190448
+        + z * (-0.0014556637472391653 + z * (0.00058894551539517 + z * (-0.00023466287885907128
+        + z * (8.515932180302729e-05 + z * -2.0634899771792012e-05)))))))))
+    near_zero = ax + ax * (z * g)
+    # e^y + 1, y = 2|x| (at most 44), as fg_exp_plus_one computes it
+    y = 2.0 * (ax if ax < 22.0 else 22.0)
+    kd = y * 1.4426950408889634 + 6755399441055744.0
+    bits = struct.unpack("<Q", struct.pack("<d", kd))[0]
+    kd -= 6755399441055744.0
+    r = (y - kd * 6.93147180369123816490e-01) - kd * 1.90821492927058770002e-10
+    r2 = r * r
+    r4 = r2 * r2
+    q = ((1.0 / 2 + r * (1.0 / 6)) + r2 * (1.0 / 24 + r * (1.0 / 120))) + r4 * (
+        ((1.0 / 720 + r * (1.0 / 5040)) + r2 * (1.0 / 40320 + r * (1.0 / 362880)))
+        + r4 * ((1.0 / 3628800 + r * (1.0 / 39916800)) + r2 * (1.0 / 479001600 + r * (1.0 / 6227020800))))
+    p = r + r2 * q
+    s = struct.unpack("<d", struct.pack("<Q", ((bits + 1023) << 52) & 0xFFFFFFFFFFFFFFFF))[0]
+    away = 1.0 - 2.0 / (s * p + (s + 1.0))
+    if x != x:
+        return x + x
+    return math.copysign(near_zero if ax < 0.5493061443340549 else away, x)
 
 
 def _real_pow(x, y):
@@ -191,7 +222,7 @@ class Value:
         return NotImplemented if other is None else other._pow_value(self)
 
     def tanh(self):
-        t = math.tanh(self.data)
+        t = tanh(self.data)
         out = Value(t, (self,), "tanh")
 
         def _backward():

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import fastgrad
 from fastgrad import Value, moons, optim
 from fastgrad.micrograd.nn import MLP
+from fastgrad.reference import tanh as reference_tanh
 from support import (apply_step, leaf_numbers, operand_numbers, readme_code, recipe_strategy, run_python,
                      same_float, simd_widths, under_address_sanitizer)
 
@@ -155,6 +156,20 @@ def test_neurons_sharing_a_weight_give_the_same_bits_at_every_simd_width():
         v.grad = 0.0
     sum(eager).backward()
     assert all(math.isclose(got, v.grad, rel_tol=1e-12) for got, v in zip(results.pop(), leaves))
+
+
+def test_tanh_in_the_lanes_is_eagers_tanh_bit_for_bit_at_every_simd_width():
+    """fastgrad's tanh computes both of its forms and selects (src/ops.h): each form's edge, tiny and huge
+    numbers, infinities and nan, in lanes beside ordinary numbers, against the eager op and reference.tanh."""
+    edges = [0.0, 5e-324, 1e-300, 2.0 ** -27, 0.5493061443340548, 0.5493061443340549, 0.549306144334055, 1.0,
+             19.06, 21.999999999999996, 22.0, 1e300, math.inf, math.nan]
+    numbers = edges + [-x for x in edges] + list(np.random.default_rng(7).uniform(-25, 25, size=70))
+    x = Value(0.0)
+    root = x.tanh()
+    for _ in simd_widths():
+        outputs = fastgrad.compile(root, inputs=[x]).forward([[n] for n in numbers])
+        for n, got in zip(numbers, outputs):
+            assert same_float(got, Value(n).tanh().data) and same_float(got, reference_tanh(n)), n
 
 
 @pytest.mark.parametrize("count", [2, 34])
