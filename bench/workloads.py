@@ -982,6 +982,8 @@ class PhysicsInformedStep(Workload):
         raise Unsupported("no higher-order gradients")
 
     def fastgrad_sampler(self, points):
+        import numpy
+
         import fastgrad
         from fastgrad import MLP, Value, grad, optim
 
@@ -1005,7 +1007,8 @@ class PhysicsInformedStep(Workload):
             at_zero = initial.forward()
             initial.backward()
             adam.step()
-            return math.fsum(residuals) / len(points) + at_zero
+            # the mean as the others take it, one vectorized sum (math.fsum boxed each number: 17 us a step)
+            return numpy.frombuffer(residuals).mean() + at_zero
 
         self.first_loss["fastgrad"] = step()
 
