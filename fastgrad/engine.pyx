@@ -604,18 +604,29 @@ def weighted_sum(weights, inputs, start):
     `sum((w * x for w, x in zip(weights, inputs)), start)`, a neuron's sum, without a Python-level
     operator call per node. A pair without a Value, or with an operand that is no Value and no real
     number, goes through Python's operators, as in the sum above."""
-    cdef Value a, b
+    cdef Py_ssize_t i = 0
     total = start
+    if type(weights) is list and type(inputs) is list:
+        # A neuron's lists, read by index: zip's iterators and pairs were a tenth of micrograd's moons step.
+        # The lengths are read again each time, as zip's iterators do: Python's operators may change the lists.
+        while i < len(<list>weights) and i < len(<list>inputs):
+            total = weighted_term(total, (<list>weights)[i], (<list>inputs)[i])
+            i += 1
+        return total
     for w, x in zip(weights, inputs):
-        a = b = None
-        if type(total) is Value and (type(w) is Value or type(x) is Value):
-            a = as_value(w)
-            b = as_value(x)
-        if a is None or b is None:
-            total = total + w * x
-        else:
-            total = add(<Value>total, mul(a, b))
+        total = weighted_term(total, w, x)
     return total
+
+
+cdef inline object weighted_term(total, w, x):
+    """total + w * x, in C where total and one of w and x are Values and the other a Value or a number."""
+    cdef Value a = None, b = None
+    if type(total) is Value and (type(w) is Value or type(x) is Value):
+        a = as_value(w)
+        b = as_value(x)
+    if a is None or b is None:
+        return total + w * x
+    return add(<Value>total, mul(a, b))
 
 
 # module: namedtuple guesses it from the caller's Python frame, which compiled code has not; pickle needs it.

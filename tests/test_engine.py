@@ -536,6 +536,32 @@ def test_weighted_sum_makes_the_nodes_and_numbers_of_the_sum_it_replaces(case):
     assert [v.grad for v in leaves] == pytest.approx([v.grad for v in reference_leaves], rel=1e-12)
 
 
+@pytest.mark.parametrize("as_given", [tuple, iter], ids=["tuples", "iterators"])
+def test_weighted_sum_of_other_iterables_is_that_of_lists(as_given):
+    w, x, start = WEIGHTED_SUM_CASES["numbers as inputs"](Value)
+    w2, x2, start2 = WEIGHTED_SUM_CASES["numbers as inputs"](Value)
+    assert structure(weighted_sum(as_given(w), as_given(x), start)) == structure(weighted_sum(w2, x2, start2))
+
+
+def test_weighted_sum_sees_its_lists_change_as_zip_does():
+    """Lists are read by index, their lengths read again at each pair: an operand whose operator appends to
+    the inputs gets the pair zip would give it."""
+    def summed(how):
+        a = Value(3.0)
+        weights, inputs = [a, a, a], []
+
+        class Appends:
+            def __rmul__(self, other):
+                inputs.append(Value(5.0))
+                return other * 2.0
+        inputs.append(Appends())
+        return how(weights, inputs, Value(1.0))
+
+    fused = summed(weighted_sum)
+    expected = summed(lambda w, x, start: sum((wi * xi for wi, xi in zip(w, x)), start))
+    assert structure(fused) == structure(expected) and fused.data == 1.0 + 6.0 + 15.0
+
+
 def test_weighted_sum_goes_through_python_for_other_operands():
     class Scaled:                       # knows how to multiply a Value: Python's operators find it
         def __rmul__(self, other):
