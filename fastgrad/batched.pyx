@@ -723,7 +723,7 @@ cdef class BatchedGraph(Recording):
         cdef fg_lane_failure failure = fg_lane_failure(-1, 0, ops.OK)
         cdef Py_ssize_t call, k, l, n, end = program.instructions
         cdef double* slopes = (<double*>values) + self.block_doubles() - self.slope_words
-        cdef const double* g
+        cdef double* g
         cdef double* input_grad
         cdef const double* slope
         cdef const int32_t* inputs
@@ -745,7 +745,7 @@ cdef class BatchedGraph(Recording):
                 slope = slopes + (<Py_ssize_t>self.lane_code[end].b + 2) * FG_LANES + k
                 for l in range(FG_LANES):
                     input_grad[l] += g[l] * slope[l * n]
-            memset(<double*>g, 0, FG_LANES * sizeof(double))     # read: cleared, as the loops clear theirs
+            memset(g, 0, FG_LANES * sizeof(double))     # read: cleared, as the loops clear theirs
         part.code = program.code
         part.instructions = end
         lane_loops.backward(&part, values, grads)
