@@ -262,6 +262,8 @@ cdef class BatchedGraph(Recording):
                 slot += 1
             ends.append(slot)
         layers, later_neurons = self.find_layers(input_slots)
+        activations = self.find_activations(layers, ends)
+        fused = {i for op, readers in activations.values() for i in readers}
         n = self.term_words + sum(2 + len(key) - len(key) * len(neurons) for key, neurons in layers.values())
         self.lane_term_words = max(n, self.term_words)
         self.computed = computed
@@ -307,7 +309,7 @@ cdef class BatchedGraph(Recording):
             for i in range(self.instructions):
                 word = self.code[i]
                 op = word & OP_MASK
-                if i in later_neurons:
+                if i in later_neurons or i in fused:
                     continue
                 if i in layers:
                     x_slots, neurons = layers[i]
@@ -317,6 +319,7 @@ cdef class BatchedGraph(Recording):
                     self.lane_terms[term + 1] = <int32_t>n
                     for m in range(n):
                         self.lane_terms[term + 2 + m] = lane_of[x_slots[m]]
+                    activation, readers = activations.get(i, (ops.LEAF, ()))
                     for q in range(k):
                         neuron = neurons[q]
                         params = term + 2 + n + q * (n + 1)                 # its start, then its weights
@@ -324,10 +327,12 @@ cdef class BatchedGraph(Recording):
                         for m in range(n):
                             self.lane_terms[params + 1 + m] = lane_of[self.terms[self.second[neuron] + 1 + 2 * m]]
                         lane_of[ends[neuron] - 1] = <int32_t>(out + q)      # the sum's top
-                    self.lane_code[j] = fg_lane_instruction(FG_LANE_LAYER, <int32_t>out, 0, <int32_t>term)
+                        if readers:
+                            lane_of[ends[readers[q]] - 1] = <int32_t>(out + k + q)
+                    self.lane_code[j] = fg_lane_instruction(FG_LANE_LAYER, <int32_t>out, activation, <int32_t>term)
                     self.lane_nodes[j] = <int32_t>(ends[neurons[0]] - 1)
                     term += 2 + n + k * (n + 1)
-                    out += k
+                    out += 2 * k if readers else k
                     j += 1
                     continue
                 if op == DOT:
@@ -389,6 +394,39 @@ cdef class BatchedGraph(Recording):
                   if len(neurons) > 1 and self.distinct_numbers(neurons)}
         later = {i for key, neurons in layers.values() for i in neurons[1:]}
         return layers, later
+
+    cdef dict find_activations(self, layers, ends):
+        """The layers whose every sum is read by one instruction only, the same op of FG_LAYER_ACTIVATIONS
+        (lanes.h) for all: {first neuron's instruction: (that op, each neuron's reader)}. The layer then computes
+        those too, in its k slots after the sums: each reader reads nothing but its sum, and nothing else reads
+        the sums, so computed there the numbers and the order of their grads' additions are the same."""
+        cdef Py_ssize_t i, m, t, root = self.root_slot()
+        cdef uint32_t word
+        cdef int op
+        tops = {ends[neuron] - 1 for key, neurons in layers.values() for neuron in neurons}
+        readers = {}
+        for i in range(self.instructions):
+            word = self.code[i]
+            op = word & OP_MASK
+            t = self.second[i]
+            if op == DOT:
+                read = [word >> OP_BITS] + [self.terms[t + 1 + m] for m in range(2 * self.terms[t])]
+            elif op == ops.PYTHON:
+                read = [self.terms[t + 1 + m] for m in range(self.terms[t] + 1)]
+            else:
+                read = [word >> OP_BITS, t]
+            for slot in read:
+                if slot in tops:
+                    readers.setdefault(slot, []).append(i)
+        found = {}
+        for first, (key, neurons) in layers.items():
+            reader = [readers.get(ends[neuron] - 1, ()) for neuron in neurons]
+            if any(len(r) != 1 or ends[neuron] - 1 == root for r, neuron in zip(reader, neurons)):
+                continue
+            op = self.code[reader[0][0]] & OP_MASK
+            if op in (ops.RELU, ops.TANH, ops.SIGMOID) and all(self.code[r[0]] & OP_MASK == op for r in reader):
+                found[first] = (op, [r[0] for r in reader])
+        return found
 
     cdef bint distinct_numbers(self, neurons):
         """Whether no start or weight is listed twice in these neurons: a width that takes the lanes in parts

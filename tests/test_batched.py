@@ -158,6 +158,56 @@ def test_neurons_sharing_a_weight_give_the_same_bits_at_every_simd_width():
     assert all(math.isclose(got, v.grad, rel_tol=1e-12) for got, v in zip(results.pop(), leaves))
 
 
+def lane_instructions(batch):
+    return int(repr(batch).split(" instructions")[0].rsplit(" ", 1)[1].replace(",", ""))
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "mixed", "a sum read twice"])
+def test_a_layers_activations_give_each_rows_eager_bits_and_grads_at_every_simd_width(activation):
+    """A layer whose every sum feeds one ReLU, tanh or sigmoid computes them itself (lanes.c), in one instruction
+    fewer a neuron; sums feeding different ops, or a sum another node reads too, keep their own instructions.
+    Rows with zeros, signed zeros and negative sums (the ReLU's mask), each width alike."""
+    random.seed(11)
+    weights = [[Value(random.uniform(-1, 1)) for _ in range(3)] for _ in range(5)]      # a bias, two weights
+    leaves = [v for neuron in weights for v in neuron]
+
+    def loss_of(x1, x2, plain=False):
+        sums = [b + w1 * x1 + w2 * x2 for b, w1, w2 in weights]
+        if plain:                                          # the same graph without the activations
+            outs = sums
+        elif activation == "mixed":
+            outs = [s.relu() if k % 2 else s.tanh() for k, s in enumerate(sums)]
+        else:
+            outs = [getattr(s, "relu" if activation == "a sum read twice" else activation)() for s in sums]
+        total = sum(o * (k + 1) for k, o in enumerate(outs))
+        return total + sums[0] * 0.5 if activation == "a sum read twice" else total
+
+    inputs = [Value(0.0), Value(0.0)]
+    loss = loss_of(*inputs)
+    rows = np.random.default_rng(11).uniform(-3, 3, size=(333, 2))
+    rows[:8] = [[0.0, 0.0], [-0.0, 0.0], [0.0, -0.0], [1e-300, -1e-300], [30, 30], [-30, -30], [2, -2], [-2, 2]]
+    fused = activation in ("relu", "tanh", "sigmoid")
+    results = set()
+    for _ in simd_widths():
+        batch = fastgrad.compile(loss, inputs=inputs)
+        outputs = batch.forward(rows)
+        for v in leaves:
+            v.grad = 0.0
+        batch.backward(1.0 / len(rows))
+        results.add((bytes(outputs), tuple(v.grad for v in leaves)))
+    assert len(results) == 1
+    outputs, batched = results.pop()
+    outputs = array.array("d", outputs)
+    eager = [loss_of(Value(a), Value(b)) for a, b in rows]
+    assert all(same_float(o, e.data) for o, e in zip(outputs, eager))
+    for v in leaves:
+        v.grad = 0.0
+    (sum(eager) * (1.0 / len(rows))).backward()
+    assert all(math.isclose(got, v.grad, rel_tol=1e-12, abs_tol=1e-15) for got, v in zip(batched, leaves))
+    plain = fastgrad.compile(loss_of(*inputs, plain=True), inputs=inputs)
+    assert lane_instructions(batch) - lane_instructions(plain) == (0 if fused else 5)
+
+
 def test_tanh_in_the_lanes_is_eagers_tanh_bit_for_bit_at_every_simd_width():
     """fastgrad's tanh computes both of its forms and selects (src/ops.h): each form's edge, tiny and huge
     numbers, infinities and nan, in lanes beside ordinary numbers, against the eager op and reference.tanh."""

@@ -18,9 +18,11 @@
 #define FG_LANES 32
 
 /* The batched program's own ops beside ops.h's: a neuron's sum, start + w1*x1 + ... + wn*xn; and a layer,
-   the sums of k neurons over the same n inputs whose starts and weights are all uniform slots. */
+   the sums of k neurons over the same n inputs whose starts and weights are all uniform slots, and the op each
+   sum alone feeds, if it is one of FG_LAYER_ACTIVATIONS for every neuron. */
 #define FG_LANE_DOT 31
 #define FG_LANE_LAYER 32
+#define FG_LAYER_ACTIVATIONS(X) X(FG_RELU, fg_relu) X(FG_TANH, fg_tanh) X(FG_SIGMOID, fg_sigmoid)
 
 typedef struct {
     int32_t op;        /* an fg_op with kernels, FG_CUSTOM (data given: nothing to compute), FG_LANE_DOT or
@@ -28,7 +30,8 @@ typedef struct {
                           FG_PYTHON (a custom op's) is never run here: the caller runs the loops on the slices
                           of the program between such instructions, and those itself (batched.pyx) */
     int32_t out;       /* the slot it computes; LAYER: the first of its k consecutive slots */
-    int32_t a;         /* its first child's slot; DOT: the sum's start */
+    int32_t a;         /* its first child's slot; DOT: the sum's start; LAYER: its activation's op (the
+                          activations in the k slots after its sums), or FG_LEAF for none */
     int32_t b;         /* its second child's slot (x ** k: k's, one child: a scratch slot); DOT, LAYER: its terms */
 } fg_lane_instruction;
 
