@@ -53,7 +53,8 @@ def make_workloads(settings):
         rest.append(wl.MoonsStep("seed"))   # the seed's model on the seed's Value: seconds per step
     compiled = [wl.CompiledMoonsStep(), wl.CompiledLayer(), wl.CompileCost(), wl.ProgramBytes(), wl.GradCost(),
                 wl.MoonsHessianVectorProduct(), wl.PhysicsInformedStep()]
-    batched = [wl.BatchedMoonsStep(points, micrograd=not settings["quick"]) for points in settings["batched"]]
+    batched = [wl.BatchedMoonsStep(points, micrograd=not settings["quick"], min_seconds=settings["min_seconds"])
+               for points in settings["batched"]]
     if not settings["quick"]:
         batched.append(wl.BatchedMemory())   # a fresh interpreter over a million rows: seconds
     optim = [wl.OptimizerStep(kind) for kind in wl.OptimizerStep.KINDS]
