@@ -50,7 +50,7 @@ cdef extern from "lanes.h" nogil:
         const fg_lane_instruction* code
         const int32_t* terms
         ptrdiff_t instructions
-        int32_t uniform_begin, uniform_end
+        int32_t inputs_begin, uniform_begin, uniform_end
         const double* uniform_values
         ptrdiff_t folded
     ctypedef struct fg_lane_failure:
@@ -368,7 +368,7 @@ cdef class BatchedGraph(Recording):
             self.root_lane = lane_of[self.root_slot()]
         finally:
             PyMem_Free(lane_of)
-        self.program = fg_lane_program(self.lane_code, self.lane_terms, j,
+        self.program = fg_lane_program(self.lane_code, self.lane_terms, j, <int32_t>computed,
                                        <int32_t>(computed + self.input_count), <int32_t>(self.lane_slots - 1),
                                        self.given_values, self.lane_slots * FG_LANES)
         return 0

@@ -194,13 +194,14 @@ FG_KERNEL void fg_layer_forward(const fg_lane_program *program, const int32_t *t
 
 FG_KERNEL void fg_layer_inputs_backward(const fg_lane_program *program, const int32_t *terms, const double *grad,
                                         const double *values, double *grads, const int32_t first, const int count,
-                                        const int lane0, const int part, const int folds) {
+                                        const int grads_read, const int lane0, const int part, const int folds) {
     /* Input by input: x_j's grad gathers every neuron's share in registers and is stored once, where neuron by
        neuron it was loaded and stored k times (perf: those stores were the backward pass's hottest
        instructions); last neuron first, as the eager graph's backward() adds them. Its weights' grads are
        folded, or in a short block (no uniform slots: run_block) added lane by lane, as every slot's. `count`
        inputs from `first`, 1 or 2 (then folds): two are read into local copies, which the compiler keeps in
-       registers (one it reads in place: a copy spilled on AVX2 and took 1.7 times as long). */
+       registers (one it reads in place: a copy spilled on AVX2 and took 1.7 times as long). Inputs whose grads
+       nobody reads (grads_read 0) get none: the weights' grads alone. */
     const int32_t k = terms[0], n = terms[1];
     const int32_t *neurons = terms + 2 + n;
     const double *x = values + (ptrdiff_t)terms[2 + first] * FG_LANES + lane0;
@@ -209,9 +210,12 @@ FG_KERNEL void fg_layer_inputs_backward(const fg_lane_program *program, const in
     double *next_x_grad = grads + (ptrdiff_t)terms[2 + first + count - 1] * FG_LANES + lane0;
     double sum[FG_LANES], next_sum[FG_LANES], x_copy[FG_LANES], next_x_copy[FG_LANES];
     for (int l = 0; l < part; l++) {
-        sum[l] = x_grad[l];
+        if (grads_read) {
+            sum[l] = x_grad[l];
+            if (count == 2)
+                next_sum[l] = next_x_grad[l];
+        }
         if (count == 2) {
-            next_sum[l] = next_x_grad[l];
             x_copy[l] = x[l];
             next_x_copy[l] = next_x[l];
         }
@@ -224,10 +228,12 @@ FG_KERNEL void fg_layer_inputs_backward(const fg_lane_program *program, const in
         double dw[FG_LANES], next_dw[FG_LANES], dx;
         for (int l = 0; l < part; l++) {
             fg_mul_derivative(inner[l], 0.0, weight, count == 2 ? x_copy[l] : x[l], 0.0, &dw[l], &dx);
-            sum[l] += dx;
+            if (grads_read)
+                sum[l] += dx;
             if (count == 2) {
                 fg_mul_derivative(inner[l], 0.0, next_weight, next_x_copy[l], 0.0, &next_dw[l], &dx);
-                next_sum[l] += dx;
+                if (grads_read)
+                    next_sum[l] += dx;
             }
         }
         if (folds) {
@@ -240,23 +246,37 @@ FG_KERNEL void fg_layer_inputs_backward(const fg_lane_program *program, const in
                 w_grad[l] += dw[l];
         }
     }
-    for (int l = 0; l < part; l++) {
-        x_grad[l] = sum[l];
-        if (count == 2)
-            next_x_grad[l] = next_sum[l];
-    }
+    if (grads_read)
+        for (int l = 0; l < part; l++) {
+            x_grad[l] = sum[l];
+            if (count == 2)
+                next_x_grad[l] = next_sum[l];
+        }
+}
+
+FG_KERNEL int fg_grad_read(const fg_lane_program *program, int32_t slot) {
+    return slot < program->inputs_begin || program->uniform_begin <= slot;
 }
 
 FG_KERNEL void fg_layer_all_inputs_backward(const fg_lane_program *program, const int32_t *terms,
                                             const double *grad, const double *values, double *grads,
                                             const int lane0, const int part, const int folds, const int inputs) {
+    /* Two at a time where the width takes two and both or neither have their grads read (each way a copy of
+       the loops, whose test the compiler then drops). */
     const int32_t n = terms[1];
-    int32_t j = 0;
-    if (inputs == 2 && folds)
-        for (; j + 2 <= n; j += 2)
-            fg_layer_inputs_backward(program, terms, grad, values, grads, j, 2, lane0, part, 1);
-    for (; j < n; j++)
-        fg_layer_inputs_backward(program, terms, grad, values, grads, j, 1, lane0, part, folds);
+    for (int32_t j = 0; j < n;) {
+        const int read = fg_grad_read(program, terms[2 + j]);
+        const int count = inputs == 2 && folds && j + 1 < n && fg_grad_read(program, terms[3 + j]) == read ? 2 : 1;
+        if (count == 2 && read)
+            fg_layer_inputs_backward(program, terms, grad, values, grads, j, 2, 1, lane0, part, 1);
+        else if (count == 2)
+            fg_layer_inputs_backward(program, terms, grad, values, grads, j, 2, 0, lane0, part, 1);
+        else if (read)
+            fg_layer_inputs_backward(program, terms, grad, values, grads, j, 1, 1, lane0, part, folds);
+        else
+            fg_layer_inputs_backward(program, terms, grad, values, grads, j, 1, 0, lane0, part, folds);
+        j += count;
+    }
 }
 
 FG_KERNEL void fg_layer_backward(const fg_lane_program *program, const int32_t *terms, const int activation,

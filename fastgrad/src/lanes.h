@@ -40,6 +40,8 @@ typedef struct {
     const int32_t *terms;            /* per DOT: n, then w1, x1, ..., wn, xn (slots); per LAYER: k, n, then
                                         x1, ..., xn, then per neuron its start, w1, ..., wn */
     ptrdiff_t instructions;
+    int32_t inputs_begin;                 /* slots [inputs_begin, uniform_begin): the inputs, whose grads
+                                             nobody reads: a layer adds nothing to them */
     int32_t uniform_begin, uniform_end;   /* slots whose lanes all hold one number (shared, given) */
     /* Those numbers once each, contiguous: a neuron's weights read from here take a few cache lines, not one
        a weight, and leave L1 to the block. */
