@@ -59,7 +59,7 @@ cdef extern from "lanes.h" nogil:
         ops.Status status
     ctypedef fg_lane_failure (*forward_loop)(const fg_lane_program*, double*) noexcept nogil
     ctypedef void (*backward_loop)(const fg_lane_program*, const double*, double*) noexcept nogil
-    ctypedef void (*sum_loop)(double*, double*, ptrdiff_t, double*) noexcept nogil
+    ctypedef void (*sum_loop)(double*, double*, ptrdiff_t, const unsigned char*, double*) noexcept nogil
     ctypedef struct fg_lane_loops:
         const char* name
         forward_loop forward
@@ -171,6 +171,7 @@ cdef class BatchedGraph(Recording):
     cdef object errors
     cdef int32_t* lane_calls             # per custom op's node (the recording's calls), its lane instruction
     cdef Py_ssize_t slope_words          # per worker, after its grads: the custom ops' derivatives for a block
+    cdef unsigned char* lanes_added      # per shared leaf: whether an instruction adds to its grad's lanes
 
     def __dealloc__(self):
         cdef Py_ssize_t i
@@ -187,6 +188,7 @@ cdef class BatchedGraph(Recording):
         PyMem_Free(self.failures)
         PyMem_Free(self.failed_blocks)
         PyMem_Free(self.lane_calls)
+        PyMem_Free(self.lanes_added)
 
     def __init__(self, *args, **kwargs):
         raise TypeError("a BatchedGraph is made by fastgrad.compile(root, inputs=[...])")
@@ -371,6 +373,32 @@ cdef class BatchedGraph(Recording):
         self.program = fg_lane_program(self.lane_code, self.lane_terms, j, <int32_t>computed,
                                        <int32_t>(computed + self.input_count), <int32_t>(self.lane_slots - 1),
                                        self.given_values, self.lane_slots * FG_LANES)
+        return self.find_lanes_added()
+
+    cdef int find_lanes_added(self) except -1:
+        """Which shared leaves an instruction adds grads to lane by lane: a plain op's children, a sum's or a
+        layer's inputs, a custom op's; the others' grads are folded only (a sum's start and weights)."""
+        cdef Py_ssize_t i, m, n
+        cdef const int32_t* terms
+        cdef fg_lane_instruction ins
+        self.lanes_added = <unsigned char*>PyMem_Malloc(self.shared_count + 1)
+        if self.lanes_added == NULL:
+            raise MemoryError()
+        memset(self.lanes_added, 0, self.shared_count)
+        for i in range(self.program.instructions):
+            ins = self.lane_code[i]
+            terms = self.lane_terms + ins.b
+            if ins.op == FG_LANE_DOT:
+                added = [terms[2 + 2 * m] for m in range(terms[0])]
+            elif ins.op == FG_LANE_LAYER:
+                added = [terms[2 + m] for m in range(terms[1])]
+            elif ins.op == ops.PYTHON:
+                added = [terms[1 + m] for m in range(terms[0] + 1)]
+            else:
+                added = [ins.a, ins.b] if ops.op_facts(ins.op).arity == 2 else [ins.a]
+            for slot in added:
+                if 0 <= slot - self.program.uniform_begin < self.shared_count:
+                    self.lanes_added[slot - self.program.uniform_begin] = 1
         return 0
 
     cdef tuple find_layers(self, input_slots):
@@ -695,6 +723,7 @@ cdef class BatchedGraph(Recording):
                 return False
         if with_backward:                    # and the sums start from 0 again
             lane_loops.take_lane_sums(shared_grads, values + 2 * self.lane_slots * FG_LANES, self.shared_count,
+                                      NULL if short and chunk == self.chunk_count - 1 else self.lanes_added,
                                       self.partials + chunk * self.shared_count)
         return True
 

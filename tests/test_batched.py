@@ -350,6 +350,37 @@ def test_any_number_of_rows(n):
         assert math.isclose(got, want, rel_tol=1e-12, abs_tol=1e-14)
 
 
+def test_shared_leaves_whose_grads_go_lane_by_lane_in_every_role_over_many_chunks():
+    """A shared leaf's grad is folded by the sums that weigh with it and added lane by lane by every other
+    instruction; the lanes are summed only for leaves something adds lane by lane (batched.pyx,
+    find_lanes_added): each such role, over whole blocks of several chunks (no short block), the first 1,024
+    rows and all, against the eager graphs of all rows."""
+    mix = fastgrad.op("mix", lambda a, b: a * math.tanh(b), lambda a, b: (math.tanh(b), a * (1 - math.tanh(b) ** 2)))
+    s = [Value(v) for v in (0.3, -0.7, 1.1, 0.45, -0.2, 0.8, 0.6, -1.3, 0.25, 0.9, -0.4)]
+
+    def loss_of(x1, x2):
+        layer = [s[0] + s[1] * x1 + s[2] * s[9], s[3] + s[4] * x1 + s[5] * s[9]]     # a layer over s[9]
+        plain_a = (s[6] * x1).tanh()                     # a plain op's first child
+        plain_b = (x2 - s[7]) ** 2                       # its second
+        dot = x2 + x1 * layer[1].relu() + x2 * s[8]     # a sum's term whose second factor is shared
+        return dot + plain_a + plain_b + mix(s[10], x1) * layer[0].tanh()       # a custom op's input
+
+    inputs = [Value(0.0), Value(0.0)]
+    loss = loss_of(*inputs)
+    for count in (1024, 32 * 32 * 3):
+        rows = np.random.default_rng(count).uniform(-1.5, 1.5, size=(count, 2))
+        batch = fastgrad.compile(loss, inputs=inputs)
+        for v in s:
+            v.grad = 0.0
+        batch.forward_backward(rows, 1.0 / count)
+        batched = [v.grad for v in s]
+        eager = [loss_of(Value(a), Value(b)) for a, b in rows]
+        for v in s:
+            v.grad = 0.0
+        (sum(eager) * (1.0 / count)).backward()
+        assert all(math.isclose(got, v.grad, rel_tol=1e-12, abs_tol=1e-15) for got, v in zip(batched, s)), count
+
+
 def test_a_million_and_three_rows_against_exact_sums():
     """A linear model, whose grads are exact sums of the inputs: math.fsum is the oracle."""
     w, b, x = Value(0.5), Value(-0.25), Value(0.0)

@@ -395,19 +395,27 @@ FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const doub
     }
 }
 
-FG_KERNEL void fg_take_lane_sums_body(double *slots, double *folded, ptrdiff_t count, double *sums) {
+FG_KERNEL void fg_take_lane_sums_body(double *slots, double *folded, ptrdiff_t count,
+                                      const unsigned char *lanes_added, double *sums) {
     /* Eight running sums, each from a folded number and every eighth lane, then a fixed tree over the eight:
-       vertical adds a vector unit of any width makes, and no order left to the compiler. */
+       vertical adds a vector unit of any width makes, and no order left to the compiler. Lanes of zeros add
+       + 0.0 to each, once as often: the same bits (the moons step reads its 338 weights' lanes no more: 3% of
+       its time). */
     for (ptrdiff_t k = 0; k < count; k++) {
         double *lane = slots + k * FG_LANES;
         double part[8];
         for (int i = 0; i < 8; i++)
             part[i] = folded[k * 8 + i];
-        for (int group = 0; group < FG_LANES / 8; group++)
+        if (lanes_added == NULL || lanes_added[k]) {
+            for (int group = 0; group < FG_LANES / 8; group++)
+                for (int i = 0; i < 8; i++)
+                    part[i] += lane[group * 8 + i];
+            memset(lane, 0, FG_LANES * sizeof(double));
+        } else {
             for (int i = 0; i < 8; i++)
-                part[i] += lane[group * 8 + i];
+                part[i] += 0.0;
+        }
         sums[k] = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-        memset(lane, 0, FG_LANES * sizeof(double));
         memset(folded + k * 8, 0, 8 * sizeof(double));
     }
 }
@@ -431,8 +439,8 @@ FG_KERNEL void fg_take_lane_sums_body(double *slots, double *folded, ptrdiff_t c
         fg_lanes_backward_body(program, values, grads, backward_part, inputs); \
     } \
     attribute static void fg_take_lane_sums_##suffix(double *slots, double *folded, ptrdiff_t count, \
-                                                     double *sums) { \
-        fg_take_lane_sums_body(slots, folded, count, sums); \
+                                                     const unsigned char *lanes_added, double *sums) { \
+        fg_take_lane_sums_body(slots, folded, count, lanes_added, sums); \
     } \
     static const fg_lane_loops fg_lane_loops_##suffix = { \
         #suffix, fg_lanes_forward_##suffix, fg_lanes_backward_##suffix, fg_take_lane_sums_##suffix};

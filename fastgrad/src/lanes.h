@@ -67,8 +67,11 @@ typedef struct {
        step (its 534 slots' grads take 137 kB). */
     void (*backward)(const fg_lane_program *program, const double *values, double *grads);
     /* sums[k] = slot k's numbers summed over the lanes, with its 8 folded ones, in a fixed order (the same
-       bits at every width); both are left at 0, for the next sums. */
-    void (*take_lane_sums)(double *slots, double *folded, ptrdiff_t count, double *sums);
+       bits at every width); both are left at 0, for the next sums. lanes_added[k]: whether any instruction adds
+       to slot k's lanes rather than folding; the others' lanes hold 0 and are neither read nor cleared. NULL:
+       every slot's lanes (a short block adds every grad lane by lane). */
+    void (*take_lane_sums)(double *slots, double *folded, ptrdiff_t count, const unsigned char *lanes_added,
+                           double *sums);
 } fg_lane_loops;
 
 /* The loops for `wanted` ("baseline", "avx2", "avx512"), or for the widest the CPU runs when wanted is NULL
