@@ -18,6 +18,8 @@ the number of threads either: the threads take turns at the GIL for the calls.
 cimport cython
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
+from cpython.pythread cimport (PyThread_acquire_lock, PyThread_allocate_lock, PyThread_release_lock,
+                               PyThread_type_lock, WAIT_LOCK)
 from libc.stdint cimport int32_t, uint32_t, uintptr_t
 from libc.string cimport memcpy, memset
 
@@ -29,7 +31,7 @@ import array
 import numbers
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 
 cdef extern from "Python.h":
     int check_signals "PyErr_CheckSignals" () except -1
@@ -73,8 +75,9 @@ cdef enum:
                               # took 3% longer, and 2 threads ran it 1.64x faster than one, not 1.72x)
     MAX_CHUNKS = 256          # chunks a pass is cut into at most, so that their sums take little memory
     WORKER_ROWS = 2048        # rows a thread at least: fewer do not pay for waking it
-    SPINS_AT_JOIN = 100000    # pauses a pass waits for its workers before it sleeps (a few ms at most)
-    SPINS_BEFORE_GIL = 1000   # pauses a worker leaves the pass's thread to take the GIL (a few us)
+    SPINS_AT_JOIN = 100000    # pauses a pass waits for its helpers before it sleeps (a few ms at most)
+    HOT_SPINS = 20000         # pauses a helper waits for the next pass before it sleeps (0.2 ms on a 2-core
+                              # Xeon, 10 ns a pause; a training loop's steps are closer than that)
     CACHE_LINE = 64
 
 cdef const fg_lane_loops* lane_loops = NULL
@@ -99,8 +102,6 @@ def simd():
 
 choose_simd(os.environ.get("FASTGRAD_SIMD") or None)
 
-cdef object pool = None                  # worker threads, made at the first pass that uses more than one
-cdef object pool_lock = threading.Lock()
 
 
 def usable_cores():
@@ -163,7 +164,7 @@ cdef class BatchedGraph(Recording):
     # Shared by the pass's workers without the GIL (portability.h's atomics):
     cdef Py_ssize_t stop                 # a worker failed or Ctrl-C: the others stop at their next chunk
     cdef Py_ssize_t next_chunk           # the first chunk of the pass no worker has taken yet
-    cdef Py_ssize_t workers_busy         # the pool's workers not done with the pass
+    cdef Py_ssize_t workers_busy         # the helpers not done with the pass (taken or not)
     cdef bint sums_dirty                 # a backward pass stopped with its lanes' sums not taken
     cdef Py_ssize_t workers_filled       # the workers whose blocks hold this pass's shared and given numbers
     cdef fg_lane_failure* failures       # per worker: its failure, and in failed_blocks its block; status OK: a
@@ -634,7 +635,6 @@ cdef class BatchedGraph(Recording):
     cdef int run(self, Py_ssize_t count, bint with_backward) except -1:
         """Forward (and backward) over the pass's rows, in chunks, on up to `threads` threads; raise the
         failure of a row, if one failed."""
-        global pool
         cdef Py_ssize_t workers, worker, blocks = count // FG_LANES
         self.row_count_in_pass = count
         self.chunk_blocks = max(CHUNK_BLOCKS, (blocks + MAX_CHUNKS - 1) // MAX_CHUNKS)
@@ -644,61 +644,70 @@ cdef class BatchedGraph(Recording):
         self.stop = 0
         self.next_chunk = 0
         self.workers_busy = workers - 1
-        running = []
-        if workers > 1:
-            with pool_lock:
-                if pool is None or pool._max_workers < workers - 1:
-                    pool = ThreadPoolExecutor(max_workers=max(workers - 1, usable_cores() - 1),
-                                              thread_name_prefix="fastgrad")
-            running = [pool.submit(self._work, worker, with_backward) for worker in range(1, workers)]
+        offered = workers > 1 and make_offer(self, workers, with_backward)
+        if not offered:
+            self.workers_busy = 0
         try:
-            self._work(0, with_backward)
+            self.work_here(with_backward)
         finally:
-            if running:                      # after a Ctrl-C too: they stop at their next chunk
-                self.join(running)
+            if offered:                      # after a Ctrl-C too: the helpers stop at their next chunk
+                self.join()
         return self.raise_failure(workers)
 
-    cdef void join(self, running) except *:
-        """Wait for the pool's workers: spinning while their last chunks end (a sleeping thread woke up 20 to 50
-        us after them on a 2-core VM, a chunk's worth), then, if one is late (the OS has not run it yet), as
-        their futures say (which also raises what a worker raised)."""
+    cdef int join(self) except -1:
+        """Take back the workers no helper took, and wait for the others: spinning while their last chunks end,
+        then, if one is late (the OS has not run its thread yet), sleeping. A Ctrl-C meanwhile stops them at
+        their next chunk and is raised once they are done: they write into this graph's arrays."""
         cdef Py_ssize_t spins = 0
+        interrupted = None
         with nogil:
+            fg_atomic_add(&self.workers_busy, -withdraw_offer(self))
             while fg_atomic_load(&self.workers_busy) > 0 and spins < SPINS_AT_JOIN:
                 fg_spin_pause()
                 spins += 1
-        if fg_atomic_load(&self.workers_busy) > 0:
-            for future in running:
-                future.result()
+        while fg_atomic_load(&self.workers_busy) > 0:
+            try:
+                time.sleep(0.0001)
+            except BaseException as error:
+                fg_atomic_store(&self.stop, 1)
+                interrupted = error
+        if interrupted is not None:
+            raise interrupted
+        return 0
 
-    def _work(self, Py_ssize_t worker, bint with_backward):
-        """A worker's part (a method, for the pool's threads): the next chunk nobody has taken, until none is
-        left. Taken atomically without the GIL, so each once; a thread that starts late takes fewer (each
-        chunk's sums go to their own place, whoever computes them: the same bits). Between chunks the main
-        thread looks for Ctrl-C."""
-        cdef Py_ssize_t chunk, spins
-        cdef bint checks_signals = worker == 0 and threading.current_thread() is threading.main_thread()
+    cdef void work(self, Py_ssize_t worker, bint with_backward) noexcept nogil:
+        """A helper's part of a pass: the next chunk nobody has taken, until none is left. Taken atomically, so
+        each once; a thread that starts late takes fewer (each chunk's sums go to their own place, whoever
+        computes them: the same bits)."""
+        while self.take_chunk(worker, with_backward):
+            pass
+
+    cdef int work_here(self, bint with_backward) except -1:
+        """The part of the pass's own thread (worker 0), as a helper's, the GIL released; between chunks the
+        main thread looks for Ctrl-C."""
+        cdef bint checks_signals = threading.current_thread() is threading.main_thread()
         try:
             with nogil:
-                while not fg_atomic_load(&self.stop):
-                    chunk = fg_atomic_add(&self.next_chunk, 1)
-                    if chunk >= self.chunk_count:
-                        break
-                    if not self.run_chunk(worker, chunk, with_backward):
-                        fg_atomic_store(&self.stop, 1)      # a row failed: the others need not go on
-                        break
+                while self.take_chunk(0, with_backward):
                     if checks_signals:
                         with gil:
                             check_signals()
-                if worker > 0:
-                    # Done: the pass's thread, spinning in join(), takes the GIL first; had this one taken it,
-                    # that one would sleep until this one let it go, and wake up late.
-                    fg_atomic_add(&self.workers_busy, -1)
-                    for spins in range(SPINS_BEFORE_GIL):
-                        fg_spin_pause()
         except BaseException:
             fg_atomic_store(&self.stop, 1)
             raise
+
+    cdef bint take_chunk(self, Py_ssize_t worker, bint with_backward) noexcept nogil:
+        """Run the next chunk nobody has taken; False if none was left, or a row failed (the others stop then)."""
+        cdef Py_ssize_t chunk
+        if fg_atomic_load(&self.stop):
+            return False
+        chunk = fg_atomic_add(&self.next_chunk, 1)
+        if chunk >= self.chunk_count:
+            return False
+        if not self.run_chunk(worker, chunk, with_backward):
+            fg_atomic_store(&self.stop, 1)
+            return False
+        return True
 
     cdef bint run_chunk(self, Py_ssize_t worker, Py_ssize_t chunk, bint with_backward) noexcept nogil:
         """One chunk's blocks; with backward, its sums of the shared leaves' grads in partials. False if a row
@@ -952,3 +961,109 @@ cdef double real_number(x, Py_ssize_t row, Py_ssize_t column) except? -1.0:
         return float(x)
     where = f"rows[{row}][{column}]" if column >= 0 else f"weights[{row}]"
     raise TypeError(f"{where} must be a real number, not {type_name(x)!r}")
+
+
+# -- the helpers: threads that run a pass's workers 1, 2, ... beside the thread that runs the pass (worker 0).
+# A pass offers its workers, and each helper takes one, under help_lock; the pass takes back those nobody took
+# when its own chunks are done, and waits for the others. Between passes a helper spins for the next offer for a
+# while, then sleeps until a pass wakes it: a training loop's passes then wake no thread (waking one took about
+# 45 us a pass on a 2-core VM, a tenth of the moons step at 10,000 rows). Started by the passes that ask for
+# them: as many as a pass has asked for (its threads less one), at most.
+
+cdef struct Offer:
+    void* graph                  # the BatchedGraph of the pass offering (borrowed: its thread holds it until
+                                 # every worker taken is done), or NULL
+    Py_ssize_t next, workers     # the next worker to take; workers [next, workers) are still offered
+    bint with_backward
+
+cdef Offer offer = Offer(NULL, 0, 0, False)
+cdef PyThread_type_lock help_lock = PyThread_allocate_lock()
+cdef Py_ssize_t offers_made = 0          # (atomic) the offers so far: a spinning helper looks for a change
+cdef Py_ssize_t helpers_hot = 0          # (atomic) the helpers spinning for an offer now
+cdef Py_ssize_t helpers_started = 0
+cdef object helpers_wake = threading.Semaphore(0)
+
+
+cdef bint make_offer(BatchedGraph graph, Py_ssize_t workers, bint with_backward) except -1:
+    """Offer a pass's workers 1 to workers - 1 to the helpers, waking as many as are asleep; False if another
+    pass's offer stands (this one then runs on its own thread)."""
+    global helpers_started
+    cdef Py_ssize_t asleep
+    with nogil:
+        PyThread_acquire_lock(help_lock, WAIT_LOCK)
+    if offer.graph != NULL:
+        PyThread_release_lock(help_lock)
+        return False
+    offer.graph, offer.next, offer.workers, offer.with_backward = <void*>graph, 1, workers, with_backward
+    PyThread_release_lock(help_lock)
+    fg_atomic_add(&offers_made, 1)
+    asleep = min(workers - 1, helpers_started) - fg_atomic_load(&helpers_hot)
+    while helpers_started < workers - 1:         # a new helper spins first: it finds the offer
+        threading.Thread(target=_help_passes, name="fastgrad-helper", daemon=True).start()
+        helpers_started += 1
+    for _ in range(asleep):
+        helpers_wake.release()
+    return True
+
+
+cdef Py_ssize_t withdraw_offer(BatchedGraph graph) noexcept nogil:
+    """Take a pass's offer back: the number of its workers no helper took."""
+    cdef Py_ssize_t untaken = 0
+    PyThread_acquire_lock(help_lock, WAIT_LOCK)
+    if offer.graph == <void*>graph:
+        untaken = offer.workers - offer.next
+        offer.graph = NULL
+    PyThread_release_lock(help_lock)
+    return untaken
+
+
+cdef bint take_offer(void** graph, Py_ssize_t* worker, bint* with_backward) noexcept nogil:
+    cdef bint taken
+    PyThread_acquire_lock(help_lock, WAIT_LOCK)
+    taken = offer.graph != NULL and offer.next < offer.workers
+    if taken:
+        graph[0], worker[0], with_backward[0] = offer.graph, offer.next, offer.with_backward
+        offer.next += 1
+    PyThread_release_lock(help_lock)
+    return taken
+
+
+cdef void help_while_hot() noexcept nogil:
+    """Run the workers passes offer, spinning between them; return after HOT_SPINS pauses without an offer."""
+    cdef Py_ssize_t spins = 0, seen = fg_atomic_load(&offers_made) - 1     # an offer made before: looked at once
+    cdef void* graph
+    cdef Py_ssize_t worker
+    cdef bint with_backward
+    fg_atomic_add(&helpers_hot, 1)
+    while spins < HOT_SPINS:
+        if fg_atomic_load(&offers_made) == seen:
+            fg_spin_pause()
+            spins += 1
+            continue
+        seen = fg_atomic_load(&offers_made)
+        while take_offer(&graph, &worker, &with_backward):
+            (<BatchedGraph>graph).work(worker, with_backward)
+            fg_atomic_add(&(<BatchedGraph>graph).workers_busy, -1)    # the last this thread reads of it
+        spins = 0
+    fg_atomic_add(&helpers_hot, -1)
+
+
+def _help_passes():
+    """A helper thread's life."""
+    while True:
+        with nogil:
+            help_while_hot()
+        helpers_wake.acquire()
+
+
+def _forget_helpers():
+    """In a child process after fork(): the parent's helpers are not there, and help_lock may be held."""
+    global help_lock, helpers_started, helpers_hot, helpers_wake
+    help_lock = PyThread_allocate_lock()
+    offer.graph = NULL
+    helpers_started = helpers_hot = 0
+    helpers_wake = threading.Semaphore(0)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helpers)
