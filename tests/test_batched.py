@@ -671,6 +671,36 @@ def test_one_batched_graph_runs_one_pass_at_a_time():
     assert all("one pass at a time" in e for e in errors)
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_helpers_are_daemons_a_forked_child_makes_its_own_and_the_process_exits_right_after_a_pass(tmp_path):
+    """A pass on two threads starts a helper (a daemon thread); a child made by fork() right after has none of its
+    parent's, starts its own, and gets the same bits; the interpreter exits while the helper still spins."""
+    script = """
+import os, random, threading
+import fastgrad
+from fastgrad import Value
+random.seed(5)
+w = [Value(random.uniform(-1, 1)) for _ in range(3)]
+x1, x2 = Value(0.0), Value(0.0)
+loss = (w[0] + w[1] * x1 + w[2] * x2).tanh()
+rows = [[random.uniform(-2, 2), random.uniform(-2, 2)] for _ in range(9000)]
+two = bytes(fastgrad.compile(loss, inputs=[x1, x2], threads=2).forward(rows))
+one = bytes(fastgrad.compile(loss, inputs=[x1, x2], threads=1).forward(rows))
+assert two == one
+helpers = [t for t in threading.enumerate() if t.name == "fastgrad-helper"]
+assert helpers and all(t.daemon for t in helpers), helpers
+pid = os.fork()
+if pid == 0:
+    same = bytes(fastgrad.compile(loss, inputs=[x1, x2], threads=2).forward(rows)) == one
+    own = any(t.name == "fastgrad-helper" for t in threading.enumerate())
+    os._exit(0 if same and own else 3)
+assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+fastgrad.compile(loss, inputs=[x1, x2], threads=2).forward(rows)       # and exit at once
+print("ok")
+"""
+    run_python(script, tmp_path)
+
+
 def test_a_graph_dropped_while_another_thread_runs_it():
     model, loss, inputs = moons_sample()
     rows = moons_rows(30_000)
