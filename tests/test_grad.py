@@ -322,8 +322,11 @@ moderate_recipes = recipe_strategy(
 def test_second_and_third_derivatives_of_random_programs_match_pytorch(recipe):
     leaves, pool, kept = build(recipe)
     # PyTorch's second derivative of log(x) squares x: beyond 1e154 that is inf, and the term it divides
-    # is dropped as 0 (log(c ** x)'' came out log(c)^2 instead of 0 at c ** x = 1.6e199)
-    assume(all(abs(v.data) < 1e150 for v in pool))
+    # is dropped as 0 (log(c ** x)'' came out log(c)^2 instead of 0 at c ** x = 1.6e199); and the third
+    # derivative of a quotient divides by its denominator to the fourth power, inf beyond 1e77 in both engines
+    # (|x / k| / (x / k), which is 1, came out with a third derivative of 6 in fastgrad and 8.8e-102 in
+    # PyTorch at x / k = 1.1e101)
+    assume(all(abs(v.data) < 1e75 for v in pool))
     t_leaves, t_root = torch_program(recipe[0], kept)
     try:
         first = grad(pool[-1], leaves, create_graph=True)
