@@ -68,6 +68,7 @@ cdef extern from "lanes.h" nogil:
         backward_loop backward
         sum_loop take_lane_sums
     const fg_lane_loops* fg_lane_loops_for(const char* wanted)
+    bint fg_layer_activation(int op)
 
 cdef enum:
     CHUNK_BLOCKS = 32         # blocks a chunk at least: each chunk's lanes are summed once, at its end (2.5 us
@@ -425,11 +426,11 @@ cdef class BatchedGraph(Recording):
         return layers, later
 
     cdef dict find_activations(self, layers, ends):
-        """The layers whose every sum is read by one instruction only, the same op of FG_LAYER_ACTIVATIONS
-        (lanes.h) for all: {first neuron's instruction: (that op, each neuron's reader)}. The layer then computes
-        those too, in its k slots after the sums: each reader reads nothing but its sum, and nothing else reads
-        the sums, so computed there the numbers and the order of their grads' additions are the same."""
-        cdef Py_ssize_t i, m, t, root = self.root_slot()
+        """The layers whose every sum is read by one instruction only, the same op for all, one a layer computes
+        (fg_layer_activation, lanes.h): {first neuron's instruction: (that op, each neuron's reader)}. The layer
+        then computes those too, in its k slots after the sums: each reader reads nothing but its sum, and nothing
+        else reads the sums, so computed there the numbers and the order of their grads' additions are the same."""
+        cdef Py_ssize_t i, m, t
         cdef uint32_t word
         cdef int op
         tops = {ends[neuron] - 1 for key, neurons in layers.values() for neuron in neurons}
@@ -450,10 +451,10 @@ cdef class BatchedGraph(Recording):
         found = {}
         for first, (key, neurons) in layers.items():
             reader = [readers.get(ends[neuron] - 1, ()) for neuron in neurons]
-            if any(len(r) != 1 or ends[neuron] - 1 == root for r, neuron in zip(reader, neurons)):
+            if any(len(r) != 1 for r in reader):
                 continue
             op = self.code[reader[0][0]] & OP_MASK
-            if op in (ops.RELU, ops.TANH, ops.SIGMOID) and all(self.code[r[0]] & OP_MASK == op for r in reader):
+            if fg_layer_activation(op) and all(self.code[r[0]] & OP_MASK == op for r in reader):
                 found[first] = (op, [r[0] for r in reader])
         return found
 

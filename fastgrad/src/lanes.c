@@ -399,7 +399,7 @@ FG_KERNEL void fg_take_lane_sums_body(double *slots, double *folded, ptrdiff_t c
                                       const unsigned char *lanes_added, double *sums) {
     /* Eight running sums, each from a folded number and every eighth lane, then a fixed tree over the eight:
        vertical adds a vector unit of any width makes, and no order left to the compiler. Lanes of zeros add
-       + 0.0 to each, once as often: the same bits (the moons step reads its 338 weights' lanes no more: 3% of
+       + 0.0 to each, once as often: the same bits (the moons step reads its 338 weights' lanes no more: 2% of
        its time). */
     for (ptrdiff_t k = 0; k < count; k++) {
         double *lane = slots + k * FG_LANES;

@@ -24,6 +24,18 @@
 #define FG_LANE_LAYER 32
 #define FG_LAYER_ACTIVATIONS(X) X(FG_RELU, fg_relu) X(FG_TANH, fg_tanh) X(FG_SIGMOID, fg_sigmoid)
 
+/* Whether a layer computes op for its sums (batched.pyx asks, when it lays a layer out). */
+FG_KERNEL int fg_layer_activation(int op) {
+    switch (op) {
+#define FG_ACTIVATION_CASE(code, kernel) case code:
+    FG_LAYER_ACTIVATIONS(FG_ACTIVATION_CASE)
+#undef FG_ACTIVATION_CASE
+        return 1;
+    default:
+        return 0;
+    }
+}
+
 typedef struct {
     int32_t op;        /* an fg_op with kernels, FG_CUSTOM (data given: nothing to compute), FG_LANE_DOT or
                           FG_LANE_LAYER;
