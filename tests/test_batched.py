@@ -47,6 +47,27 @@ def zero(model):
         p.grad = 0.0
 
 
+def batched_pass(loss, inputs, rows, leaves, **compile_options):
+    """One forward and backward of loss's batched graph over rows, weights 1/N: (the outputs' bytes, the leaves'
+    grads)."""
+    batch = fastgrad.compile(loss, inputs=inputs, **compile_options)
+    outputs = batch.forward(rows)
+    for v in leaves:
+        v.grad = 0.0
+    batch.backward(1.0 / len(rows))
+    return bytes(outputs), tuple(v.grad for v in leaves)
+
+
+def assert_eager_grads(batched, eager, leaves):
+    """batched: the leaves' grads from the batched graph; eager: each row's eager graph. Their mean's grads,
+    within 1e-12."""
+    for v in leaves:
+        v.grad = 0.0
+    (sum(eager) * (1.0 / len(eager))).backward()
+    for got, v in zip(batched, leaves):
+        assert math.isclose(got, v.grad, rel_tol=1e-12, abs_tol=1e-15), (got, v.grad)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Exact outputs, grads of the eager graphs
 
@@ -109,23 +130,12 @@ def test_layers_of_any_width_give_each_rows_eager_bits_and_the_eager_grads(width
     loss = loss_of(inputs)
     rows = np.random.default_rng(input_count).uniform(-2, 2, size=(70, input_count))
     every = params + [v for weights, bias in side for v in weights + [bias]]
-    results = set()
-    for threads in (1, 3):
-        batch = fastgrad.compile(loss, inputs=inputs, threads=threads)
-        outputs = batch.forward(rows)
-        for v in every:
-            v.grad = 0.0
-        batch.backward(1.0 / len(rows))
-        results.add((bytes(outputs), tuple(v.grad for v in every)))
+    results = {batched_pass(loss, inputs, rows, every, threads=threads) for threads in (1, 3)}
     assert len(results) == 1
-    batched = [v.grad for v in every]
+    outputs, batched = results.pop()
     eager = [loss_of([Value(x) for x in row]) for row in rows]
-    assert all(same_float(o, e.data) for o, e in zip(outputs, eager))
-    for v in every:
-        v.grad = 0.0
-    (sum(eager) * (1.0 / len(rows))).backward()
-    for got, v in zip(batched, every):
-        assert math.isclose(got, v.grad, rel_tol=1e-12, abs_tol=1e-15), (got, v.grad)
+    assert all(same_float(o, e.data) for o, e in zip(array.array("d", outputs), eager))
+    assert_eager_grads(batched, eager, every)
 
 
 def test_neurons_sharing_a_weight_give_the_same_bits_at_every_simd_width():
@@ -187,25 +197,14 @@ def test_a_layers_activations_give_each_rows_eager_bits_and_grads_at_every_simd_
     rows = np.random.default_rng(11).uniform(-3, 3, size=(333, 2))
     rows[:8] = [[0.0, 0.0], [-0.0, 0.0], [0.0, -0.0], [1e-300, -1e-300], [30, 30], [-30, -30], [2, -2], [-2, 2]]
     fused = activation in ("relu", "tanh", "sigmoid")
-    results = set()
-    for _ in simd_widths():
-        batch = fastgrad.compile(loss, inputs=inputs)
-        outputs = batch.forward(rows)
-        for v in leaves:
-            v.grad = 0.0
-        batch.backward(1.0 / len(rows))
-        results.add((bytes(outputs), tuple(v.grad for v in leaves)))
+    results = {batched_pass(loss, inputs, rows, leaves) for _ in simd_widths()}
     assert len(results) == 1
     outputs, batched = results.pop()
-    outputs = array.array("d", outputs)
     eager = [loss_of(Value(a), Value(b)) for a, b in rows]
-    assert all(same_float(o, e.data) for o, e in zip(outputs, eager))
-    for v in leaves:
-        v.grad = 0.0
-    (sum(eager) * (1.0 / len(rows))).backward()
-    assert all(math.isclose(got, v.grad, rel_tol=1e-12, abs_tol=1e-15) for got, v in zip(batched, leaves))
+    assert all(same_float(o, e.data) for o, e in zip(array.array("d", outputs), eager))
+    assert_eager_grads(batched, eager, leaves)
     plain = fastgrad.compile(loss_of(*inputs, plain=True), inputs=inputs)
-    assert lane_instructions(batch) - lane_instructions(plain) == (0 if fused else 5)
+    assert lane_instructions(fastgrad.compile(loss, inputs=inputs)) - lane_instructions(plain) == (0 if fused else 5)
 
 
 def test_tanh_in_the_lanes_is_eagers_tanh_bit_for_bit_at_every_simd_width():
@@ -369,16 +368,8 @@ def test_shared_leaves_whose_grads_go_lane_by_lane_in_every_role_over_many_chunk
     loss = loss_of(*inputs)
     for count in (1024, 32 * 32 * 3):
         rows = np.random.default_rng(count).uniform(-1.5, 1.5, size=(count, 2))
-        batch = fastgrad.compile(loss, inputs=inputs)
-        for v in s:
-            v.grad = 0.0
-        batch.forward_backward(rows, 1.0 / count)
-        batched = [v.grad for v in s]
-        eager = [loss_of(Value(a), Value(b)) for a, b in rows]
-        for v in s:
-            v.grad = 0.0
-        (sum(eager) * (1.0 / count)).backward()
-        assert all(math.isclose(got, v.grad, rel_tol=1e-12, abs_tol=1e-15) for got, v in zip(batched, s)), count
+        _, batched = batched_pass(loss, inputs, rows, s)
+        assert_eager_grads(batched, [loss_of(Value(a), Value(b)) for a, b in rows], s)
 
 
 def test_a_million_and_three_rows_against_exact_sums():
