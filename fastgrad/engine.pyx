@@ -78,14 +78,6 @@ cdef extern from *:
     unsigned long Py_TPFLAGS_IMMUTABLETYPE
 
 cdef extern from "node_memory.h":
-    """
-    /* A node in the slabs, its type set and its one reference counted (a new reference), or NULL with
-       MemoryError set: what tp_alloc does for a node without a GC header, returned to Cython as a Value. */
-    static inline PyObject *fg_slab_node(PyTypeObject *type, unsigned int *slab_index) {
-        PyObject *node = (PyObject *)fg_node_alloc(slab_index);
-        return node == NULL ? PyErr_NoMemory() : PyObject_Init(node, type);
-    }
-    """
     Value slab_node "fg_slab_node" (PyTypeObject* type, unsigned int* slab_index)
     void* node_alloc "fg_node_alloc" (unsigned int* slab_index) noexcept nogil
     void node_free "fg_node_free" (void* node, unsigned int slab_index) noexcept nogil
