@@ -86,12 +86,13 @@ static inline void *fg_node_alloc(unsigned int *slab_index) {
    build allows: the slot comes zeroed, and tracemalloc's new-reference hook finds nothing to update in memory it
    traces in a domain of its own, so PyObject_Init's two calls out of the extension would do no more (they were
    7% of what a node grad(create_graph=True) makes costs). Builds that count references or list every object,
-   and the free-threaded build, whose header has more fields, keep the call. */
+   the free-threaded build, whose header has more fields, and Python 3.13 on, whose reference tracers
+   (PyRefTracer_SetTracer) are told of each new object there, keep the call. */
 static inline PyObject *fg_slab_node(PyTypeObject *type, unsigned int *slab_index) {
     PyObject *node = (PyObject *)fg_node_alloc(slab_index);
     if (node == NULL)
         return PyErr_NoMemory();
-#if defined(Py_REF_DEBUG) || defined(Py_TRACE_REFS) || defined(Py_GIL_DISABLED)
+#if defined(Py_REF_DEBUG) || defined(Py_TRACE_REFS) || defined(Py_GIL_DISABLED) || PY_VERSION_HEX >= 0x030D0000
     return PyObject_Init(node, type);
 #else
     Py_SET_TYPE(node, type);
