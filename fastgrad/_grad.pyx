@@ -38,7 +38,7 @@ cdef extern from "portability.h":
     void prefetch "fg_prefetch" (const void* p) noexcept nogil
 from fastgrad.engine cimport (CALLS_PYTHON, HAS_CLOSURE, HEADERED, NodeArray, Value, binary_node, catch_up,
                               check_replayable, count_reach_in, custom_derivative, custom_inputs, free_array, leaf,
-                              unary_node)
+                              new_binary_node, unary_node)
 
 
 def grad(outputs, inputs, *, grad_outputs=None, bint create_graph=False):
@@ -466,24 +466,21 @@ cdef class _Sweep:
         NULL: the kernel adds 0.0, which changes a grad only if it is -0.0 (a place nothing flowed into yet
         stays empty, which the sweep reads as 0.0)."""
         cdef PyObject* total = self.grads[place]
-        cdef Value made
+        cdef double value = 0.0
         if term == NULL:
-            if total != NULL and (<Value>total).value == 0.0 and signbit((<Value>total).value):
-                term = <PyObject*>self.zero           # -0.0 + 0.0 is 0.0
-            else:
+            if total == NULL or not ((<Value>total).value == 0.0 and signbit((<Value>total).value)):
                 return 0
-        if total != NULL:
-            made = self.apply2(ops.ADD, <Value>total, <Value>term)        # it holds total now
-            self.grads[place] = <PyObject*>made
-            Py_INCREF(made)
-            Py_DECREF(<object>total)
-        elif (<Value>term).value == 0.0 and signbit((<Value>term).value):
-            made = self.apply2(ops.ADD, self.zero, <Value>term)   # 0.0 + -0.0 is 0.0, as backward() has it
-            self.grads[place] = <PyObject*>made
-            Py_INCREF(made)
-        else:
-            self.grads[place] = term
-            Py_INCREF(<object>term)
+            term = <PyObject*>self.zero                   # -0.0 + 0.0 is 0.0
+        elif total == NULL:
+            if not ((<Value>term).value == 0.0 and signbit((<Value>term).value)):
+                Py_INCREF(<object>term)
+                self.grads[place] = term
+                return 0
+            total = <PyObject*>self.zero                  # 0.0 + -0.0 is 0.0, as backward() has it
+            Py_INCREF(<object>total)
+        ops.add_forward((<Value>total).value, (<Value>term).value, 0.0, &value)     # never fails
+        self.grads[place] = new_binary_node(ops.ADD, value, total, term)          # it holds total now
+        Py_DECREF(<object>total)
         return 0
 
     cdef PyObject* build(self, const ops.DerivativeSteps* steps, Value out) except? NULL:
@@ -526,6 +523,14 @@ cdef class _Sweep:
         for i in range(self.made):
             Py_DECREF(<object>self.registers[ops.R_T0 + i])
         self.made = 0
+
+    cdef inline PyObject* make2(self, int op, PyObject* x, PyObject* y) except NULL:
+        """apply2 as a new reference (the sweep's common case: one op on two registers)."""
+        cdef double value = 0.0
+        cdef ops.Status status = ops.forward(op, (<Value>x).value, (<Value>y).value, 0.0, &value)
+        if status != ops.OK:
+            self.fail(status)
+        return new_binary_node(op, value, x, y)
 
     cdef inline Value apply2(self, int op, Value x, Value y):
         """The node op(x, y), its data from the op's kernel, or the eager op's exception."""
@@ -658,13 +663,16 @@ cdef inline int add_derivative(_Sweep s, Py_ssize_t place, const ops.DerivativeS
     sum's: no step to make) or one op on two registers (a product's): those are made without build()'s
     registers."""
     cdef const ops.Step* step = &d.step[0]
-    cdef Value made
+    cdef PyObject* term
     if d.steps == 0:
         return s.add_to(place, s.registers[d.result])
     if (d.steps == 1 and d.result == ops.R_T0 and step.op != ops.POW_CONST and ops.op_facts(step.op).arity == 2
             and step.x != ops.R_K and step.x != ops.R_DB1 and step.y != ops.R_K and step.y != ops.R_DB1):
-        made = s.apply2(step.op, <Value>s.registers[step.x], <Value>s.registers[step.y])
-        return s.add_to(place, <PyObject*>made)
+        s.registers[<int>ops.R_T0] = s.make2(step.op, s.registers[step.x], s.registers[step.y])
+        s.made = 1
+        s.add_to(place, s.registers[<int>ops.R_T0])
+        s.release()
+        return 0
     s.add_to(place, s.build(d, out))
     s.release()
     return 0

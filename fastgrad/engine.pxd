@@ -40,6 +40,7 @@ cdef enum NodeFlags:
 cdef Value leaf(double value)
 cdef Value unary_node(unsigned char op, double value, Value a)
 cdef Value binary_node(unsigned char op, double value, Value a, Value b)
+cdef PyObject* new_binary_node(unsigned char op, double value, PyObject* a, PyObject* b) except NULL
 
 
 # A growable C array of borrowed node pointers.
