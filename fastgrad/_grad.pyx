@@ -461,10 +461,21 @@ cdef class _Sweep:
 
     @cython.boundscheck(False)
     @cython.wraparound(False)
-    cdef int add_to(self, Py_ssize_t place, PyObject* term) except -1:
+    cdef inline int add_to(self, Py_ssize_t place, PyObject* term) except -1:
         """Add term (borrowed) into the gradient at place, as backward() adds into a grad that starts at 0.0.
         NULL: the kernel adds 0.0, which changes a grad only if it is -0.0 (a place nothing flowed into yet
-        stays empty, which the sweep reads as 0.0)."""
+        stays empty, which the sweep reads as 0.0). The first term at a place, the common case, is kept here;
+        the rest is add_term's, out of line."""
+        if (self.grads[place] == NULL and term != NULL
+                and not ((<Value>term).value == 0.0 and signbit((<Value>term).value))):
+            Py_INCREF(<object>term)
+            self.grads[place] = term
+            return 0
+        return self.add_term(place, term)
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int add_term(self, Py_ssize_t place, PyObject* term) except -1:
         cdef PyObject* total = self.grads[place]
         cdef double value = 0.0
         if term == NULL:
