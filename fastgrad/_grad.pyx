@@ -37,8 +37,8 @@ cimport fastgrad._ops as ops
 cdef extern from "portability.h":
     void prefetch "fg_prefetch" (const void* p) noexcept nogil
 from fastgrad.engine cimport (CALLS_PYTHON, HAS_CLOSURE, HEADERED, NodeArray, Value, binary_node, catch_up,
-                              check_replayable, count_reach_in, custom_derivative, custom_inputs, free_array, leaf,
-                              new_binary_node, unary_node)
+                              check_replayable, count_reach_in, custom_derivative, custom_inputs, fg_node_memory,
+                              free_array, leaf, new_binary_node, node_memory, take_binary_node, unary_node)
 
 
 def grad(outputs, inputs, *, grad_outputs=None, bint create_graph=False):
@@ -440,6 +440,7 @@ cdef class _Sweep:
     cdef Value half
     cdef PyObject* registers[ops.R_T0 + 5]     # by ops.h's register numbers; the steps' results are owned
     cdef int made                  # how many steps' results the registers hold now
+    cdef fg_node_memory* memory    # the engine's slabs, for make_node
 
     @staticmethod
     cdef _Sweep new():
@@ -490,7 +491,7 @@ cdef class _Sweep:
             total = <PyObject*>self.zero                  # 0.0 + -0.0 is 0.0, as backward() has it
             Py_INCREF(<object>total)
         ops.add_forward((<Value>total).value, (<Value>term).value, 0.0, &value)     # never fails
-        self.grads[place] = new_binary_node(ops.ADD, value, total, term)          # it holds total now
+        self.grads[place] = self.make_node(ops.ADD, value, total, term)          # it holds total now
         Py_DECREF(<object>total)
         return 0
 
@@ -541,7 +542,12 @@ cdef class _Sweep:
         cdef ops.Status status = ops.forward(op, (<Value>x).value, (<Value>y).value, 0.0, &value)
         if status != ops.OK:
             self.fail(status)
-        return new_binary_node(op, value, x, y)
+        return self.make_node(op, value, x, y)
+
+    cdef inline PyObject* make_node(self, int op, double value, PyObject* x, PyObject* y) except NULL:
+        """The node op(x, y) of data value, a new reference: inline where the engine allows (engine.pxd)."""
+        cdef PyObject* n = take_binary_node(self.memory, op, value, x, y)
+        return n if n != NULL else new_binary_node(op, value, x, y)
 
     cdef inline Value apply2(self, int op, Value x, Value y):
         """The node op(x, y), its data from the op's kernel, or the eager op's exception."""
@@ -592,6 +598,7 @@ cdef list sweep_values(_Sweep sweep, Plan* plan, list seeds, Py_ssize_t* out_pla
     if not giving_back:
         give_back(plan)
     sweep.plan = plan
+    sweep.memory = node_memory()
     sweep.grads = <PyObject**>(plan.numbers + 1)
     memset(sweep.grads, 0, plan.nodes.length * sizeof(PyObject*))   # derivative_values never adds to NONE
     try:

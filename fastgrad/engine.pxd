@@ -1,7 +1,7 @@
 # The engine's C interface for fastgrad's other compiled modules (the replay, the optimizers): the node's
 # layout, the node array and the topological sort. For in-tree modules only: it is not shipped in the wheel,
 # so nothing outside this repository can cimport it. The op codes and kernels are in _ops.pxd.
-from cpython.object cimport PyObject
+from cpython.object cimport PyObject, PyTypeObject
 
 
 cdef class Value:
@@ -35,12 +35,46 @@ cdef enum NodeFlags:
 
 # How the engine makes nodes, data given (computed and checked by the op's kernel first): grad (_grad.pyx)
 # builds its gradient graphs with them, so that every node is made in one place, with a GC header where a
-# child has one. A call per node across modules (~1 ns, against ~20 for making the node), where inlining
-# them here would copy how nodes are made.
+# child has one. new_binary_node returns a new reference, for callers that hold raw ones.
 cdef Value leaf(double value)
 cdef Value unary_node(unsigned char op, double value, Value a)
 cdef Value binary_node(unsigned char op, double value, Value a, Value b)
 cdef PyObject* new_binary_node(unsigned char op, double value, PyObject* a, PyObject* b) except NULL
+
+# Its common case, inline where it is called: grad's sweep makes about two nodes a node of the graph it
+# differentiates, and a call across modules a node was a quarter of the instructions making one took
+# (callgrind). The slot comes from the engine's own slabs, through the pointer node_memory() gives.
+cdef extern from "node_memory.h":
+    ctypedef struct fg_node_memory:
+        pass
+    void* node_take "fg_node_take" (fg_node_memory* memory, unsigned int* slab_index) noexcept nogil
+    PyObject* node_header "fg_node_header" (void* slot, PyTypeObject* type) noexcept
+    void child_reference "Py_INCREF" (PyObject* child) noexcept
+
+cdef fg_node_memory* node_memory() noexcept    # NULL where nodes do not live in the slabs (PYTHONMALLOC=debug)
+
+
+cdef inline PyObject* take_binary_node(fg_node_memory* memory, unsigned char op, double value, PyObject* a,
+                                       PyObject* b) noexcept:
+    """binary_node(op, value, a, b) as a new reference where its slot comes from an open slab in use and no
+    child has a GC header; NULL (nothing done) otherwise: new_binary_node then takes the whole path."""
+    cdef unsigned int slab = 0
+    cdef void* slot
+    cdef PyObject* n
+    if memory == NULL or ((<Value>a).flags | (<Value>b).flags) & HEADERED:
+        return NULL
+    slot = node_take(memory, &slab)
+    if slot == NULL:
+        return NULL
+    n = node_header(slot, <PyTypeObject*>Value)
+    (<Value>n).slab = slab
+    (<Value>n).value = value
+    (<Value>n).op = op
+    child_reference(a)
+    (<Value>n).child_a = a
+    child_reference(b)
+    (<Value>n).child_b = b
+    return n
 
 
 # A growable C array of borrowed node pointers.

@@ -79,7 +79,7 @@ cdef extern from *:
 
 cdef extern from "node_memory.h":
     Value slab_node "fg_slab_node" (PyTypeObject* type, unsigned int* slab_index)
-    PyObject* raw_slab_node "fg_slab_node" (PyTypeObject* type, unsigned int* slab_index)
+    fg_node_memory fg_memory
     void* node_alloc "fg_node_alloc" (unsigned int* slab_index) noexcept nogil
     void node_free "fg_node_free" (void* node, unsigned int slab_index) noexcept nogil
     void return_spare_slabs "fg_return_spare_slabs" () noexcept nogil
@@ -445,29 +445,17 @@ cdef inline Value binary_node(unsigned char op, double value, Value a, Value b):
 
 
 cdef PyObject* new_binary_node(unsigned char op, double value, PyObject* a, PyObject* b) except NULL:
-    """binary_node as a new reference, for a caller that holds raw ones (grad's sweep, which makes 120,000
-    nodes on the moons graph): the slab's path without Cython's bookkeeping of a Value around it (callgrind:
-    it was a third of the instructions a node took)."""
-    cdef unsigned int slab = 0
-    cdef PyObject* n
-    if not use_slabs or ((<Value>a).flags | (<Value>b).flags) & HEADERED:
-        return new_reference(binary_node(op, value, <Value>a, <Value>b))
-    n = raw_slab_node(<PyTypeObject*>Value, &slab)
-    if n == NULL:
-        return NULL                  # MemoryError is set
-    (<Value>n).slab = slab
-    (<Value>n).value = value
-    (<Value>n).op = op
-    incref(a)
-    (<Value>n).child_a = a
-    incref(b)
-    (<Value>n).child_b = b
-    return n
+    cdef PyObject* n = take_binary_node(node_memory(), op, value, a, b)
+    cdef Value made
+    if n != NULL:
+        return n
+    made = binary_node(op, value, <Value>a, <Value>b)
+    incref(<PyObject*>made)
+    return <PyObject*>made
 
 
-cdef PyObject* new_reference(Value node):
-    incref(<PyObject*>node)
-    return <PyObject*>node
+cdef fg_node_memory* node_memory() noexcept:
+    return &fg_memory if use_slabs else NULL
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -51,23 +51,10 @@ FG_HIDDEN void fg_slab_filled(fg_slab *slab);
 FG_HIDDEN void fg_slab_emptied(fg_slab *slab);
 FG_HIDDEN void fg_return_spare_slabs(void);
 
-/* A zeroed slot in the lowest free place, its slab's index in *slab_index; NULL when out of memory (nothing
-   is set then: the caller raises MemoryError). */
-static inline void *fg_node_alloc(unsigned int *slab_index) {
-    Py_ssize_t index = fg_memory.lowest_open;
-    fg_slab *slab;
-    int word, bit;
+/* The lowest free slot of a slab that has one, zeroed; its slab's index in *slab_index. */
+static inline void *fg_take_slot(fg_slab *slab, Py_ssize_t index, unsigned int *slab_index) {
+    int word = slab->first_free_word, bit;
     char *node;
-    if (index == fg_memory.count || fg_memory.slabs[index].slots == NULL
-            || fg_memory.slabs[index].live == FG_SLAB_SLOTS) {
-        index = fg_open_slab();
-        if (index < 0)
-            return NULL;
-    }
-    slab = &fg_memory.slabs[index];
-    if (slab->live == 0)
-        fg_slab_filled(slab);
-    word = slab->first_free_word;
     while (slab->free_bits[word] == 0)    /* ends: live < FG_SLAB_SLOTS, so some bit is set */
         word++;
     slab->first_free_word = word;
@@ -81,17 +68,47 @@ static inline void *fg_node_alloc(unsigned int *slab_index) {
     return node;
 }
 
-/* A node in the slabs, its type set and its one reference counted (a new reference), or NULL with MemoryError
-   set: what tp_alloc does for a node without a GC header. PyObject_Init's work is written out where CPython's
+/* The common case of fg_node_alloc, which calls nothing: a slot of the lowest open slab while it holds nodes and
+   has room; NULL otherwise, for fg_node_alloc's whole path. `memory` is the engine's: grad's sweep, in another
+   module, makes its nodes inline through the pointer the engine gives it (engine.pxd, take_binary_node). */
+static inline void *fg_node_take(fg_node_memory *memory, unsigned int *slab_index) {
+    Py_ssize_t index = memory->lowest_open;
+    fg_slab *slab;
+    if (index == memory->count)
+        return NULL;
+    slab = &memory->slabs[index];
+    if (slab->slots == NULL || slab->live == 0 || slab->live == FG_SLAB_SLOTS)
+        return NULL;
+    return fg_take_slot(slab, index, slab_index);
+}
+
+/* A zeroed slot in the lowest free place, its slab's index in *slab_index; NULL when out of memory (nothing
+   is set then: the caller raises MemoryError). */
+static inline void *fg_node_alloc(unsigned int *slab_index) {
+    Py_ssize_t index;
+    void *node = fg_node_take(&fg_memory, slab_index);
+    if (node != NULL)
+        return node;
+    index = fg_memory.lowest_open;
+    if (index == fg_memory.count || fg_memory.slabs[index].slots == NULL
+            || fg_memory.slabs[index].live == FG_SLAB_SLOTS) {
+        index = fg_open_slab();
+        if (index < 0)
+            return NULL;
+    }
+    if (fg_memory.slabs[index].live == 0)
+        fg_slab_filled(&fg_memory.slabs[index]);
+    return fg_take_slot(&fg_memory.slabs[index], index, slab_index);
+}
+
+/* A new node's header: its type and its one reference. PyObject_Init's work is written out where CPython's
    build allows: the slot comes zeroed, and tracemalloc's new-reference hook finds nothing to update in memory it
    traces in a domain of its own, so PyObject_Init's two calls out of the extension would do no more (they were
    7% of what a node grad(create_graph=True) makes costs). Builds that count references or list every object,
    the free-threaded build, whose header has more fields, and Python 3.13 on, whose reference tracers
    (PyRefTracer_SetTracer) are told of each new object there, keep the call. */
-static inline PyObject *fg_slab_node(PyTypeObject *type, unsigned int *slab_index) {
-    PyObject *node = (PyObject *)fg_node_alloc(slab_index);
-    if (node == NULL)
-        return PyErr_NoMemory();
+static inline PyObject *fg_node_header(void *slot, PyTypeObject *type) {
+    PyObject *node = (PyObject *)slot;
 #if defined(Py_REF_DEBUG) || defined(Py_TRACE_REFS) || defined(Py_GIL_DISABLED) || PY_VERSION_HEX >= 0x030D0000
     return PyObject_Init(node, type);
 #else
@@ -101,6 +118,13 @@ static inline PyObject *fg_slab_node(PyTypeObject *type, unsigned int *slab_inde
     Py_SET_REFCNT(node, 1);
     return node;
 #endif
+}
+
+/* A node in the slabs, its type set and its one reference counted (a new reference), or NULL with MemoryError
+   set: what tp_alloc does for a node without a GC header. */
+static inline PyObject *fg_slab_node(PyTypeObject *type, unsigned int *slab_index) {
+    void *slot = fg_node_alloc(slab_index);
+    return slot == NULL ? PyErr_NoMemory() : fg_node_header(slot, type);
 }
 
 /* Mark a node's slot free. An emptied slab stays mapped until fg_return_spare_slabs. */
