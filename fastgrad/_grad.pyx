@@ -681,7 +681,6 @@ cdef inline int add_derivative(_Sweep s, Py_ssize_t place, const ops.DerivativeS
     sum's: no step to make) or one op on two registers (a product's): those are made without build()'s
     registers."""
     cdef const ops.Step* step = &d.step[0]
-    cdef PyObject* term
     if d.steps == 0:
         return s.add_to(place, s.registers[d.result])
     if (d.steps == 1 and d.result == ops.R_T0 and step.op != ops.POW_CONST and ops.op_facts(step.op).arity == 2

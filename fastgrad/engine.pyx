@@ -445,6 +445,7 @@ cdef inline Value binary_node(unsigned char op, double value, Value a, Value b):
 
 
 cdef PyObject* new_binary_node(unsigned char op, double value, PyObject* a, PyObject* b) except NULL:
+    """binary_node as a new reference: engine.pxd's inline take_binary_node where it applies, else the whole path."""
     cdef PyObject* n = take_binary_node(node_memory(), op, value, a, b)
     cdef Value made
     if n != NULL:
