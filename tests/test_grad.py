@@ -325,8 +325,12 @@ def test_second_and_third_derivatives_of_random_programs_match_pytorch(recipe):
     # is dropped as 0 (log(c ** x)'' came out log(c)^2 instead of 0 at c ** x = 1.6e199); and the third
     # derivative of a quotient divides by its denominator to the fourth power, inf beyond 1e77 in both engines
     # (|x / k| / (x / k), which is 1, came out with a third derivative of 6 in fastgrad and 8.8e-102 in
-    # PyTorch at x / k = 1.1e101)
+    # PyTorch at x / k = 1.1e101). Below 1e-75 the same holds the other way: a product of a few such numbers
+    # underflows, and where depends on the order of the formula's factors (x / y**2's second derivative by y,
+    # 6 x / y**4 = 2.4e-217 at x = 1.1e-308, y = 2.3e-23: fastgrad's chain multiplies x by 2 y first, 5e-331,
+    # which is 0, and came out -8.0e-218; PyTorch's did not)
     assume(all(abs(v.data) < 1e75 for v in pool))
+    assume(all(v.data == 0.0 or abs(v.data) > 1e-75 for v in pool))
     t_leaves, t_root = torch_program(recipe[0], kept)
     try:
         first = grad(pool[-1], leaves, create_graph=True)
