@@ -228,8 +228,14 @@ cdef class Value:
         else:
             step(<PyObject*>self)
 
-    def backward(self):
-        """Set this node's grad to 1.0 and add d(self)/d(node) into the grad of every node below it."""
+    def backward(self, *, bint create_graph=False):
+        """Set this node's grad to 1.0 and add d(self)/d(node) into the grad of every node below it.
+
+        A node's grad is a float: create_graph=True, PyTorch's way to ask for grads that can be differentiated
+        again, is refused, and fastgrad.grad(self, inputs, create_graph=True) returns them as Values."""
+        if create_graph:
+            raise ValueError("backward(create_graph=True): a node's .grad is a float; "
+                             "fastgrad.grad(output, inputs, create_graph=True) returns the gradients as Values")
         python_reaches_in()
         run_backward(self)
 

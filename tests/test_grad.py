@@ -91,6 +91,18 @@ def test_first_derivatives_are_backwards_bits_in_both_modes_and_no_grad_changes(
         assert all(same_float(v.data, e) for v, e in zip(values, expected)), ([v.data for v in values], expected)
 
 
+def test_backward_keeps_its_meaning_and_points_create_graph_to_grad():
+    x = Value(3.0)
+    y = x * x
+    y.backward(create_graph=False)
+    assert x.grad == 6.0
+    with pytest.raises(ValueError, match=r"fastgrad\.grad\(output, inputs, create_graph=True\)"):
+        y.backward(create_graph=True)
+    assert x.grad == 6.0 and y.grad == 1.0          # refused before anything is touched
+    (g,) = grad(y, [x], create_graph=True)
+    assert isinstance(g, Value) and g.data == 6.0
+
+
 def test_an_input_outside_the_graph_gets_zero_and_an_output_gets_its_seed():
     x, y, z = Value(2.0), Value(3.0), Value(5.0)
     f = x * y
