@@ -36,7 +36,7 @@ cimport fastgrad._ops as ops
 
 cdef extern from "portability.h":
     void prefetch "fg_prefetch" (const void* p) noexcept nogil
-from fastgrad.engine cimport (CALLS_PYTHON, HAS_CLOSURE, HEADERED, NodeArray, Value, binary_node, catch_up,
+from fastgrad.engine cimport (CALLS_PYTHON, HAS_CLOSURE, HEADERED, NodeArray, Value, catch_up,
                               check_replayable, count_reach_in, custom_derivative, custom_inputs, fg_node_memory,
                               free_array, leaf, new_binary_node, node_memory, take_binary_node, unary_node)
 
@@ -483,11 +483,7 @@ cdef class _Sweep:
             if total == NULL or not ((<Value>total).value == 0.0 and signbit((<Value>total).value)):
                 return 0
             term = <PyObject*>self.zero                   # -0.0 + 0.0 is 0.0
-        elif total == NULL:
-            if not ((<Value>term).value == 0.0 and signbit((<Value>term).value)):
-                Py_INCREF(<object>term)
-                self.grads[place] = term
-                return 0
+        elif total == NULL:                               # term is -0.0 (add_to keeps any other first term):
             total = <PyObject*>self.zero                  # 0.0 + -0.0 is 0.0, as backward() has it
             Py_INCREF(<object>total)
         ops.add_forward((<Value>total).value, (<Value>term).value, 0.0, &value)     # never fails
@@ -502,6 +498,7 @@ cdef class _Sweep:
         cdef const ops.Step* step
         cdef Value made
         cdef Value x
+        cdef Value y
         for i in range(steps.steps):
             step = &steps.step[i]
             x = self.operand(step.x, out)
@@ -510,7 +507,10 @@ cdef class _Sweep:
             elif ops.op_facts(step.op).arity == 1:
                 made = self.apply1(step.op, x)
             else:
-                made = self.apply2(step.op, x, self.operand(step.y, out))
+                y = self.operand(step.y, out)
+                self.registers[ops.R_T0 + i] = self.make2(step.op, <PyObject*>x, <PyObject*>y)
+                self.made = i + 1
+                continue
             Py_INCREF(made)
             self.registers[ops.R_T0 + i] = <PyObject*>made
             self.made = i + 1
@@ -537,7 +537,7 @@ cdef class _Sweep:
         self.made = 0
 
     cdef inline PyObject* make2(self, int op, PyObject* x, PyObject* y) except NULL:
-        """apply2 as a new reference (the sweep's common case: one op on two registers)."""
+        """The node op(x, y) as a new reference, its data from the op's kernel, or the eager op's exception."""
         cdef double value = 0.0
         cdef ops.Status status = ops.forward(op, (<Value>x).value, (<Value>y).value, 0.0, &value)
         if status != ops.OK:
@@ -548,14 +548,6 @@ cdef class _Sweep:
         """The node op(x, y) of data value, a new reference: inline where the engine allows (engine.pxd)."""
         cdef PyObject* n = take_binary_node(self.memory, op, value, x, y)
         return n if n != NULL else new_binary_node(op, value, x, y)
-
-    cdef inline Value apply2(self, int op, Value x, Value y):
-        """The node op(x, y), its data from the op's kernel, or the eager op's exception."""
-        cdef double value = 0.0
-        cdef ops.Status status = ops.forward(op, x.value, y.value, 0.0, &value)
-        if status != ops.OK:
-            self.fail(status)
-        return binary_node(op, value, x, y)
 
     cdef inline Value apply1(self, int op, Value x):
         cdef double value = 0.0

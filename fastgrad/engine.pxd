@@ -38,7 +38,6 @@ cdef enum NodeFlags:
 # child has one. new_binary_node returns a new reference, for callers that hold raw ones.
 cdef Value leaf(double value)
 cdef Value unary_node(unsigned char op, double value, Value a)
-cdef Value binary_node(unsigned char op, double value, Value a, Value b)
 cdef PyObject* new_binary_node(unsigned char op, double value, PyObject* a, PyObject* b) except NULL
 
 # Its common case, inline where it is called: grad's sweep makes about two nodes a node of the graph it
@@ -49,9 +48,22 @@ cdef extern from "node_memory.h":
         pass
     void* node_take "fg_node_take" (fg_node_memory* memory, unsigned int* slab_index) noexcept nogil
     PyObject* node_header "fg_node_header" (void* slot, PyTypeObject* type) noexcept
-    void child_reference "Py_INCREF" (PyObject* child) noexcept
+
+cdef extern from "Python.h":
+    # Reference counting on the raw child and label pointers of a node.
+    void incref "Py_INCREF" (PyObject*)
 
 cdef fg_node_memory* node_memory() noexcept    # NULL where nodes do not live in the slabs (PYTHONMALLOC=debug)
+
+
+cdef inline void link_binary(PyObject* n, unsigned char op, double value, PyObject* a, PyObject* b) noexcept:
+    """A new node's data, op and two children (each one more reference): binary_node's and take_binary_node's."""
+    (<Value>n).value = value
+    (<Value>n).op = op
+    incref(a)
+    (<Value>n).child_a = a
+    incref(b)
+    (<Value>n).child_b = b
 
 
 cdef inline PyObject* take_binary_node(fg_node_memory* memory, unsigned char op, double value, PyObject* a,
@@ -68,12 +80,7 @@ cdef inline PyObject* take_binary_node(fg_node_memory* memory, unsigned char op,
         return NULL
     n = node_header(slot, <PyTypeObject*>Value)
     (<Value>n).slab = slab
-    (<Value>n).value = value
-    (<Value>n).op = op
-    child_reference(a)
-    (<Value>n).child_a = a
-    child_reference(b)
-    (<Value>n).child_b = b
+    link_binary(n, op, value, a, b)
     return n
 
 

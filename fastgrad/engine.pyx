@@ -33,8 +33,7 @@ import sys
 from collections import namedtuple
 
 cdef extern from "Python.h":
-    # Reference counting on the raw child and label pointers of a node (see engine.pxd).
-    void incref "Py_INCREF" (PyObject*)
+    # Reference counting on the raw child and label pointers of a node (see engine.pxd; incref is declared there).
     void decref "Py_DECREF" (PyObject*)
     void xdecref "Py_XDECREF" (PyObject*)
     Py_ssize_t refcount "Py_REFCNT" (PyObject*)
@@ -441,12 +440,7 @@ cdef inline Value unary_node(unsigned char op, double value, Value a):
 
 cdef inline Value binary_node(unsigned char op, double value, Value a, Value b):
     cdef Value n = headered_node() if (a.flags | b.flags) & HEADERED else plain_node()
-    n.value = value
-    n.op = op
-    incref(<PyObject*>a)
-    n.child_a = <PyObject*>a
-    incref(<PyObject*>b)
-    n.child_b = <PyObject*>b
+    link_binary(<PyObject*>n, op, value, <PyObject*>a, <PyObject*>b)
     return n
 
 
