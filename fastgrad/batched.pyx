@@ -64,6 +64,7 @@ cdef extern from "lanes.h" nogil:
     ctypedef void (*sum_loop)(double*, double*, ptrdiff_t, const unsigned char*, double*) noexcept nogil
     ctypedef struct fg_lane_loops:
         const char* name
+        int fused_multiply_add
         forward_loop forward
         backward_loop backward
         sum_loop take_lane_sums
@@ -99,6 +100,13 @@ def choose_simd(wanted=None):
 def simd():
     """The name of the lane loops in use: "baseline", "avx2" or "avx512"."""
     return lane_loops.name.decode()
+
+
+def fused_multiply_add():
+    """Whether the lane loops in use fuse a layer's multiply-adds in its backward pass (each weight's and input's
+    grad term added with one rounding): the AVX2 and AVX-512 loops, and the baseline where the baseline CPU has
+    FMA (aarch64); not x86-64's baseline."""
+    return bool(lane_loops.fused_multiply_add)
 
 
 choose_simd(os.environ.get("FASTGRAD_SIMD") or None)

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import fastgrad
 from fastgrad import Value, moons, optim
+from fastgrad.batched import fused_multiply_add
 from fastgrad.micrograd.nn import MLP
 from fastgrad.reference import tanh as reference_tanh
 from support import (apply_step, leaf_numbers, operand_numbers, readme_code, recipe_strategy, run_python,
@@ -153,19 +154,20 @@ def test_neurons_sharing_a_weight_give_the_same_bits_at_every_simd_width():
     inputs = [Value(0.0), Value(0.0)]
     loss = loss_of(*inputs)
     rows = np.random.default_rng(4).uniform(-2, 2, size=(1000, 2))
-    results = set()
+    results = {}
     for _ in simd_widths():
         batch = fastgrad.compile(loss, inputs=inputs)
         for v in leaves:
             v.grad = 0.0
         batch.forward_backward(rows)
-        results.add(tuple(v.grad for v in leaves))
-    assert len(results) == 1
+        results.setdefault(fused_multiply_add(), set()).add(tuple(v.grad for v in leaves))
+    assert all(len(same) == 1 for same in results.values())
     eager = [loss_of(Value(a), Value(b)) for a, b in rows]
     for v in leaves:
         v.grad = 0.0
     sum(eager).backward()
-    assert all(math.isclose(got, v.grad, rel_tol=1e-12) for got, v in zip(results.pop(), leaves))
+    for (grads,) in results.values():
+        assert all(math.isclose(got, v.grad, rel_tol=1e-12) for got, v in zip(grads, leaves))
 
 
 def lane_instructions(batch):
@@ -197,12 +199,15 @@ def test_a_layers_activations_give_each_rows_eager_bits_and_grads_at_every_simd_
     rows = np.random.default_rng(11).uniform(-3, 3, size=(333, 2))
     rows[:8] = [[0.0, 0.0], [-0.0, 0.0], [0.0, -0.0], [1e-300, -1e-300], [30, 30], [-30, -30], [2, -2], [-2, 2]]
     fused = activation in ("relu", "tanh", "sigmoid")
-    results = {batched_pass(loss, inputs, rows, leaves) for _ in simd_widths()}
-    assert len(results) == 1
-    outputs, batched = results.pop()
-    eager = [loss_of(Value(a), Value(b)) for a, b in rows]
-    assert all(same_float(o, e.data) for o, e in zip(array.array("d", outputs), eager))
-    assert_eager_grads(batched, eager, leaves)
+    results = {}
+    for _ in simd_widths():
+        results.setdefault(fused_multiply_add(), set()).add(batched_pass(loss, inputs, rows, leaves))
+    assert all(len(same) == 1 for same in results.values())
+    assert len({outputs for (outputs, _), in results.values()}) == 1          # the forward pass fuses nothing
+    for (outputs, batched), in results.values():
+        eager = [loss_of(Value(a), Value(b)) for a, b in rows]        # a graph a backward(): its grads add up
+        assert all(same_float(o, e.data) for o, e in zip(array.array("d", outputs), eager))
+        assert_eager_grads(batched, eager, leaves)
     plain = fastgrad.compile(loss_of(*inputs, plain=True), inputs=inputs)
     assert lane_instructions(fastgrad.compile(loss, inputs=inputs)) - lane_instructions(plain) == (0 if fused else 5)
 
@@ -319,17 +324,46 @@ def _leaves(root):
 # The same bits for any thread count, SIMD width, and shape of N
 
 def test_the_same_bits_for_any_thread_count_and_simd_width():
+    """The outputs at every width; the grads at every width that fuses a layer's multiply-adds, and at every
+    width that does not (x86-64's baseline)."""
     model, loss, inputs = moons_sample()
     rows = moons_rows(20_000, seed=5)
-    results = set()
+    results = {}
     for _ in simd_widths():
         for threads in (1, 2, 3, 7):
             batch = fastgrad.compile(loss, inputs=inputs, threads=threads)
             outputs = bytes(batch.forward(rows))
             zero(model)
             batch.backward(1.0 / len(rows))
-            results.add((outputs, tuple(grads_of(model))))
-    assert len(results) == 1
+            results.setdefault(fused_multiply_add(), set()).add((outputs, tuple(grads_of(model))))
+    assert all(len(same) == 1 for same in results.values())
+    assert len({outputs for (outputs, _), in results.values()}) == 1
+
+
+def test_a_layers_weight_grads_are_fused_multiply_adds_where_the_width_fuses():
+    """A block's two rows reaching one of a weight's 8 folded sums (rows 0 and 8): their terms -1 and
+    (1 + 2**-30)**2 = 1 + 2**-29 + 2**-60 add to 2**-29 + 2**-60 exactly in one fused multiply-add, to 2**-29 when
+    the product is rounded first, as the eager graph rounds it. Every other row's term is 0."""
+    w = [Value(0.5), Value(-1.5), Value(2.0), Value(0.25)]
+    b = [Value(0.1), Value(-0.2)]
+    x1, x2, x3 = Value(0.0), Value(0.0), Value(0.0)
+    loss = (b[0] + w[0] * x1 + w[1] * x2) * x3 + (b[1] + w[2] * x1 + w[3] * x2) * x3     # a layer of two
+    near_one = 1.0 + 2.0 ** -30
+    rows = [[0.0, 1.0, 1.0] for _ in range(32)]                                          # one whole block
+    rows[0] = [-1.0, 1.0, 1.0]
+    rows[8] = [near_one, 1.0, near_one]
+    eager = [(b[0] + w[0] * r[0] + w[1] * r[1]) * r[2] + (b[1] + w[2] * r[0] + w[3] * r[1]) * r[2] for r in rows]
+    for v in w + b:
+        v.grad = 0.0
+    sum(eager).backward()
+    assert w[0].grad == 2.0 ** -29
+    for width in simd_widths():
+        batch = fastgrad.compile(loss, inputs=[x1, x2, x3])
+        for v in w + b:
+            v.grad = 0.0
+        batch.forward_backward(rows)
+        expected = 2.0 ** -29 + 2.0 ** -60 if fused_multiply_add() else 2.0 ** -29
+        assert w[0].grad == w[2].grad == expected, width
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 17, 31, 32, 33, 63, 64, 65, 1000])

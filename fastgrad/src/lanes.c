@@ -1,8 +1,12 @@
 /* The batched replay's lane loops (lanes.h), written once as inline bodies and compiled once per SIMD width:
    each width's functions carry a target attribute, so the module is built for the baseline CPU and only
    these functions use wider instructions, chosen at run time by what the CPU reports. */
+#include <math.h>
 #include <string.h>
 #include "lanes.h"
+#if FG_X86_TARGETS
+#include <immintrin.h>
+#endif
 
 /* Per lane: the loops the compiler turns into SIMD. */
 #define FG_EACH_LANE for (int l = 0; l < FG_LANES; l++)
@@ -192,67 +196,60 @@ FG_KERNEL void fg_layer_forward(const fg_lane_program *program, const int32_t *t
    times the time with one; AVX2 spills two inputs' numbers and takes one). */
 #define FG_MOST_INPUTS 2
 
-FG_KERNEL void fg_layer_inputs_backward(const fg_lane_program *program, const int32_t *terms, const double *grad,
-                                        const double *values, double *grads, const int32_t first, const int count,
-                                        const int grads_read, const int lane0, const int part, const int folds) {
-    /* Input by input: x_j's grad gathers every neuron's share in registers and is stored once, where neuron by
-       neuron it was loaded and stored k times (perf: those stores were the backward pass's hottest
-       instructions); last neuron first, as the eager graph's backward() adds them. Its weights' grads are
-       folded, or in a short block (no uniform slots: run_block) added lane by lane, as every slot's. `count`
-       inputs from `first`, 1 or 2 (then folds): two are read into local copies, which the compiler keeps in
-       registers (one it reads in place: a copy spilled on AVX2 and took 1.7 times as long). Inputs whose grads
-       nobody reads (grads_read 0) get none: the weights' grads alone. */
-    const int32_t k = terms[0], n = terms[1];
-    const int32_t *neurons = terms + 2 + n;
-    const double *x = values + (ptrdiff_t)terms[2 + first] * FG_LANES + lane0;
-    const double *next_x = values + (ptrdiff_t)terms[2 + first + count - 1] * FG_LANES + lane0;
-    double *x_grad = grads + (ptrdiff_t)terms[2 + first] * FG_LANES + lane0;
-    double *next_x_grad = grads + (ptrdiff_t)terms[2 + first + count - 1] * FG_LANES + lane0;
-    double sum[FG_LANES], next_sum[FG_LANES], x_copy[FG_LANES], next_x_copy[FG_LANES];
-    for (int l = 0; l < part; l++) {
-        if (grads_read) {
-            sum[l] = x_grad[l];
-            if (count == 2)
-                next_sum[l] = next_x_grad[l];
-        }
-        if (count == 2) {
-            x_copy[l] = x[l];
-            next_x_copy[l] = next_x[l];
-        }
-    }
-    for (int32_t i = k - 1; i >= 0; i--) {
-        const double *inner = grad + (ptrdiff_t)i * FG_LANES + lane0;
-        const int32_t *w = neurons + (ptrdiff_t)i * (n + 1) + 1 + first;
-        const double weight = program->uniform_values[w[0] - program->uniform_begin];
-        const double next_weight = program->uniform_values[w[count - 1] - program->uniform_begin];
-        double dw[FG_LANES], next_dw[FG_LANES], dx;
-        for (int l = 0; l < part; l++) {
-            fg_mul_derivative(inner[l], 0.0, weight, count == 2 ? x_copy[l] : x[l], 0.0, &dw[l], &dx);
-            if (grads_read)
-                sum[l] += dx;
-            if (count == 2) {
-                fg_mul_derivative(inner[l], 0.0, next_weight, next_x_copy[l], 0.0, &next_dw[l], &dx);
-                if (grads_read)
-                    next_sum[l] += dx;
-            }
-        }
-        if (folds) {
-            fg_fold_into(fg_folded(program, grads, w[0]), dw, part);
-            if (count == 2)
-                fg_fold_into(fg_folded(program, grads, w[1]), next_dw, part);
-        } else {
-            double *w_grad = grads + (ptrdiff_t)w[0] * FG_LANES + lane0;
-            for (int l = 0; l < part; l++)
-                w_grad[l] += dw[l];
-        }
-    }
-    if (grads_read)
-        for (int l = 0; l < part; l++) {
-            x_grad[l] = sum[l];
-            if (count == 2)
-                next_x_grad[l] = next_sum[l];
-        }
-}
+/* A layer's inputs' backward pass, one copy per width (layer_backward.h, included below for each). */
+typedef void fg_inputs_backward(const fg_lane_program *program, const int32_t *terms, const double *grad,
+                                const double *values, double *grads, int32_t first, int count, int grads_read,
+                                int lane0, int folds);
+
+#define FG_VECTOR_SUFFIX baseline
+#define FG_VECTOR_TARGET
+#define FG_VECTOR double
+#define FG_VECTOR_DOUBLES 1
+#define FG_VECTOR_LOAD(p) (*(p))
+#define FG_VECTOR_STORE(p, v) (*(p) = (v))
+#define FG_VECTOR_SPLAT(x) (x)
+#define FG_VECTOR_ADD(a, b) ((a) + (b))
+#define FG_VECTOR_MUL(a, b) ((a) * (b))
+#if defined(__aarch64__) || defined(FP_FAST_FMA)
+#define FG_VECTOR_MUL_ADD(a, b, c) fma(a, b, c)
+#define FG_VECTOR_FUSES 1
+#else         /* x86-64's baseline has no FMA: C's fma() is a call (measured: ten times the backward pass's time) */
+#define FG_VECTOR_MUL_ADD(a, b, c) ((c) + (a) * (b))
+#define FG_VECTOR_FUSES 0
+#endif
+#define FG_VECTOR_PART 16
+#define FG_VECTOR_INPUTS 1
+#include "layer_backward.h"
+#if FG_X86_TARGETS
+#define FG_VECTOR_SUFFIX avx2
+#define FG_VECTOR_TARGET __attribute__((target("avx2,fma")))
+#define FG_VECTOR __m256d
+#define FG_VECTOR_DOUBLES 4
+#define FG_VECTOR_LOAD _mm256_loadu_pd
+#define FG_VECTOR_STORE _mm256_storeu_pd
+#define FG_VECTOR_SPLAT _mm256_set1_pd
+#define FG_VECTOR_ADD _mm256_add_pd
+#define FG_VECTOR_MUL _mm256_mul_pd
+#define FG_VECTOR_MUL_ADD _mm256_fmadd_pd
+#define FG_VECTOR_FUSES 1
+#define FG_VECTOR_PART 16
+#define FG_VECTOR_INPUTS 1
+#include "layer_backward.h"
+#define FG_VECTOR_SUFFIX avx512
+#define FG_VECTOR_TARGET __attribute__((target(FG_AVX512_TARGET)))
+#define FG_VECTOR __m512d
+#define FG_VECTOR_DOUBLES 8
+#define FG_VECTOR_LOAD _mm512_loadu_pd
+#define FG_VECTOR_STORE _mm512_storeu_pd
+#define FG_VECTOR_SPLAT _mm512_set1_pd
+#define FG_VECTOR_ADD _mm512_add_pd
+#define FG_VECTOR_MUL _mm512_mul_pd
+#define FG_VECTOR_MUL_ADD _mm512_fmadd_pd
+#define FG_VECTOR_FUSES 1
+#define FG_VECTOR_PART 32
+#define FG_VECTOR_INPUTS FG_MOST_INPUTS
+#include "layer_backward.h"
+#endif
 
 FG_KERNEL int fg_grad_read(const fg_lane_program *program, int32_t slot) {
     return slot < program->inputs_begin || program->uniform_begin <= slot;
@@ -260,28 +257,21 @@ FG_KERNEL int fg_grad_read(const fg_lane_program *program, int32_t slot) {
 
 FG_KERNEL void fg_layer_all_inputs_backward(const fg_lane_program *program, const int32_t *terms,
                                             const double *grad, const double *values, double *grads,
-                                            const int lane0, const int part, const int folds, const int inputs) {
-    /* Two at a time where the width takes two and both or neither have their grads read (each way a copy of
-       the loops, whose test the compiler then drops). */
+                                            const int lane0, const int folds, const int inputs,
+                                            fg_inputs_backward *inputs_backward) {
+    /* Two at a time where the width takes two and both or neither have their grads read. */
     const int32_t n = terms[1];
     for (int32_t j = 0; j < n;) {
         const int read = fg_grad_read(program, terms[2 + j]);
         const int count = inputs == 2 && folds && j + 1 < n && fg_grad_read(program, terms[3 + j]) == read ? 2 : 1;
-        if (count == 2 && read)
-            fg_layer_inputs_backward(program, terms, grad, values, grads, j, 2, 1, lane0, part, 1);
-        else if (count == 2)
-            fg_layer_inputs_backward(program, terms, grad, values, grads, j, 2, 0, lane0, part, 1);
-        else if (read)
-            fg_layer_inputs_backward(program, terms, grad, values, grads, j, 1, 1, lane0, part, folds);
-        else
-            fg_layer_inputs_backward(program, terms, grad, values, grads, j, 1, 0, lane0, part, folds);
+        inputs_backward(program, terms, grad, values, grads, j, count, read, lane0, folds);
         j += count;
     }
 }
 
 FG_KERNEL void fg_layer_backward(const fg_lane_program *program, const int32_t *terms, const int activation,
                                  const double *out, double *grad, const double *values, double *grads,
-                                 const int part, const int inputs) {
+                                 const int part, const int inputs, fg_inputs_backward *inputs_backward) {
     /* A neuron's grad becomes 0.0 + its grad first, as in fg_dot_backward (grad, the k neurons' grads, is
        scratch of this block), after its activation's share; then the inputs' and weights' grads, then the
        starts'; then it is cleared. */
@@ -296,12 +286,8 @@ FG_KERNEL void fg_layer_backward(const fg_lane_program *program, const int32_t *
         else
             FG_EACH_LANE inner[l] = 0.0 + inner[l];
     }
-    for (int lane0 = 0; lane0 < FG_LANES; lane0 += part) {
-        if (folds)               /* a copy of the loops each way (perf: the test in the loop cost 10%) */
-            fg_layer_all_inputs_backward(program, terms, grad, values, grads, lane0, part, 1, inputs);
-        else
-            fg_layer_all_inputs_backward(program, terms, grad, values, grads, lane0, part, 0, 1);
-    }
+    for (int lane0 = 0; lane0 < FG_LANES; lane0 += part)
+        fg_layer_all_inputs_backward(program, terms, grad, values, grads, lane0, folds, inputs, inputs_backward);
     for (int32_t i = k - 1; i >= 0; i--) {
         fg_add_to_grad(program, grads, neurons[(ptrdiff_t)i * (n + 1)], grad + (ptrdiff_t)i * FG_LANES);
         FG_EACH_LANE grad[(ptrdiff_t)i * FG_LANES + l] = 0.0;
@@ -356,7 +342,7 @@ FG_KERNEL fg_lane_failure fg_lanes_forward_body(const fg_lane_program *program, 
 }
 
 FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const double *values, double *grads,
-                                      const int part, const int inputs) {
+                                      const int part, const int inputs, fg_inputs_backward *inputs_backward) {
     FG_LOCAL_PROGRAM(program);
     for (ptrdiff_t i = program->instructions - 1; i >= 0; i--) {
         const fg_lane_instruction ins = program->code[i];
@@ -371,7 +357,8 @@ FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const doub
             fg_dot_backward(program, program->terms + ins.b, ins.a, grad, values, grads);
             break;
         case FG_LANE_LAYER:
-            fg_layer_backward(program, program->terms + ins.b, ins.a, out, grad, values, grads, part, inputs);
+            fg_layer_backward(program, program->terms + ins.b, ins.a, out, grad, values, grads, part, inputs,
+                              inputs_backward);
             break;
 /* A one-child op's b is the scratch slot (or an exponent's): its grad is not added to, which saved a load and a
    store a lane for each neuron's relu. */
@@ -427,28 +414,30 @@ FG_KERNEL void fg_take_lane_sums_body(double *slots, double *folded, ptrdiff_t c
    width's registers hold them. Measured on a layer of 16 x 16 (a 2-core Xeon): taken whole, AVX2's backward
    spilled its sums to the stack and took 3.5 times AVX-512's time; with these parts AVX2 takes 1.4 times and
    SSE2 2.1 times. */
-#define FG_LANE_LOOPS(suffix, attribute, forward_part, neurons, backward_part, inputs) \
+#define FG_LANE_LOOPS(suffix, attribute, forward_part, neurons) \
     attribute static fg_lane_failure fg_lanes_forward_##suffix(const fg_lane_program *program, double *values) { \
         FG_STATIC_ASSERT(FG_LANES % (forward_part) == 0 && (neurons) <= FG_MOST_NEURONS); \
-        FG_STATIC_ASSERT(FG_LANES % (backward_part) == 0 && (backward_part) % 8 == 0); \
+        FG_STATIC_ASSERT(FG_LANES % fg_backward_part_##suffix == 0 && fg_backward_part_##suffix % 8 == 0); \
         return fg_lanes_forward_body(program, values, forward_part, neurons); \
     } \
     attribute static void fg_lanes_backward_##suffix(const fg_lane_program *program, const double *values, \
                                                      double *grads) { \
-        FG_STATIC_ASSERT((inputs) <= FG_MOST_INPUTS); \
-        fg_lanes_backward_body(program, values, grads, backward_part, inputs); \
+        FG_STATIC_ASSERT(fg_backward_inputs_##suffix <= FG_MOST_INPUTS); \
+        fg_lanes_backward_body(program, values, grads, fg_backward_part_##suffix, fg_backward_inputs_##suffix, \
+                               fg_inputs_backward_##suffix); \
     } \
     attribute static void fg_take_lane_sums_##suffix(double *slots, double *folded, ptrdiff_t count, \
                                                      const unsigned char *lanes_added, double *sums) { \
         fg_take_lane_sums_body(slots, folded, count, lanes_added, sums); \
     } \
     static const fg_lane_loops fg_lane_loops_##suffix = { \
-        #suffix, fg_lanes_forward_##suffix, fg_lanes_backward_##suffix, fg_take_lane_sums_##suffix};
+        #suffix, fg_backward_fuses_##suffix, fg_lanes_forward_##suffix, fg_lanes_backward_##suffix, \
+        fg_take_lane_sums_##suffix};
 
-FG_LANE_LOOPS(baseline, , 8, 2, 16, 1)
+FG_LANE_LOOPS(baseline, , 8, 2)
 #if FG_X86_TARGETS
-FG_LANE_LOOPS(avx2, __attribute__((target("avx2"))), 8, 4, 16, 1)
-FG_LANE_LOOPS(avx512, __attribute__((target(FG_AVX512_TARGET))), 32, FG_MOST_NEURONS, 32, FG_MOST_INPUTS)
+FG_LANE_LOOPS(avx2, __attribute__((target("avx2,fma"))), 8, 4)
+FG_LANE_LOOPS(avx512, __attribute__((target(FG_AVX512_TARGET))), 32, FG_MOST_NEURONS)
 #endif
 
 FG_HIDDEN const fg_lane_loops *fg_lane_loops_for(const char *wanted) {
@@ -457,7 +446,7 @@ FG_HIDDEN const fg_lane_loops *fg_lane_loops_for(const char *wanted) {
     __builtin_cpu_init();
     if ((any || strcmp(wanted, "avx512") == 0) && __builtin_cpu_supports("avx512f"))
         return &fg_lane_loops_avx512;
-    if ((any || strcmp(wanted, "avx2") == 0) && __builtin_cpu_supports("avx2"))
+    if ((any || strcmp(wanted, "avx2") == 0) && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         return &fg_lane_loops_avx2;
 #endif
     if (any || strcmp(wanted, "baseline") == 0)

@@ -70,6 +70,7 @@ typedef struct {
 
 typedef struct {
     const char *name;                /* "baseline", "avx2", "avx512" */
+    int fused_multiply_add;          /* whether a layer's backward pass fuses its multiply-adds (layer_backward.h) */
     /* Every instruction's slot from its children's, over all lanes; stops at the first failing instruction. */
     fg_lane_failure (*forward)(const fg_lane_program *program, double *values);
     /* Each instruction's derivative, last first, added into its children's grads over all lanes: the
