@@ -196,10 +196,14 @@ FG_KERNEL void fg_layer_forward(const fg_lane_program *program, const int32_t *t
    times the time with one; AVX2 spills two inputs' numbers and takes one). */
 #define FG_MOST_INPUTS 2
 
-/* A layer's inputs' backward pass, one copy per width (layer_backward.h, included below for each). */
-typedef void fg_inputs_backward(const fg_lane_program *program, const int32_t *terms, const double *grad,
-                                const double *values, double *grads, int32_t first, int count, int grads_read,
-                                int lane0, int folds);
+FG_KERNEL int fg_grad_read(const fg_lane_program *program, int32_t slot) {
+    return slot < program->inputs_begin || program->uniform_begin <= slot;
+}
+
+/* A layer's backward pass but its activations': one copy per width (layer_backward.h, included below for each,
+   its part of a block's lanes and inputs side by side as the width's registers hold them). */
+typedef void fg_layer_weights_backward(const fg_lane_program *program, const int32_t *terms, double *grad,
+                                       const double *values, double *grads);
 
 #define FG_VECTOR_SUFFIX baseline
 #define FG_VECTOR_TARGET
@@ -251,33 +255,12 @@ typedef void fg_inputs_backward(const fg_lane_program *program, const int32_t *t
 #include "layer_backward.h"
 #endif
 
-FG_KERNEL int fg_grad_read(const fg_lane_program *program, int32_t slot) {
-    return slot < program->inputs_begin || program->uniform_begin <= slot;
-}
-
-FG_KERNEL void fg_layer_all_inputs_backward(const fg_lane_program *program, const int32_t *terms,
-                                            const double *grad, const double *values, double *grads,
-                                            const int lane0, const int folds, const int inputs,
-                                            fg_inputs_backward *inputs_backward) {
-    /* Two at a time where the width takes two and both or neither have their grads read. */
-    const int32_t n = terms[1];
-    for (int32_t j = 0; j < n;) {
-        const int read = fg_grad_read(program, terms[2 + j]);
-        const int count = inputs == 2 && folds && j + 1 < n && fg_grad_read(program, terms[3 + j]) == read ? 2 : 1;
-        inputs_backward(program, terms, grad, values, grads, j, count, read, lane0, folds);
-        j += count;
-    }
-}
-
 FG_KERNEL void fg_layer_backward(const fg_lane_program *program, const int32_t *terms, const int activation,
                                  const double *out, double *grad, const double *values, double *grads,
-                                 const int part, const int inputs, fg_inputs_backward *inputs_backward) {
+                                 fg_layer_weights_backward *weights_backward) {
     /* A neuron's grad becomes 0.0 + its grad first, as in fg_dot_backward (grad, the k neurons' grads, is
-       scratch of this block), after its activation's share; then the inputs' and weights' grads, then the
-       starts'; then it is cleared. */
-    const int32_t k = terms[0], n = terms[1];
-    const int32_t *neurons = terms + 2 + n;
-    const int folds = program->uniform_end > program->uniform_begin;
+       scratch of this block), after its activation's share; then the inputs', weights' and starts' grads. */
+    const int32_t k = terms[0];
     for (int32_t i = 0; i < k; i++) {
         double *inner = grad + (ptrdiff_t)i * FG_LANES;
         if (activation != FG_LEAF)
@@ -286,12 +269,7 @@ FG_KERNEL void fg_layer_backward(const fg_lane_program *program, const int32_t *
         else
             FG_EACH_LANE inner[l] = 0.0 + inner[l];
     }
-    for (int lane0 = 0; lane0 < FG_LANES; lane0 += part)
-        fg_layer_all_inputs_backward(program, terms, grad, values, grads, lane0, folds, inputs, inputs_backward);
-    for (int32_t i = k - 1; i >= 0; i--) {
-        fg_add_to_grad(program, grads, neurons[(ptrdiff_t)i * (n + 1)], grad + (ptrdiff_t)i * FG_LANES);
-        FG_EACH_LANE grad[(ptrdiff_t)i * FG_LANES + l] = 0.0;
-    }
+    weights_backward(program, terms, grad, values, grads);
 }
 
 /* The loops read the program through a copy of its header on their own stack: Python's headers make the build
@@ -342,7 +320,7 @@ FG_KERNEL fg_lane_failure fg_lanes_forward_body(const fg_lane_program *program, 
 }
 
 FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const double *values, double *grads,
-                                      const int part, const int inputs, fg_inputs_backward *inputs_backward) {
+                                      fg_layer_weights_backward *weights_backward) {
     FG_LOCAL_PROGRAM(program);
     for (ptrdiff_t i = program->instructions - 1; i >= 0; i--) {
         const fg_lane_instruction ins = program->code[i];
@@ -357,8 +335,7 @@ FG_KERNEL void fg_lanes_backward_body(const fg_lane_program *program, const doub
             fg_dot_backward(program, program->terms + ins.b, ins.a, grad, values, grads);
             break;
         case FG_LANE_LAYER:
-            fg_layer_backward(program, program->terms + ins.b, ins.a, out, grad, values, grads, part, inputs,
-                              inputs_backward);
+            fg_layer_backward(program, program->terms + ins.b, ins.a, out, grad, values, grads, weights_backward);
             break;
 /* A one-child op's b is the scratch slot (or an exponent's): its grad is not added to, which saved a load and a
    store a lane for each neuron's relu. */
@@ -417,14 +394,11 @@ FG_KERNEL void fg_take_lane_sums_body(double *slots, double *folded, ptrdiff_t c
 #define FG_LANE_LOOPS(suffix, attribute, forward_part, neurons) \
     attribute static fg_lane_failure fg_lanes_forward_##suffix(const fg_lane_program *program, double *values) { \
         FG_STATIC_ASSERT(FG_LANES % (forward_part) == 0 && (neurons) <= FG_MOST_NEURONS); \
-        FG_STATIC_ASSERT(FG_LANES % fg_backward_part_##suffix == 0 && fg_backward_part_##suffix % 8 == 0); \
         return fg_lanes_forward_body(program, values, forward_part, neurons); \
     } \
     attribute static void fg_lanes_backward_##suffix(const fg_lane_program *program, const double *values, \
                                                      double *grads) { \
-        FG_STATIC_ASSERT(fg_backward_inputs_##suffix <= FG_MOST_INPUTS); \
-        fg_lanes_backward_body(program, values, grads, fg_backward_part_##suffix, fg_backward_inputs_##suffix, \
-                               fg_inputs_backward_##suffix); \
+        fg_lanes_backward_body(program, values, grads, fg_layer_weights_backward_##suffix); \
     } \
     attribute static void fg_take_lane_sums_##suffix(double *slots, double *folded, ptrdiff_t count, \
                                                      const unsigned char *lanes_added, double *sums) { \

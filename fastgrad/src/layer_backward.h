@@ -13,7 +13,7 @@
    Measured on the moons step at 10,000 rows (a 2-core Xeon, AVX-512): the backward pass took 17% less time
    than with a product and a sum, and 3% less unfused. */
 
-/* Included by lanes.c once per width, after fg_folded and FG_MOST_INPUTS, with FG_VECTOR_* defined; alone (as
+/* Included by lanes.c once per width, after fg_folded, fg_grad_read and FG_MOST_INPUTS, with FG_VECTOR_* defined; alone (as
    .ci/check_c.py compiles each header) it declares nothing. */
 #ifdef FG_VECTOR_SUFFIX
 #include "lanes.h"
@@ -78,9 +78,9 @@ FG_VECTOR_TARGET FG_KERNEL void FG_VECTOR_NAME(fg_inputs_backward_body)(
                                 sum[c][v]);
 }
 
-/* `count` inputs from `first` (2 only where the width takes two and both fold), their grads read or not, the
-   weights' grads folded or not: each case its own copy of the loop, whose tests the compiler then drops. */
-FG_VECTOR_TARGET static void FG_VECTOR_NAME(fg_inputs_backward)(
+/* `count` inputs from `first`, their grads read or not, the weights' grads folded or not: each case its own copy
+   of the loop, whose tests the compiler then drops. */
+FG_VECTOR_TARGET FG_KERNEL void FG_VECTOR_NAME(fg_inputs_backward)(
         const fg_lane_program *program, const int32_t *terms, const double *grad, const double *values,
         double *grads, const int32_t first, const int count, const int grads_read, const int lane0, const int folds) {
 #define FG_INPUTS_CASE(count_, read_, folds_) \
@@ -96,12 +96,51 @@ FG_VECTOR_TARGET static void FG_VECTOR_NAME(fg_inputs_backward)(
 #undef FG_INPUTS_CASE
 }
 
-/* The pass's lanes and inputs side by side, for this width's FG_LANE_LOOPS. */
-enum {
-    FG_VECTOR_NAME(fg_backward_part) = FG_VECTOR_PART,
-    FG_VECTOR_NAME(fg_backward_inputs) = FG_VECTOR_INPUTS,
-    FG_VECTOR_NAME(fg_backward_fuses) = FG_VECTOR_FUSES
-};
+/* A layer's backward pass once its neurons' grads (grad: k slots, scratch of this block) hold their activations'
+   shares: the inputs' and weights' grads, FG_VECTOR_PART lanes at a time, two inputs side by side where the width
+   takes two and both or neither have their grads read; then each start's grad, the neuron's, folded (in
+   fg_fold_into's order) or in a short block added lane by lane; then the neurons' grads cleared. */
+FG_VECTOR_TARGET static void FG_VECTOR_NAME(fg_layer_weights_backward)(
+        const fg_lane_program *program, const int32_t *terms, double *grad, const double *values, double *grads) {
+    const int32_t k = terms[0], n = terms[1];
+    const int32_t *neurons = terms + 2 + n;
+    const int folds = program->uniform_end > program->uniform_begin;   /* no uniform slot: a short block */
+    FG_STATIC_ASSERT(FG_LANES % FG_VECTOR_PART == 0 && FG_VECTOR_PART % 8 == 0 && FG_VECTOR_INPUTS <= FG_MOST_INPUTS);
+    for (int lane0 = 0; lane0 < FG_LANES; lane0 += FG_VECTOR_PART)
+        for (int32_t j = 0; j < n;) {
+            const int read = fg_grad_read(program, terms[2 + j]);
+            const int count = FG_VECTOR_INPUTS == 2 && folds && j + 1 < n
+                              && fg_grad_read(program, terms[3 + j]) == read ? 2 : 1;
+            FG_VECTOR_NAME(fg_inputs_backward)(program, terms, grad, values, grads, j, count, read, lane0, folds);
+            j += count;
+        }
+    for (int32_t i = k - 1; i >= 0; i--) {
+        double *inner = grad + (ptrdiff_t)i * FG_LANES;
+        const int32_t start = neurons[(ptrdiff_t)i * (n + 1)];
+        if (folds) {
+            double *folded = fg_folded(program, grads, start);
+            FG_VECTOR total[FG_FOLD_VECTORS];
+            for (int t = 0; t < FG_FOLD_VECTORS; t++)
+                total[t] = FG_VECTOR_LOAD(folded + t * FG_VECTOR_DOUBLES);
+            for (int v = 0; v < FG_LANES / FG_VECTOR_DOUBLES; v++)
+                total[v % FG_FOLD_VECTORS] = FG_VECTOR_ADD(total[v % FG_FOLD_VECTORS],
+                                                           FG_VECTOR_LOAD(inner + v * FG_VECTOR_DOUBLES));
+            for (int t = 0; t < FG_FOLD_VECTORS; t++)
+                FG_VECTOR_STORE(folded + t * FG_VECTOR_DOUBLES, total[t]);
+        } else {
+            double *start_grad = grads + (ptrdiff_t)start * FG_LANES;
+            for (int v = 0; v < FG_LANES / FG_VECTOR_DOUBLES; v++)
+                FG_VECTOR_STORE(start_grad + v * FG_VECTOR_DOUBLES,
+                                FG_VECTOR_ADD(FG_VECTOR_LOAD(start_grad + v * FG_VECTOR_DOUBLES),
+                                              FG_VECTOR_LOAD(inner + v * FG_VECTOR_DOUBLES)));
+        }
+        for (int v = 0; v < FG_LANES / FG_VECTOR_DOUBLES; v++)
+            FG_VECTOR_STORE(inner + v * FG_VECTOR_DOUBLES, FG_VECTOR_SPLAT(0.0));
+    }
+}
+
+/* Whether this width fuses, for its FG_LANE_LOOPS. */
+enum { FG_VECTOR_NAME(fg_backward_fuses) = FG_VECTOR_FUSES };
 
 #undef FG_VECTORS
 #undef FG_FOLD_VECTORS
