@@ -130,15 +130,15 @@ FG_KERNEL void fg_activation_forward(const int op, const double *sum, double *re
     }
 }
 
-/* Its derivative into the sum's grad, and its own grad cleared, as its instruction's backward does. */
-FG_KERNEL void fg_activation_backward(const int op, double *grad, const double *out, const double *sum,
-                                      double *sum_grad) {
+/* Its derivative into the sum's grad, and its own grad cleared, as its instruction's backward does. The
+   derivative reads the activation's output alone (lanes.h), so the sum it would also get is not kept. */
+FG_KERNEL void fg_activation_backward(const int op, double *grad, const double *out, double *sum_grad) {
     switch (op) {
 #define FG_ACTIVATION_BACKWARD(code, kernel) \
     case code: \
         FG_EACH_LANE { \
             double da, db; \
-            kernel##_derivative(grad[l], out[l], sum[l], 0.0, 0.0, &da, &db); \
+            kernel##_derivative(grad[l], out[l], 0.0, 0.0, 0.0, &da, &db); \
             sum_grad[l] = 0.0 + (sum_grad[l] + da); \
             grad[l] = 0.0; \
         } \
@@ -172,9 +172,10 @@ FG_KERNEL void fg_neurons_forward(const fg_lane_program *program, const int32_t 
         }
     }
     for (int q = 0; q < count; q++) {
-        for (int l = 0; l < part; l++)
-            out[(ptrdiff_t)(first + q) * FG_LANES + lane0 + l] = total[q][l];
-        if (activation != FG_LEAF)
+        if (activation == FG_LEAF)
+            for (int l = 0; l < part; l++)
+                out[(ptrdiff_t)(first + q) * FG_LANES + lane0 + l] = total[q][l];
+        else          /* the sums are read by their activations alone, which need them no more (lanes.h) */
             fg_activation_forward(activation, total[q], out + (ptrdiff_t)(k + first + q) * FG_LANES + lane0, part);
     }
 }
@@ -265,7 +266,7 @@ FG_KERNEL void fg_layer_backward(const fg_lane_program *program, const int32_t *
         double *inner = grad + (ptrdiff_t)i * FG_LANES;
         if (activation != FG_LEAF)
             fg_activation_backward(activation, grad + (ptrdiff_t)(k + i) * FG_LANES,
-                                   out + (ptrdiff_t)(k + i) * FG_LANES, out + (ptrdiff_t)i * FG_LANES, inner);
+                                   out + (ptrdiff_t)(k + i) * FG_LANES, inner);
         else
             FG_EACH_LANE inner[l] = 0.0 + inner[l];
     }

@@ -19,7 +19,8 @@
 
 /* The batched program's own ops beside ops.h's: a neuron's sum, start + w1*x1 + ... + wn*xn; and a layer,
    the sums of k neurons over the same n inputs whose starts and weights are all uniform slots, and the op each
-   sum alone feeds, if it is one of FG_LAYER_ACTIVATIONS for every neuron. */
+   sum alone feeds, if it is one of FG_LAYER_ACTIVATIONS for every neuron. Each of these ops' derivatives reads
+   its output alone: such a layer does not store its sums, which nothing else reads. */
 #define FG_LANE_DOT 31
 #define FG_LANE_LAYER 32
 #define FG_LAYER_ACTIVATIONS(X) X(FG_RELU, fg_relu) X(FG_TANH, fg_tanh) X(FG_SIGMOID, fg_sigmoid)
