@@ -130,17 +130,18 @@ FG_KERNEL void fg_activation_forward(const int op, const double *sum, double *re
     }
 }
 
-/* Its derivative into the sum's grad, and its own grad cleared, as its instruction's backward does. The
+/* Its derivative, which becomes the sum's grad: 0.0 + (the sum's grad + the derivative), the sum's grad being
+   0 (its activation is its one reader), as its instruction's backward adds it. Kept in the activation's grad
+   slot, where the layer reads it and clears it (layer_backward.h); the sum's slot is not touched. The
    derivative reads the activation's output alone (lanes.h), so the sum it would also get is not kept. */
-FG_KERNEL void fg_activation_backward(const int op, double *grad, const double *out, double *sum_grad) {
+FG_KERNEL void fg_activation_backward(const int op, double *grad, const double *out) {
     switch (op) {
 #define FG_ACTIVATION_BACKWARD(code, kernel) \
     case code: \
         FG_EACH_LANE { \
             double da, db; \
             kernel##_derivative(grad[l], out[l], 0.0, 0.0, 0.0, &da, &db); \
-            sum_grad[l] = 0.0 + (sum_grad[l] + da); \
-            grad[l] = 0.0; \
+            grad[l] = 0.0 + da; \
         } \
         break;
     FG_LAYER_ACTIVATIONS(FG_ACTIVATION_BACKWARD)
@@ -259,18 +260,19 @@ typedef void fg_layer_weights_backward(const fg_lane_program *program, const int
 FG_KERNEL void fg_layer_backward(const fg_lane_program *program, const int32_t *terms, const int activation,
                                  const double *out, double *grad, const double *values, double *grads,
                                  fg_layer_weights_backward *weights_backward) {
-    /* A neuron's grad becomes 0.0 + its grad first, as in fg_dot_backward (grad, the k neurons' grads, is
-       scratch of this block), after its activation's share; then the inputs', weights' and starts' grads. */
+    /* Each neuron's grad, 0.0 + its grad as in fg_dot_backward, or its activation's share (in the
+       activation's grad slots: grad, the k sums' grads then the k activations', is scratch of this block); then
+       the inputs', weights' and starts' grads. */
     const int32_t k = terms[0];
+    double *neuron_grads = activation != FG_LEAF ? grad + (ptrdiff_t)k * FG_LANES : grad;
     for (int32_t i = 0; i < k; i++) {
-        double *inner = grad + (ptrdiff_t)i * FG_LANES;
+        double *inner = neuron_grads + (ptrdiff_t)i * FG_LANES;
         if (activation != FG_LEAF)
-            fg_activation_backward(activation, grad + (ptrdiff_t)(k + i) * FG_LANES,
-                                   out + (ptrdiff_t)(k + i) * FG_LANES, inner);
+            fg_activation_backward(activation, inner, out + (ptrdiff_t)(k + i) * FG_LANES);
         else
             FG_EACH_LANE inner[l] = 0.0 + inner[l];
     }
-    weights_backward(program, terms, grad, values, grads);
+    weights_backward(program, terms, neuron_grads, values, grads);
 }
 
 /* The loops read the program through a copy of its header on their own stack: Python's headers make the build

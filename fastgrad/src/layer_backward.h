@@ -96,8 +96,8 @@ FG_VECTOR_TARGET FG_KERNEL void FG_VECTOR_NAME(fg_inputs_backward)(
 #undef FG_INPUTS_CASE
 }
 
-/* A layer's backward pass once its neurons' grads (grad: k slots, scratch of this block) hold their activations'
-   shares: the inputs' and weights' grads, FG_VECTOR_PART lanes at a time, two inputs side by side where the width
+/* A layer's backward pass once its neurons' grads (grad: k slots, scratch of this block) are in place (lanes.c:
+   fg_layer_backward): the inputs' and weights' grads, FG_VECTOR_PART lanes at a time, two inputs side by side where the width
    takes two and both or neither have their grads read; then each start's grad, the neuron's, folded (in
    fg_fold_into's order) or in a short block added lane by lane; then the neurons' grads cleared. */
 FG_VECTOR_TARGET static void FG_VECTOR_NAME(fg_layer_weights_backward)(
