@@ -135,14 +135,15 @@ FG_KERNEL void fg_activation_forward(const int op, const double *sum, double *re
    slot, where the layer reads it and clears it (layer_backward.h); the sum's slot is not touched. The
    derivative reads the activation's output alone (lanes.h), so the sum it would also get is not kept. */
 FG_KERNEL void fg_activation_backward(const int op, double *grad, const double *out) {
+    double da[FG_LANES];      /* then stored: in place, GCC made ReLU's a conditional store, scalar for AVX2 */
     switch (op) {
 #define FG_ACTIVATION_BACKWARD(code, kernel) \
     case code: \
         FG_EACH_LANE { \
-            double da, db; \
-            kernel##_derivative(grad[l], out[l], 0.0, 0.0, 0.0, &da, &db); \
-            grad[l] = 0.0 + da; \
+            double db; \
+            kernel##_derivative(grad[l], out[l], 0.0, 0.0, 0.0, &da[l], &db); \
         } \
+        FG_EACH_LANE grad[l] = 0.0 + da[l]; \
         break;
     FG_LAYER_ACTIVATIONS(FG_ACTIVATION_BACKWARD)
 #undef FG_ACTIVATION_BACKWARD
