@@ -429,7 +429,7 @@ cdef class BatchedGraph(Recording):
                     self.shares(word >> OP_BITS, input_slots):
                 by_inputs.setdefault(tuple([self.terms[t + 2 + 2 * m] for m in range(n)]), []).append(i)
         layers = {neurons[0]: (key, neurons) for key, neurons in by_inputs.items()
-                  if len(neurons) > 1 and self.distinct_numbers(neurons)}
+                  if len(neurons) > 1 and self.distinct_numbers(neurons, key)}
         later = {i for key, neurons in layers.values() for i in neurons[1:]}
         return layers, later
 
@@ -466,12 +466,14 @@ cdef class BatchedGraph(Recording):
                 found[first] = (op, [r[0] for r in reader])
         return found
 
-    cdef bint distinct_numbers(self, neurons):
-        """Whether no start or weight is listed twice in these neurons: a width that takes the lanes in parts
-        folds each weight's grad part by part (lanes.c), and the same number's two folds would then interleave
-        in another order than at another width."""
+    cdef bint distinct_numbers(self, neurons, inputs):
+        """Whether no start, weight or input is listed twice in these neurons and their inputs. A width that takes
+        the lanes in parts folds each weight's grad part by part (layer_backward.h), and the same number's two
+        folds would interleave in another order than at another width; an input's grad is gathered in registers
+        and stored once, so a second copy of it, side by side, would overwrite the first's, and a weight's grad
+        added lane by lane into it meanwhile (a short block) would be lost."""
         cdef Py_ssize_t i, m, t
-        slots = []
+        slots = list(inputs)
         for i in neurons:
             t = self.second[i]
             slots.append(self.code[i] >> OP_BITS)

@@ -139,6 +139,34 @@ def test_layers_of_any_width_give_each_rows_eager_bits_and_the_eager_grads(width
     assert_eager_grads(batched, eager, every)
 
 
+@pytest.mark.parametrize("shape", ["an input listed twice", "an input that is a weight too"])
+@pytest.mark.parametrize("n", [5, 64])
+def test_neurons_whose_inputs_repeat_or_are_their_weights_get_the_eager_grads(shape, n):
+    """Neurons over an input listed twice, side by side (its grads read: it is a node), or over a shared leaf
+    that is also one of their weights: the grads of the eager graphs at every width, in a short block and in
+    whole ones. (A layer gathered the twice-listed input's grad twice and stored one over the other; a short
+    block's weight grads went into the lanes of an input whose grad was then stored over them.)"""
+    random.seed(8)
+    a, c = Value(0.7), Value(-0.4)
+    weights = [[Value(random.uniform(-1, 1)) for _ in range(3)] for _ in range(3)]    # a bias, two weights
+    leaves = [a, c] + [v for neuron in weights for v in neuron]
+
+    def loss_of(x):
+        h = (a * x).tanh()
+        if shape == "an input listed twice":
+            sums = [b + w1 * h + w2 * h for b, w1, w2 in weights]
+        else:
+            sums = [weights[0][0] + weights[0][1] * h + c * c] + [b + w1 * h + w2 * c for b, w1, w2 in weights[1:]]
+        return sum(s.tanh() for s in sums)
+
+    x = Value(0.0)
+    loss = loss_of(x)
+    rows = np.random.default_rng(n).uniform(-2, 2, size=(n, 1))
+    for _ in simd_widths():
+        _, batched = batched_pass(loss, [x], rows, leaves)
+        assert_eager_grads(batched, [loss_of(Value(r[0])) for r in rows], leaves)
+
+
 def test_neurons_sharing_a_weight_give_the_same_bits_at_every_simd_width():
     """Two neurons over the same inputs with one weight in common (and a neuron using a weight twice)."""
     random.seed(4)

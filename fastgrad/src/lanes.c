@@ -44,19 +44,19 @@ FG_KERNEL void fg_dot_forward(const fg_lane_program *program, const int32_t *ter
     FG_EACH_LANE out[l] = total[l];
 }
 
-/* A shared leaf's grad from `count` lanes of a block, folded into its 8 numbers past the block's grads
-   (program->folded): each group of 8 lanes added in lane order, as fg_take_lane_sums then adds the lanes'. A term
-   then stores one vector instead of a block's, and the folded grads lie together, where slots' 256-byte stride
-   would put every weight's grad in a quarter of L1's sets (perf: its load was the backward loop's hottest
-   instruction then). The same order at every SIMD width, and for a block folded at once or in parts. The 8
+/* A shared leaf's grad from a block's lanes, folded into its 8 numbers past the block's grads (program->folded):
+   each group of 8 lanes added in lane order, as fg_take_lane_sums then adds the lanes'. A term then stores one
+   vector instead of a block's, and the folded grads lie together, where slots' 256-byte stride would put every
+   weight's grad in a quarter of L1's sets (perf: its load was the backward loop's hottest instruction then).
+   The same order at every SIMD width; a layer's folds (layer_backward.h) keep it, part by part. The 8
    numbers go through a local copy, by loops: added in place, GCC 12 left the whole fold scalar (the backward
    pass 45% slower); copied by memcpy, it moved them 16 bytes at a time for AVX2, and each 32-byte load waited
    on two stores (the AVX2 layer backward 3.5 times as slow). */
-FG_KERNEL void fg_fold_into(double *folded, const double *lanes, const int count) {
+FG_KERNEL void fg_fold_into(double *folded, const double *lanes) {
     double sum[8];
     for (int i = 0; i < 8; i++)
         sum[i] = folded[i];
-    for (int group = 0; group < count / 8; group++)
+    for (int group = 0; group < FG_LANES / 8; group++)
         for (int i = 0; i < 8; i++)
             sum[i] += lanes[group * 8 + i];
     for (int i = 0; i < 8; i++)
@@ -70,7 +70,7 @@ FG_KERNEL double *fg_folded(const fg_lane_program *program, double *grads, int32
 /* A slot's grad from a block: folded if the slot is uniform, else lane by lane (in a short block, every slot). */
 FG_KERNEL void fg_add_to_grad(const fg_lane_program *program, double *grads, int32_t slot, const double *lanes) {
     if (fg_uniform(program, slot))
-        fg_fold_into(fg_folded(program, grads, slot), lanes, FG_LANES);
+        fg_fold_into(fg_folded(program, grads, slot), lanes);
     else
         FG_EACH_LANE grads[(ptrdiff_t)slot * FG_LANES + l] += lanes[l];
 }
@@ -98,7 +98,7 @@ FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *te
                 fg_mul_derivative(inner[l], 0.0, weight, x[l], 0.0, &dw[l], &dx);
                 x_grad[l] += dx;
             }
-            fg_fold_into(fg_folded(program, grads, terms[1 + 2 * j]), dw, FG_LANES);
+            fg_fold_into(fg_folded(program, grads, terms[1 + 2 * j]), dw);
         } else {
             double *w_grad = grads + (ptrdiff_t)terms[1 + 2 * j] * FG_LANES;
             FG_EACH_LANE {
@@ -112,8 +112,8 @@ FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *te
 }
 
 /* A layer: k neurons over the same inputs, each sum made as fg_dot_forward makes it, with uniform starts and
-   weights. Its loops take `part` lanes of the block at a time, and the forward pass `neurons` sums side by side,
-   as many as the width's vector registers hold (FG_LANE_LOOPS): each x_j is loaded once for them, and their sums
+   weights. Its forward pass takes `part` lanes of the block at a time and `neurons` sums side by side, as many as
+   the width's vector registers hold (FG_LANE_LOOPS; its backward pass: layer_backward.h): each x_j is loaded once for them, and their sums
    are independent chains of adds, where one neuron's sum waits on each add before the next (perf: the moons
    model's forward pass took 1.9 times its adds and multiplies at 2 a cycle as one DOT a neuron). */
 #define FG_MOST_NEURONS 4
@@ -220,7 +220,8 @@ typedef void fg_layer_weights_backward(const fg_lane_program *program, const int
 #if defined(__aarch64__) || defined(FP_FAST_FMA)
 #define FG_VECTOR_MUL_ADD(a, b, c) fma(a, b, c)
 #define FG_VECTOR_FUSES 1
-#else         /* x86-64's baseline has no FMA: C's fma() is a call (measured: ten times the backward pass's time) */
+#else         /* x86-64's baseline has no FMA (unless built for it, -mfma): C's fma() is a call there (measured:
+                 ten times the backward pass's time) */
 #define FG_VECTOR_MUL_ADD(a, b, c) ((c) + (a) * (b))
 #define FG_VECTOR_FUSES 0
 #endif
@@ -229,7 +230,7 @@ typedef void fg_layer_weights_backward(const fg_lane_program *program, const int
 #include "layer_backward.h"
 #if FG_X86_TARGETS
 #define FG_VECTOR_SUFFIX avx2
-#define FG_VECTOR_TARGET __attribute__((target("avx2,fma")))
+#define FG_VECTOR_TARGET __attribute__((target(FG_AVX2_TARGET)))
 #define FG_VECTOR __m256d
 #define FG_VECTOR_DOUBLES 4
 #define FG_VECTOR_LOAD _mm256_loadu_pd
@@ -390,11 +391,10 @@ FG_KERNEL void fg_take_lane_sums_body(double *slots, double *folded, ptrdiff_t c
 
 /* One copy of the loops per width. GCC and Clang compile a function for the target its attribute names; the
    inline bodies and kernels are compiled into it. Elsewhere (MSVC, other architectures) the baseline only:
-   SSE2 on x86-64, NEON on aarch64, both 2 doubles wide. A layer's loops take part of a block's lanes at a time
-   (backward: a multiple of 8, for the folds), and its forward pass sums a few neurons side by side, as the
-   width's registers hold them. Measured on a layer of 16 x 16 (a 2-core Xeon): taken whole, AVX2's backward
-   spilled its sums to the stack and took 3.5 times AVX-512's time; with these parts AVX2 takes 1.4 times and
-   SSE2 2.1 times. */
+   SSE2 on x86-64, NEON on aarch64, both 2 doubles wide. A layer's forward pass takes part of a block's lanes at
+   a time and sums a few neurons side by side, as the width's registers hold them; its backward pass takes the
+   parts and inputs given with each width's vector above (measured on a layer of 16 x 16, a 2-core Xeon: taken
+   whole, AVX2's backward had spilled its sums to the stack and took 3.5 times AVX-512's time). */
 #define FG_LANE_LOOPS(suffix, attribute, forward_part, neurons) \
     attribute static fg_lane_failure fg_lanes_forward_##suffix(const fg_lane_program *program, double *values) { \
         FG_STATIC_ASSERT(FG_LANES % (forward_part) == 0 && (neurons) <= FG_MOST_NEURONS); \
@@ -414,7 +414,7 @@ FG_KERNEL void fg_take_lane_sums_body(double *slots, double *folded, ptrdiff_t c
 
 FG_LANE_LOOPS(baseline, , 8, 2)
 #if FG_X86_TARGETS
-FG_LANE_LOOPS(avx2, __attribute__((target("avx2,fma"))), 8, 4)
+FG_LANE_LOOPS(avx2, __attribute__((target(FG_AVX2_TARGET))), 8, 4)
 FG_LANE_LOOPS(avx512, __attribute__((target(FG_AVX512_TARGET))), 32, FG_MOST_NEURONS)
 #endif
 

@@ -5,16 +5,17 @@
    neuron's grads twice.
 
    Each input gathers every neuron's share of its grad in registers (last neuron first, as the eager graph's
-   backward() adds them), and its weights' grads are folded into their 8 numbers in fg_fold_into's order or, in
-   a short block, added lane by lane. In a whole block both are multiply-adds, grad + weight * neuron's grad and
-   fold + input * neuron's grad, fused (one rounding) where the width has FMA: AVX2, AVX-512 and aarch64's
-   baseline, the same bits on each; x86-64's baseline rounds the product first, as the eager graph does (C's
-   fma() is a call there).
-   Measured on the moons step at 10,000 rows (a 2-core Xeon, AVX-512): the backward pass took 17% less time
-   than with a product and a sum, and 3% less unfused. */
+   backward() adds them), and its weights' grads are folded into their 8 numbers in fg_fold_into's order (as are
+   the starts' below) or, in a short block, added lane by lane. In a whole block both are multiply-adds, grad +
+   weight * neuron's grad and fold + input * neuron's grad, fused (one rounding) where the width has FMA: AVX2,
+   AVX-512 and aarch64's baseline (x86-64's too if built for FMA), the same bits on each; x86-64's baseline rounds
+   the product first, as the eager graph does (C's fma() is a call there). Measured on the moons step at 10,000
+   rows (a 2-core Xeon, AVX-512): the backward pass took 17% less time than with a product and a sum, and 3% less
+   unfused. A layer's inputs, starts and weights are distinct slots (batched.pyx: distinct_numbers), which the
+   registers an input's grad is gathered in rely on.
 
-/* Included by lanes.c once per width, after fg_folded, fg_grad_read and FG_MOST_INPUTS, with FG_VECTOR_* defined; alone (as
-   .ci/check_c.py compiles each header) it declares nothing. */
+   Included by lanes.c once per width, after fg_folded, fg_grad_read and FG_MOST_INPUTS, with FG_VECTOR_*
+   defined; alone (as .ci/check_c.py compiles each header) it declares nothing. */
 #ifdef FG_VECTOR_SUFFIX
 #include "lanes.h"
 
@@ -94,6 +95,8 @@ FG_VECTOR_TARGET FG_KERNEL void FG_VECTOR_NAME(fg_inputs_backward)(
     FG_INPUTS_CASE(2, 1, 1) FG_INPUTS_CASE(2, 0, 1)
 #endif
 #undef FG_INPUTS_CASE
+    FG_VECTOR_NAME(fg_inputs_backward_body)(program, terms, grad, values, grads, first, count, grads_read, lane0,
+                                            folds);                      /* any other case, tests and all */
 }
 
 /* A layer's backward pass once its neurons' grads (grad: k slots, scratch of this block) are in place (lanes.c:
