@@ -105,7 +105,7 @@ def simd():
 def fused_multiply_add():
     """Whether the lane loops in use fuse a layer's multiply-adds in its backward pass (each weight's and input's
     grad term added with one rounding): the AVX2 and AVX-512 loops, and the baseline where the baseline CPU has
-    FMA (aarch64); not x86-64's baseline."""
+    FMA (aarch64); not x86-64's baseline, unless it was built for FMA (-mfma)."""
     return bool(lane_loops.fused_multiply_add)
 
 

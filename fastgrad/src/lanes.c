@@ -113,9 +113,10 @@ FG_KERNEL void fg_dot_backward(const fg_lane_program *program, const int32_t *te
 
 /* A layer: k neurons over the same inputs, each sum made as fg_dot_forward makes it, with uniform starts and
    weights. Its forward pass takes `part` lanes of the block at a time and `neurons` sums side by side, as many as
-   the width's vector registers hold (FG_LANE_LOOPS; its backward pass: layer_backward.h): each x_j is loaded once for them, and their sums
-   are independent chains of adds, where one neuron's sum waits on each add before the next (perf: the moons
-   model's forward pass took 1.9 times its adds and multiplies at 2 a cycle as one DOT a neuron). */
+   the width's vector registers hold (FG_LANE_LOOPS; its backward pass: layer_backward.h): each x_j is loaded
+   once for them, and their sums are independent chains of adds, where one neuron's sum waits on each add before
+   the next (perf: the moons model's forward pass took 1.9 times its adds and multiplies at 2 a cycle as one DOT
+   a neuron). */
 #define FG_MOST_NEURONS 4
 
 /* A layer's activation (FG_LAYER_ACTIVATIONS) in `part` lanes, the kernels its own instruction would call, on

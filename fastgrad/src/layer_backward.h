@@ -100,15 +100,17 @@ FG_VECTOR_TARGET FG_KERNEL void FG_VECTOR_NAME(fg_inputs_backward)(
 }
 
 /* A layer's backward pass once its neurons' grads (grad: k slots, scratch of this block) are in place (lanes.c:
-   fg_layer_backward): the inputs' and weights' grads, FG_VECTOR_PART lanes at a time, two inputs side by side where the width
-   takes two and both or neither have their grads read; then each start's grad, the neuron's, folded (in
-   fg_fold_into's order) or in a short block added lane by lane; then the neurons' grads cleared. */
+   fg_layer_backward): the inputs' and weights' grads, FG_VECTOR_PART lanes at a time, two inputs side by side
+   where the width takes two and both or neither have their grads read; then each start's grad, the neuron's,
+   as fg_add_to_grad adds it, written over vectors here (calling it made the AVX2 step 5-9% slower: GCC loads
+   its lanes 16 bytes at a time there); then the neurons' grads cleared. */
 FG_VECTOR_TARGET static void FG_VECTOR_NAME(fg_layer_weights_backward)(
         const fg_lane_program *program, const int32_t *terms, double *grad, const double *values, double *grads) {
     const int32_t k = terms[0], n = terms[1];
     const int32_t *neurons = terms + 2 + n;
     const int folds = program->uniform_end > program->uniform_begin;   /* no uniform slot: a short block */
-    FG_STATIC_ASSERT(FG_LANES % FG_VECTOR_PART == 0 && FG_VECTOR_PART % 8 == 0 && FG_VECTOR_INPUTS <= FG_MOST_INPUTS);
+    FG_STATIC_ASSERT(FG_LANES % FG_VECTOR_PART == 0 && FG_VECTOR_PART % 8 == 0
+                     && FG_VECTOR_INPUTS <= FG_MOST_INPUTS);
     for (int lane0 = 0; lane0 < FG_LANES; lane0 += FG_VECTOR_PART)
         for (int32_t j = 0; j < n;) {
             const int read = fg_grad_read(program, terms[2 + j]);
